@@ -1,0 +1,396 @@
+//! Calls to the Frappe site that vouch for a client: `get_user_info` at handshake time and the
+//! permission checks behind `doc_subscribe` and friends (spec §4, §5.2).
+//!
+//! Frappe 15 and 16 differ in how the credential travels and which endpoints exist; this
+//! module is the only place that knows. Every call is bounded by `realtime_callback_timeout`,
+//! and no credential or secret ever appears in an error text or log line.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use http::HeaderValue;
+use http::header::{AUTHORIZATION, COOKIE};
+use reqwest::{RequestBuilder, StatusCode};
+use serde_json::Value;
+use tokio::sync::RwLock;
+use url::Url;
+
+use crate::config::{Config, FrappeVersion, is_truthy};
+use crate::handshake::{Accepted, Credential};
+use crate::queue_redis::QueueRedis;
+
+const USER_INFO: &str = "/api/method/frappe.realtime.get_user_info";
+const SECRET_KEY: &str = "socketio_auth_secret";
+const SECRET_HEADER: &str = "x-frappe-socket-secret";
+
+/// Who a socket belongs to, as the site said at handshake time.
+#[derive(Debug)]
+pub struct Session {
+    pub site: String,
+    pub user: String,
+    pub user_type: Option<String>,
+    /// Frappe 16 only; kept for per-app handlers.
+    pub installed_apps: Vec<String>,
+    credential: Credential,
+    callback_base: Url,
+}
+
+impl Session {
+    pub fn is_system_user(&self) -> bool {
+        self.user_type.as_deref() == Some("System User")
+    }
+
+    pub fn is_guest(&self) -> bool {
+        self.user == "Guest"
+    }
+}
+
+/// What a client asks to follow; each maps to one permission call.
+#[derive(Debug, Clone)]
+pub enum Subject<'a> {
+    Doctype(&'a str),
+    Doc(&'a str, &'a str),
+}
+
+/// Where callbacks go (spec §4.3), decided once at startup.
+#[derive(Debug, Clone)]
+enum CallbackTarget {
+    /// `realtime_callback_url`, or `webserver_host` + `webserver_port`.
+    Fixed(Url),
+    /// The handshake's Origin, with its port replaced in developer mode.
+    Origin { developer_port: Option<u16> },
+}
+
+pub struct FrappeClient {
+    http: reqwest::Client,
+    version: FrappeVersion,
+    target: CallbackTarget,
+    secret: SocketSecret,
+    timeout: std::time::Duration,
+}
+
+impl FrappeClient {
+    pub fn new(config: &Config, redis: QueueRedis) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(config.callback_timeout)
+            .connect_timeout(
+                config
+                    .callback_timeout
+                    .min(std::time::Duration::from_secs(3)),
+            )
+            // Below gunicorn's keep-alive, so a pooled connection is never reused as it closes.
+            .pool_idle_timeout(std::time::Duration::from_secs(2))
+            .no_proxy()
+            .build()
+            .map_err(|e| anyhow::anyhow!("cannot build the HTTP client: {e}"))?;
+        Ok(Self {
+            http,
+            version: config.frappe_version,
+            target: callback_target(config)?,
+            secret: SocketSecret::new(redis),
+            timeout: config.callback_timeout,
+        })
+    }
+
+    /// Ask the site who holds `accepted`'s credential. `Err` is the text after `Unauthorized: `.
+    pub async fn get_user_info(&self, site: &str, accepted: Accepted) -> Result<Session, String> {
+        let base = self.callback_base(&accepted.origin)?;
+        let url = base
+            .join(USER_INFO)
+            .map_err(|e| format!("bad callback URL: {e}"))?;
+        let mut info = self
+            .fetch_user_info(site, &url, &accepted.credential)
+            .await?;
+        if info.user.is_none() && self.version == FrappeVersion::V16 {
+            // `{}` means the secret did not match: it may have just been created or rotated.
+            self.secret.refresh().await;
+            info = self
+                .fetch_user_info(site, &url, &accepted.credential)
+                .await?;
+        }
+        let user = info.user.ok_or("no user info returned")?;
+        Ok(Session {
+            site: site.to_owned(),
+            user,
+            user_type: info.user_type,
+            installed_apps: info.installed_apps,
+            credential: accepted.credential,
+            callback_base: base,
+        })
+    }
+
+    /// Whether the site lets `session` follow `subject`. Denials are normal and silent; a
+    /// failing call is logged and denies.
+    pub async fn may_subscribe(&self, session: &Session, subject: Subject<'_>) -> bool {
+        let (path, query) = permission_request(self.version, &subject);
+        let Ok(url) = session.callback_base.join(path) else {
+            return false;
+        };
+        let request = self.http.get(url).query(&query);
+        let request = self
+            .authenticate(request, &session.site, &session.credential)
+            .await;
+        let result = async {
+            let response = request.send().await.map_err(|e| self.describe(e))?;
+            let status = response.status();
+            if status == StatusCode::FORBIDDEN {
+                return Ok(false);
+            }
+            if !status.is_success() {
+                return Err(format!("Frappe answered HTTP {status}"));
+            }
+            match self.version {
+                FrappeVersion::V15 => Ok(true),
+                FrappeVersion::V16 => {
+                    let body: Value = response.json().await.map_err(|e| self.describe(e))?;
+                    Ok(body.get("message").is_some_and(is_truthy))
+                }
+            }
+        }
+        .await;
+        result.unwrap_or_else(|why| {
+            tracing::warn!(site = %session.site, user = %session.user, %why, "permission check failed");
+            false
+        })
+    }
+
+    fn callback_base(&self, origin: &str) -> Result<Url, String> {
+        match &self.target {
+            CallbackTarget::Fixed(url) => Ok(url.clone()),
+            CallbackTarget::Origin { developer_port } => {
+                let mut url =
+                    Url::parse(origin).map_err(|_| "the Origin header is not a URL".to_owned())?;
+                if let Some(port) = developer_port {
+                    url.set_port(Some(*port))
+                        .map_err(|()| "the Origin header has no host".to_owned())?;
+                }
+                Ok(url)
+            }
+        }
+    }
+
+    async fn fetch_user_info(
+        &self,
+        site: &str,
+        url: &Url,
+        credential: &Credential,
+    ) -> Result<UserInfo, String> {
+        let request = self
+            .authenticate(self.http.get(url.clone()), site, credential)
+            .await;
+        let response = request.send().await.map_err(|e| self.describe(e))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(format!("Frappe answered HTTP {status}"));
+        }
+        let body: Value = response.json().await.map_err(|e| self.describe(e))?;
+        Ok(UserInfo::from_reply(&body))
+    }
+
+    /// Attach the credential as this Frappe version expects it, the site name (so a fixed
+    /// callback URL still reaches the right site) and, on Frappe 16, the socket secret.
+    async fn authenticate(
+        &self,
+        request: RequestBuilder,
+        site: &str,
+        credential: &Credential,
+    ) -> RequestBuilder {
+        let mut request = request.header("x-frappe-site-name", site);
+        request = match (credential, self.version) {
+            (Credential::Authorization(value), _) => {
+                request.header(AUTHORIZATION, sensitive(value))
+            }
+            (Credential::Sid(sid), FrappeVersion::V15) => request.query(&[("sid", sid)]),
+            (Credential::Sid(sid), FrappeVersion::V16) => {
+                request.header(COOKIE, sensitive(&format!("sid={sid}")))
+            }
+        };
+        if self.version == FrappeVersion::V16
+            && let Some(secret) = self.secret.current().await
+        {
+            request = request.header(SECRET_HEADER, sensitive(&secret));
+        }
+        request
+    }
+
+    /// An error text for the client and the log: the cause chain, never the URL (which can
+    /// carry `?sid=` on Frappe 15).
+    fn describe(&self, error: reqwest::Error) -> String {
+        if error.is_timeout() {
+            return format!("Frappe did not answer within {:?}", self.timeout);
+        }
+        let error = error.without_url();
+        let mut text = error.to_string();
+        let mut source = std::error::Error::source(&error);
+        while let Some(cause) = source {
+            let _ = write!(text, ": {cause}");
+            source = cause.source();
+        }
+        text
+    }
+}
+
+fn callback_target(config: &Config) -> anyhow::Result<CallbackTarget> {
+    if let Some(url) = &config.callback_url {
+        return Ok(CallbackTarget::Fixed(url.clone()));
+    }
+    if let (Some(host), Some(port)) = (&config.webserver_host, config.webserver_port) {
+        let with_scheme = if host.contains("://") {
+            host.clone()
+        } else {
+            format!("http://{host}")
+        };
+        let mut url = Url::parse(&with_scheme)
+            .map_err(|e| anyhow::anyhow!("webserver_host {host:?} is not a host name: {e}"))?;
+        if url.port().is_none() {
+            url.set_port(Some(port))
+                .map_err(|()| anyhow::anyhow!("webserver_host {host:?} has no host"))?;
+        }
+        return Ok(CallbackTarget::Fixed(url));
+    }
+    Ok(CallbackTarget::Origin {
+        developer_port: config
+            .developer_mode
+            .then_some(config.webserver_port)
+            .flatten(),
+    })
+}
+
+fn permission_request(
+    version: FrappeVersion,
+    subject: &Subject<'_>,
+) -> (&'static str, Vec<(&'static str, String)>) {
+    match (version, subject) {
+        (FrappeVersion::V15, Subject::Doctype(doctype)) => (
+            "/api/method/frappe.realtime.can_subscribe_doctype",
+            vec![("doctype", doctype.to_string())],
+        ),
+        (FrappeVersion::V15, Subject::Doc(doctype, docname)) => (
+            "/api/method/frappe.realtime.can_subscribe_doc",
+            vec![
+                ("doctype", doctype.to_string()),
+                ("docname", docname.to_string()),
+            ],
+        ),
+        (FrappeVersion::V16, Subject::Doctype(doctype)) => (
+            "/api/method/frappe.realtime.has_permission",
+            vec![("doctype", doctype.to_string()), ("name", String::new())],
+        ),
+        (FrappeVersion::V16, Subject::Doc(doctype, docname)) => (
+            "/api/method/frappe.realtime.has_permission",
+            vec![
+                ("doctype", doctype.to_string()),
+                ("name", docname.to_string()),
+            ],
+        ),
+    }
+}
+
+fn sensitive(value: &str) -> HeaderValue {
+    match HeaderValue::from_str(value) {
+        Ok(mut header) => {
+            header.set_sensitive(true);
+            header
+        }
+        // Cannot happen for values that arrived as header values; an empty one is refused.
+        Err(_) => HeaderValue::from_static(""),
+    }
+}
+
+/// The parts of `{"message": {"user", "user_type", "installed_apps"}}` we use; absent or
+/// mistyped fields read as missing.
+#[derive(Debug, Default)]
+struct UserInfo {
+    user: Option<String>,
+    user_type: Option<String>,
+    installed_apps: Vec<String>,
+}
+
+impl UserInfo {
+    fn from_reply(body: &Value) -> Self {
+        let message = body.get("message");
+        let text = |key: &str| {
+            message
+                .and_then(|m| m.get(key))
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+        };
+        let installed_apps = message
+            .and_then(|m| m.get("installed_apps"))
+            .and_then(Value::as_array)
+            .map(|apps| {
+                apps.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self {
+            user: text("user"),
+            user_type: text("user_type"),
+            installed_apps,
+        }
+    }
+}
+
+/// Frappe 16's shared secret (spec §4.4), cached and re-read when the site stops accepting it.
+struct SocketSecret {
+    redis: QueueRedis,
+    cached: RwLock<Option<Arc<str>>>,
+}
+
+impl SocketSecret {
+    fn new(redis: QueueRedis) -> Self {
+        Self {
+            redis,
+            cached: RwLock::new(None),
+        }
+    }
+
+    async fn current(&self) -> Option<Arc<str>> {
+        if let Some(secret) = self.cached.read().await.clone() {
+            return Some(secret);
+        }
+        self.refresh().await
+    }
+
+    async fn refresh(&self) -> Option<Arc<str>> {
+        let secret = match self.redis.get(SECRET_KEY).await {
+            Ok(value) => value.filter(|s| !s.is_empty()).map(Arc::from),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the socket secret from redis_queue");
+                None
+            }
+        };
+        *self.cached.write().await = secret.clone();
+        secret
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn user_info_reads_frappe_replies() {
+        let info = UserInfo::from_reply(&json!({"message": {"user": "a@x.com",
+            "user_type": "System User", "installed_apps": ["frappe", "erpnext"]}}));
+        assert_eq!(info.user.as_deref(), Some("a@x.com"));
+        assert_eq!(info.installed_apps, ["frappe", "erpnext"]);
+        assert!(UserInfo::from_reply(&json!({"message": {}})).user.is_none());
+        assert!(UserInfo::from_reply(&json!({"exc": "boom"})).user.is_none());
+        assert!(UserInfo::from_reply(&json!(null)).user.is_none());
+    }
+
+    #[test]
+    fn permission_endpoints_follow_the_version() {
+        let (path, query) = permission_request(FrappeVersion::V15, &Subject::Doc("ToDo", "1"));
+        assert!(path.ends_with("can_subscribe_doc"));
+        assert_eq!(query[1], ("docname", "1".to_string()));
+        let (path, query) = permission_request(FrappeVersion::V16, &Subject::Doctype("ToDo"));
+        assert!(path.ends_with("has_permission"));
+        assert_eq!(query[1], ("name", String::new()));
+    }
+}

@@ -1,0 +1,536 @@
+//! The bench's configuration, read the way Frappe's Node service reads it (spec §1.2).
+//!
+//! Node merges `config.json` then `sites/common_site_config.json` into its defaults, copying a
+//! key only when its value is *truthy* in the JavaScript sense (so `0`, `false`, `""` and `null`
+//! never override anything), then applies a few `FRAPPE_*` environment variables. No crate
+//! models that rule, so the merge is written here over `serde_json::Value`; every merged value
+//! remembers where it came from so that a bad value is reported with its file and key.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use url::Url;
+
+/// Environment variables Frappe's service honours, and the config key each one overrides.
+const ENV_OVERRIDES: [(&str, &str); 5] = [
+    ("FRAPPE_SITE", "default_site"),
+    ("FRAPPE_REDIS_QUEUE", "redis_queue"),
+    ("FRAPPE_REDIS_CACHE", "redis_cache"),
+    ("FRAPPE_SOCKETIO_PORT", "socketio_port"),
+    ("FRAPPE_SOCKETIO_UDS", "socketio_uds"),
+];
+
+const DEFAULT_SOCKETIO_PORT: u16 = 9000;
+const DEFAULT_CALLBACK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Which Frappe protocol the bench speaks towards its realtime service (spec §4.2, §5.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrappeVersion {
+    /// `sid` as a query parameter, `can_subscribe_doc` / `can_subscribe_doctype`.
+    V15,
+    /// `Cookie: sid=…`, `X-Frappe-Socket-Secret`, `has_permission`, `installed_apps`.
+    V16,
+}
+
+impl FrappeVersion {
+    fn from_major(major: u32) -> Self {
+        if major >= 16 { Self::V16 } else { Self::V15 }
+    }
+}
+
+impl fmt::Display for FrappeVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::V15 => "15",
+            Self::V16 => "16",
+        })
+    }
+}
+
+/// Where the Unix socket or TCP port the service listens on comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    Port(u16),
+    Unix(PathBuf),
+}
+
+/// Everything the service needs from the bench, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub bench_dir: PathBuf,
+    pub listen: Listen,
+    /// Redis carrying Frappe's `events` channel, the socket secret and `open_in_editor`.
+    pub redis_queue: String,
+    /// Read for parity with Frappe (apps' handlers use it); the core service does not.
+    pub redis_cache: Option<String>,
+    /// Site used when a client reaches us as `localhost` / `127.0.0.1`.
+    pub default_site: Option<String>,
+    pub developer_mode: bool,
+    pub webserver_port: Option<u16>,
+    pub webserver_host: Option<String>,
+    /// `realtime_callback_url`: send every Frappe callback here instead of the client's Origin.
+    pub callback_url: Option<Url>,
+    /// `realtime_callback_timeout` (seconds): bound on every call to Frappe.
+    pub callback_timeout: Duration,
+    pub frappe_version: FrappeVersion,
+}
+
+/// A configuration problem, always naming the file (or variable) and the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not valid JSON: {source}")]
+    Json {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("{path} must hold a JSON object at its top level")]
+    NotAnObject { path: PathBuf },
+    #[error("{origin}: key `{key}` {problem}")]
+    BadValue {
+        origin: Source,
+        key: &'static str,
+        problem: String,
+    },
+    #[error(
+        "no Redis for events: set `redis_queue` in sites/common_site_config.json or FRAPPE_REDIS_QUEUE"
+    )]
+    MissingRedisQueue,
+}
+
+/// Where a merged value came from, for error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    File(PathBuf),
+    Env(&'static str),
+    Flag(&'static str),
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::File(path) => write!(f, "{}", path.display()),
+            Self::Env(var) => write!(f, "environment variable {var}"),
+            Self::Flag(flag) => write!(f, "command-line flag {flag}"),
+        }
+    }
+}
+
+/// Values merged from the files and the environment, each with its origin.
+#[derive(Debug, Default)]
+struct Layered {
+    values: HashMap<String, (Value, Source)>,
+}
+
+impl Layered {
+    /// Copy every truthy key of `object` over what is already there (Node's `get_conf`).
+    fn merge_truthy(&mut self, object: Map<String, Value>, source: &Source) {
+        for (key, value) in object {
+            if is_truthy(&value) {
+                self.values.insert(key, (value, source.clone()));
+            }
+        }
+    }
+
+    fn set(&mut self, key: &str, value: Value, source: Source) {
+        self.values.insert(key.to_owned(), (value, source));
+    }
+
+    fn get(&self, key: &str) -> Option<&(Value, Source)> {
+        self.values.get(key)
+    }
+
+    /// Convert the value of `key` with `parse`; a value it rejects becomes an error naming
+    /// the file (or variable) and the key.
+    fn typed<T>(
+        &self,
+        key: &'static str,
+        parse: impl FnOnce(&Value) -> Result<T, String>,
+    ) -> Result<Option<T>, ConfigError> {
+        let Some((value, source)) = self.get(key) else {
+            return Ok(None);
+        };
+        parse(value)
+            .map(Some)
+            .map_err(|problem| ConfigError::BadValue {
+                origin: source.clone(),
+                key,
+                problem,
+            })
+    }
+
+    fn string(&self, key: &'static str) -> Result<Option<String>, ConfigError> {
+        self.typed(key, |value| match value {
+            Value::String(s) => Ok(s.clone()),
+            _ => Err("must be a string".into()),
+        })
+    }
+
+    fn port(&self, key: &'static str) -> Result<Option<u16>, ConfigError> {
+        self.typed(key, |value| {
+            let number = match value {
+                Value::Number(n) => n.as_u64(),
+                Value::String(s) => s.trim().parse::<u64>().ok(),
+                _ => None,
+            };
+            match number.and_then(|n| u16::try_from(n).ok()) {
+                Some(port) if port > 0 => Ok(port),
+                _ => Err("must be a TCP port number (1-65535)".into()),
+            }
+        })
+    }
+
+    fn seconds(&self, key: &'static str) -> Result<Option<Duration>, ConfigError> {
+        self.typed(key, |value| {
+            value
+                .as_f64()
+                .and_then(|s| Duration::try_from_secs_f64(s).ok())
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| "must be a positive number of seconds".into())
+        })
+    }
+
+    fn flag(&self, key: &str) -> bool {
+        self.get(key).is_some_and(|(value, _)| is_truthy(value))
+    }
+}
+
+/// JavaScript truthiness, which decides whether a config value overrides (spec §1.2).
+pub(crate) fn is_truthy(value: &Value) -> bool {
+    match value {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0 && !f.is_nan()),
+        Value::String(s) => !s.is_empty(),
+        Value::Array(_) | Value::Object(_) => true,
+    }
+}
+
+/// Overrides given on the command line; they win over files and environment.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub frappe_version: Option<u32>,
+}
+
+impl Config {
+    /// Read the bench in `bench_dir` with the process environment.
+    pub fn load(bench_dir: &Path, overrides: &Overrides) -> Result<Self, ConfigError> {
+        Self::load_with_env(bench_dir, overrides, |var| std::env::var(var).ok())
+    }
+
+    /// As [`Config::load`], with the environment given as a function (for tests).
+    pub fn load_with_env(
+        bench_dir: &Path,
+        overrides: &Overrides,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let mut layered = Layered::default();
+        for file in [
+            bench_dir.join("config.json"),
+            bench_dir.join("sites").join("common_site_config.json"),
+        ] {
+            if let Some(object) = read_json_object(&file)? {
+                layered.merge_truthy(object, &Source::File(file));
+            }
+        }
+        for (var, key) in ENV_OVERRIDES {
+            if let Some(value) = env(var).filter(|v| !v.is_empty()) {
+                layered.set(key, Value::String(value), Source::Env(var));
+            }
+        }
+        if let Some(major) = overrides.frappe_version {
+            layered.set(
+                "realtime_frappe_version",
+                Value::from(major),
+                Source::Flag("--frappe-version"),
+            );
+        }
+        Self::from_layered(bench_dir, &layered)
+    }
+
+    fn from_layered(bench_dir: &Path, layered: &Layered) -> Result<Self, ConfigError> {
+        let listen = match layered.string("socketio_uds")? {
+            Some(path) => Listen::Unix(PathBuf::from(path)),
+            None => Listen::Port(
+                layered
+                    .port("socketio_port")?
+                    .unwrap_or(DEFAULT_SOCKETIO_PORT),
+            ),
+        };
+        let redis_queue = layered
+            .typed("redis_queue", parse_redis_url)?
+            .ok_or(ConfigError::MissingRedisQueue)?;
+        let callback_url = layered.typed("realtime_callback_url", parse_http_url)?;
+        Ok(Self {
+            bench_dir: bench_dir.to_path_buf(),
+            listen,
+            redis_queue,
+            redis_cache: layered.string("redis_cache")?,
+            default_site: layered.string("default_site")?,
+            developer_mode: layered.flag("developer_mode"),
+            webserver_port: layered.port("webserver_port")?,
+            webserver_host: layered.string("webserver_host")?,
+            callback_url,
+            callback_timeout: layered
+                .seconds("realtime_callback_timeout")?
+                .unwrap_or(DEFAULT_CALLBACK_TIMEOUT),
+            frappe_version: frappe_version(bench_dir, layered)?,
+        })
+    }
+
+    pub fn sites_dir(&self) -> PathBuf {
+        self.bench_dir.join("sites")
+    }
+}
+
+/// `None` when the file does not exist (both files are optional, as in Node).
+fn read_json_object(path: &Path) -> Result<Option<Map<String, Value>>, ConfigError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    match serde_json::from_str(&text) {
+        Ok(Value::Object(object)) => Ok(Some(object)),
+        Ok(_) => Err(ConfigError::NotAnObject {
+            path: path.to_path_buf(),
+        }),
+        Err(source) => Err(ConfigError::Json {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+fn parse_redis_url(value: &Value) -> Result<String, String> {
+    let raw = value.as_str().ok_or("must be a string")?;
+    match redis::Client::open(raw) {
+        Ok(_) => Ok(raw.to_owned()),
+        // The redis error kind never echoes the URL, so credentials stay out of the message.
+        Err(e) => Err(format!("is not a usable Redis URL ({})", e.category())),
+    }
+}
+
+fn parse_http_url(value: &Value) -> Result<Url, String> {
+    let raw = value.as_str().ok_or("must be a string")?;
+    match Url::parse(raw) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => Ok(url),
+        _ => Err("must be an http:// or https:// URL".into()),
+    }
+}
+
+/// The Frappe protocol to speak: `realtime_frappe_version` if set, else the version of
+/// `apps/frappe`, else the newest one (with a warning, since guessing can break auth).
+fn frappe_version(bench_dir: &Path, layered: &Layered) -> Result<FrappeVersion, ConfigError> {
+    let configured = layered.typed("realtime_frappe_version", |value| {
+        let major = match value {
+            Value::Number(n) => n.as_u64(),
+            Value::String(s) => s.split('.').next().and_then(|m| m.trim().parse().ok()),
+            _ => None,
+        };
+        match major.and_then(|m| u32::try_from(m).ok()) {
+            Some(m @ 15..) => Ok(FrappeVersion::from_major(m)),
+            _ => Err("must be 15 or 16".to_owned()),
+        }
+    })?;
+    if let Some(version) = configured {
+        return Ok(version);
+    }
+    let init = bench_dir.join("apps/frappe/frappe/__init__.py");
+    match std::fs::read_to_string(&init)
+        .ok()
+        .and_then(|text| major_version(&text))
+    {
+        Some(major) => Ok(FrappeVersion::from_major(major)),
+        None => {
+            tracing::warn!(
+                file = %init.display(),
+                "cannot tell the Frappe version; speaking Frappe 16 (set realtime_frappe_version to change)"
+            );
+            Ok(FrappeVersion::V16)
+        }
+    }
+}
+
+/// The major number of `__version__ = "15.40.2"` in `frappe/__init__.py`.
+fn major_version(init_py: &str) -> Option<u32> {
+    init_py.lines().find_map(|line| {
+        let rest = line.trim().strip_prefix("__version__")?.trim_start();
+        let quoted = rest.strip_prefix('=')?.trim().trim_matches(['"', '\'']);
+        quoted.split('.').next()?.parse().ok()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn bench(common: Value, legacy: Option<Value>) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("sites")).expect("sites");
+        std::fs::write(
+            dir.path().join("sites/common_site_config.json"),
+            common.to_string(),
+        )
+        .expect("write");
+        if let Some(legacy) = legacy {
+            std::fs::write(dir.path().join("config.json"), legacy.to_string()).expect("write");
+        }
+        dir
+    }
+
+    fn load(dir: &Path, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::load_with_env(dir, &Overrides::default(), |var| env.get(var).cloned())
+    }
+
+    #[test]
+    fn defaults_apply_when_keys_are_absent() {
+        let dir = bench(json!({"redis_queue": "redis://127.0.0.1:11000"}), None);
+        let config = load(dir.path(), &[]).expect("config");
+        assert_eq!(config.listen, Listen::Port(9000));
+        assert_eq!(config.callback_timeout, Duration::from_secs(10));
+        assert!(!config.developer_mode);
+        assert_eq!(config.default_site, None);
+    }
+
+    #[test]
+    fn falsy_values_never_override_and_common_config_wins_over_legacy() {
+        let dir = bench(
+            json!({"redis_queue": "redis://q:1", "socketio_port": 0, "default_site": "",
+                   "developer_mode": false}),
+            Some(
+                json!({"socketio_port": 9100, "default_site": "a.local", "redis_queue": "redis://old:2"}),
+            ),
+        );
+        let config = load(dir.path(), &[]).expect("config");
+        assert_eq!(config.listen, Listen::Port(9100));
+        assert_eq!(config.default_site.as_deref(), Some("a.local"));
+        assert_eq!(config.redis_queue, "redis://q:1");
+    }
+
+    #[test]
+    fn environment_overrides_files() {
+        let dir = bench(
+            json!({"redis_queue": "redis://q:1", "socketio_port": 9000}),
+            None,
+        );
+        let config = load(
+            dir.path(),
+            &[
+                ("FRAPPE_SOCKETIO_PORT", "9555"),
+                ("FRAPPE_REDIS_QUEUE", "unix:///run/redis.sock"),
+                ("FRAPPE_SITE", "b.local"),
+                ("FRAPPE_REDIS_CACHE", "redis://c:3"),
+            ],
+        )
+        .expect("config");
+        assert_eq!(config.listen, Listen::Port(9555));
+        assert_eq!(config.redis_queue, "unix:///run/redis.sock");
+        assert_eq!(config.default_site.as_deref(), Some("b.local"));
+        assert_eq!(config.redis_cache.as_deref(), Some("redis://c:3"));
+    }
+
+    #[test]
+    fn unix_socket_wins_over_port() {
+        let dir = bench(json!({"redis_queue": "redis://q:1"}), None);
+        let config = load(dir.path(), &[("FRAPPE_SOCKETIO_UDS", "/tmp/rt.sock")]).expect("config");
+        assert_eq!(config.listen, Listen::Unix(PathBuf::from("/tmp/rt.sock")));
+    }
+
+    #[test]
+    fn bad_values_name_the_file_and_key() {
+        let dir = bench(
+            json!({"redis_queue": "redis://q:1", "socketio_port": "ninety"}),
+            None,
+        );
+        let message = load(dir.path(), &[]).expect_err("bad port").to_string();
+        assert!(message.contains("common_site_config.json"), "{message}");
+        assert!(message.contains("socketio_port"), "{message}");
+
+        let message = load(dir.path(), &[("FRAPPE_SOCKETIO_PORT", "70000")])
+            .expect_err("bad port")
+            .to_string();
+        assert!(message.contains("FRAPPE_SOCKETIO_PORT"), "{message}");
+    }
+
+    #[test]
+    fn invalid_json_names_the_file() {
+        let dir = bench(json!({}), None);
+        std::fs::write(dir.path().join("sites/common_site_config.json"), "{oops").expect("w");
+        let message = load(dir.path(), &[]).expect_err("bad json").to_string();
+        assert!(message.contains("common_site_config.json"), "{message}");
+        assert!(message.contains("not valid JSON"), "{message}");
+    }
+
+    #[test]
+    fn missing_redis_queue_is_an_error() {
+        let dir = bench(json!({}), None);
+        let message = load(dir.path(), &[]).expect_err("no redis").to_string();
+        assert!(message.contains("redis_queue"), "{message}");
+    }
+
+    #[test]
+    fn bad_redis_url_does_not_echo_credentials() {
+        let dir = bench(json!({"redis_queue": "http://user:hunter2@x"}), None);
+        let message = load(dir.path(), &[]).expect_err("bad url").to_string();
+        assert!(message.contains("redis_queue"), "{message}");
+        assert!(!message.contains("hunter2"), "{message}");
+    }
+
+    #[test]
+    fn frappe_version_comes_from_the_bench_or_the_override_key() {
+        let dir = bench(json!({"redis_queue": "redis://q:1"}), None);
+        let init = dir.path().join("apps/frappe/frappe");
+        std::fs::create_dir_all(&init).expect("mkdir");
+        std::fs::write(
+            init.join("__init__.py"),
+            "import os\n__version__ = \"15.62.1\"\n",
+        )
+        .expect("w");
+        assert_eq!(
+            load(dir.path(), &[]).expect("config").frappe_version,
+            FrappeVersion::V15
+        );
+        std::fs::write(init.join("__init__.py"), "__version__ = '16.0.0-dev'\n").expect("w");
+        assert_eq!(
+            load(dir.path(), &[]).expect("config").frappe_version,
+            FrappeVersion::V16
+        );
+        std::fs::write(
+            dir.path().join("sites/common_site_config.json"),
+            json!({"redis_queue": "redis://q:1", "realtime_frappe_version": 15}).to_string(),
+        )
+        .expect("w");
+        assert_eq!(
+            load(dir.path(), &[]).expect("config").frappe_version,
+            FrappeVersion::V15
+        );
+    }
+
+    #[test]
+    fn callback_url_must_be_http() {
+        let dir = bench(
+            json!({"redis_queue": "redis://q:1", "realtime_callback_url": "ftp://x"}),
+            None,
+        );
+        let message = load(dir.path(), &[]).expect_err("bad url").to_string();
+        assert!(message.contains("realtime_callback_url"), "{message}");
+    }
+}

@@ -1,0 +1,239 @@
+//! The handshake middleware and the client events Frappe's service handles (spec §4, §5).
+//!
+//! Arguments are positional and untrusted: anything missing, empty or not a string makes the
+//! event a no-op, never an error that reaches the connection.
+
+use std::sync::Arc;
+
+use serde::de::{Deserialize, Deserializer, SeqAccess, Visitor};
+use serde_json::Value;
+use socketioxide::extract::{Extension, SocketRef, State, TryData};
+use socketioxide::socket::DisconnectReason;
+
+use crate::app::App;
+use crate::auth::Subject;
+use crate::handshake::{self, Refusal};
+use crate::rooms::{self, ClientState, Presence};
+
+/// Socket.IO emit with no arguments: an empty tuple-like value, so the frame is `["pong"]`.
+const NO_ARGS: [(); 0] = [];
+
+/// Connect middleware: the local checks, then one call to the site. On `Err` the client gets
+/// `connect_error` with the refusal's text and nothing else happens.
+pub async fn authenticate(socket: SocketRef, State(app): State<Arc<App>>) -> Result<(), Refusal> {
+    let site = socket.ns().trim_start_matches('/').to_owned();
+    let headers = &socket.req_parts().headers;
+    let outcome = match handshake::check(&site, headers, app.config.default_site.as_deref()) {
+        Ok(accepted) => app
+            .frappe
+            .get_user_info(&site, accepted)
+            .await
+            .map_err(Refusal::Unauthorized),
+        Err(refusal) => Err(refusal),
+    };
+    match outcome {
+        Ok(session) => {
+            socket.extensions.insert(ClientState::new(session));
+            Ok(())
+        }
+        Err(refusal) => {
+            tracing::info!(%site, reason = refusal.reason(), message = %refusal, "handshake refused");
+            Err(refusal)
+        }
+    }
+}
+
+/// Runs once the middleware accepted the socket: join Frappe's rooms and listen for events.
+pub async fn on_connect(socket: SocketRef, Extension(client): Extension<Arc<ClientState>>) {
+    let session = &client.session;
+    socket.join(rooms::user(&session.user));
+    socket.join(rooms::WEBSITE);
+    if session.is_system_user() {
+        socket.join(rooms::ALL);
+    }
+    tracing::info!(site = %session.site, user = %session.user,
+        transport = ?socket.transport_type(), "client connected");
+
+    socket.on("ping", on_ping);
+    socket.on("doctype_subscribe", doctype_subscribe);
+    socket.on("doctype_unsubscribe", doctype_unsubscribe);
+    socket.on("doc_subscribe", doc_subscribe);
+    socket.on("doc_unsubscribe", doc_unsubscribe);
+    socket.on("task_subscribe", task_subscribe);
+    socket.on("progress_subscribe", task_subscribe);
+    socket.on("task_unsubscribe", task_unsubscribe);
+    socket.on("doc_open", doc_open);
+    socket.on("doc_close", doc_close);
+    socket.on("open_in_editor", open_in_editor);
+    socket.on_disconnect(on_disconnect);
+}
+
+async fn on_ping(socket: SocketRef) {
+    // A full queue only means this client is far behind; it will not miss a pong it can see.
+    let _ = socket.emit("pong", &NO_ARGS);
+}
+
+async fn doctype_subscribe(
+    socket: SocketRef,
+    State(app): State<Arc<App>>,
+    Extension(client): Extension<Arc<ClientState>>,
+    TryData(args): TryData<EventArgs>,
+) {
+    let Some(doctype) = args.ok().and_then(|a| a.text(0).map(str::to_owned)) else {
+        return;
+    };
+    if app
+        .frappe
+        .may_subscribe(&client.session, Subject::Doctype(&doctype))
+        .await
+    {
+        socket.join(rooms::doctype(&doctype));
+    }
+}
+
+async fn doctype_unsubscribe(socket: SocketRef, TryData(args): TryData<EventArgs>) {
+    if let Some(doctype) = args.ok().as_ref().and_then(|a| a.text(0)) {
+        socket.leave(rooms::doctype(doctype));
+    }
+}
+
+async fn doc_subscribe(
+    socket: SocketRef,
+    State(app): State<Arc<App>>,
+    Extension(client): Extension<Arc<ClientState>>,
+    TryData(args): TryData<EventArgs>,
+) {
+    let Some((doctype, docname)) = args.ok().and_then(|a| a.doc()) else {
+        return;
+    };
+    if app
+        .frappe
+        .may_subscribe(&client.session, Subject::Doc(&doctype, &docname))
+        .await
+    {
+        socket.join(rooms::doc(&doctype, &docname));
+    }
+}
+
+async fn doc_unsubscribe(socket: SocketRef, TryData(args): TryData<EventArgs>) {
+    if let Some((doctype, docname)) = args.ok().and_then(|a| a.doc()) {
+        socket.leave(rooms::doc(&doctype, &docname));
+    }
+}
+
+async fn task_subscribe(socket: SocketRef, TryData(args): TryData<EventArgs>) {
+    if let Some(task_id) = args.ok().as_ref().and_then(|a| a.text(0)) {
+        socket.join(rooms::task(task_id));
+    }
+}
+
+async fn task_unsubscribe(socket: SocketRef, TryData(args): TryData<EventArgs>) {
+    if let Some(task_id) = args.ok().as_ref().and_then(|a| a.text(0)) {
+        socket.leave(rooms::task(task_id));
+    }
+}
+
+async fn doc_open(
+    socket: SocketRef,
+    State(app): State<Arc<App>>,
+    Extension(client): Extension<Arc<ClientState>>,
+    TryData(args): TryData<EventArgs>,
+) {
+    let Some((doctype, docname)) = args.ok().and_then(|a| a.doc()) else {
+        return;
+    };
+    if !app
+        .frappe
+        .may_subscribe(&client.session, Subject::Doc(&doctype, &docname))
+        .await
+    {
+        return;
+    }
+    socket.join(rooms::open_doc(&doctype, &docname));
+    client.remember_open(&doctype, &docname);
+    rooms::announce_viewers(&socket, &client, &doctype, &docname, Presence::Staying).await;
+}
+
+async fn doc_close(
+    socket: SocketRef,
+    Extension(client): Extension<Arc<ClientState>>,
+    TryData(args): TryData<EventArgs>,
+) {
+    let Some((doctype, docname)) = args.ok().and_then(|a| a.doc()) else {
+        return;
+    };
+    socket.leave(rooms::open_doc(&doctype, &docname));
+    client.forget_open(&doctype, &docname);
+    rooms::announce_viewers(&socket, &client, &doctype, &docname, Presence::Staying).await;
+}
+
+/// Publishes the build overlay's "open this file" request for `bench watch`. Frappe's Python
+/// service allows it only in developer mode and never for Guest; so do we.
+async fn open_in_editor(
+    State(app): State<Arc<App>>,
+    Extension(client): Extension<Arc<ClientState>>,
+    TryData(args): TryData<EventArgs>,
+) {
+    if !app.config.developer_mode || client.session.is_guest() {
+        return;
+    }
+    let Some(Value::Object(request)) = args.ok().and_then(|a| a.0.into_iter().next()) else {
+        return;
+    };
+    let payload = Value::Object(request).to_string();
+    if let Err(e) = app.redis.publish("open_in_editor", &payload).await {
+        tracing::warn!(error = %e, "cannot publish open_in_editor");
+    }
+}
+
+async fn on_disconnect(
+    socket: SocketRef,
+    Extension(client): Extension<Arc<ClientState>>,
+    reason: DisconnectReason,
+) {
+    for (doctype, docname) in client.take_open() {
+        rooms::announce_viewers(&socket, &client, &doctype, &docname, Presence::Departing).await;
+    }
+    tracing::info!(site = %client.session.site, user = %client.session.user,
+        reason = ?reason, "client disconnected");
+}
+
+/// Every positional argument of an event. socketioxide hands a non-tuple type only the first
+/// argument, so this deserialises as a tuple of any length.
+#[derive(Debug, Default)]
+pub struct EventArgs(Vec<Value>);
+
+impl EventArgs {
+    /// Argument `index` if it is a non-empty string (Frappe skips falsy arguments).
+    fn text(&self, index: usize) -> Option<&str> {
+        self.0
+            .get(index)
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+    }
+
+    fn doc(&self) -> Option<(String, String)> {
+        Some((self.text(0)?.to_owned(), self.text(1)?.to_owned()))
+    }
+}
+
+impl<'de> Deserialize<'de> for EventArgs {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ArgsVisitor;
+        impl<'de> Visitor<'de> for ArgsVisitor {
+            type Value = EventArgs;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("event arguments")
+            }
+            fn visit_seq<S: SeqAccess<'de>>(self, mut seq: S) -> Result<EventArgs, S::Error> {
+                let mut args = Vec::new();
+                while let Some(arg) = seq.next_element()? {
+                    args.push(arg);
+                }
+                Ok(EventArgs(args))
+            }
+        }
+        // The length is only a hint to the parser; every argument present is read.
+        deserializer.deserialize_tuple(usize::MAX, ArgsVisitor)
+    }
+}

@@ -1,0 +1,274 @@
+//! The checks Frappe makes on a Socket.IO handshake before it calls the site (spec §3.2, §3.3).
+//!
+//! Everything here is pure: it reads the headers of the request that opened the engine.io
+//! session and either names the credential to validate or says why the client is refused.
+
+use std::fmt;
+
+use http::HeaderMap;
+use http::header::{AUTHORIZATION, COOKIE, HOST, ORIGIN};
+
+/// Why a handshake is refused. `Display` is the exact text the client gets in `connect_error`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    InvalidNamespace,
+    InvalidOrigin,
+    MissingCredentials,
+    NoAuthenticationMethod,
+    /// The site did not vouch for the credential; the text says why (never the credential).
+    Unauthorized(String),
+}
+
+impl Refusal {
+    /// A short, bounded label for logs and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::InvalidNamespace => "invalid_namespace",
+            Self::InvalidOrigin => "invalid_origin",
+            Self::MissingCredentials => "missing_credentials",
+            Self::NoAuthenticationMethod => "no_authentication_method",
+            Self::Unauthorized(_) => "unauthorized",
+        }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::InvalidNamespace => f.write_str("Invalid namespace"),
+            Self::InvalidOrigin => f.write_str("Invalid origin"),
+            Self::MissingCredentials => f.write_str(
+                "Missing cookie and authorization header. Either one needed for authentication.",
+            ),
+            Self::NoAuthenticationMethod => {
+                f.write_str("No authentication method used. Use cookie or authorization header.")
+            }
+            Self::Unauthorized(why) => write!(f, "Unauthorized: {why}"),
+        }
+    }
+}
+
+/// What a client presents to prove who it is. `Debug` never shows the secret part.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Credential {
+    /// The `Authorization` header, verbatim (`token k:s`, `Basic …`, `Bearer …`).
+    Authorization(String),
+    /// The value of the `sid` cookie.
+    Sid(String),
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Authorization(_) => f.write_str("Authorization(<redacted>)"),
+            Self::Sid(_) => f.write_str("Sid(<redacted>)"),
+        }
+    }
+}
+
+/// A handshake that passed the local checks: who claims to be calling, from where.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    pub credential: Credential,
+    /// The `Origin` header, the default base of callbacks to Frappe (spec §4.3).
+    pub origin: String,
+}
+
+/// Run the checks of spec §3.3 in Frappe's order; the first failure wins and nothing after it
+/// runs (Node keeps going after `Invalid namespace`; that defect is deliberately not copied).
+pub fn check(
+    namespace_site: &str,
+    headers: &HeaderMap,
+    default_site: Option<&str>,
+) -> Result<Accepted, Refusal> {
+    if resolve_site(headers, default_site).as_deref() != Some(namespace_site) {
+        return Err(Refusal::InvalidNamespace);
+    }
+    let host = header(headers, HOST.as_str()).map(hostname);
+    let origin = header(headers, ORIGIN.as_str());
+    match (host, origin) {
+        (Some(host), Some(origin)) if host == hostname(origin) => {}
+        _ => return Err(Refusal::InvalidOrigin),
+    }
+    let origin = origin.unwrap_or_default().to_owned();
+
+    let authorization = header(headers, AUTHORIZATION.as_str()).filter(|v| !v.is_empty());
+    let cookies = headers.get_all(COOKIE);
+    if authorization.is_none() && cookies.iter().next().is_none() {
+        return Err(Refusal::MissingCredentials);
+    }
+    // Authorization wins over the cookie: mobile apps send `sid=Guest` plus a token (#26766).
+    let credential = match authorization {
+        Some(value) => Credential::Authorization(value.to_owned()),
+        None => match sid_cookie(headers) {
+            Some(sid) => Credential::Sid(sid),
+            None => return Err(Refusal::NoAuthenticationMethod),
+        },
+    };
+    Ok(Accepted { credential, origin })
+}
+
+/// The site a handshake is for: `X-Frappe-Site-Name`, then `default_site` when the client
+/// reached us as localhost, then the Origin's host, then the Host header's.
+pub fn resolve_site(headers: &HeaderMap, default_site: Option<&str>) -> Option<String> {
+    if let Some(site) = header(headers, "x-frappe-site-name") {
+        return Some(hostname(site).to_owned());
+    }
+    let host = header(headers, HOST.as_str()).map(hostname);
+    if let (Some(default_site), Some("localhost" | "127.0.0.1")) = (default_site, host) {
+        return Some(default_site.to_owned());
+    }
+    header(headers, ORIGIN.as_str())
+        .map(hostname)
+        .or(host)
+        .map(str::to_owned)
+}
+
+/// Frappe's notion of a hostname: drop a `scheme://` prefix and any path, then cut at the
+/// first `:` (so IPv6 literals are mangled, exactly as in Frappe).
+pub fn hostname(value: &str) -> &str {
+    let without_scheme = match value.find("://") {
+        Some(i) => &value[i + 3..],
+        None => value,
+    };
+    let authority = without_scheme.split('/').next().unwrap_or_default();
+    authority.split(':').next().unwrap_or_default()
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The `sid` cookie across every `Cookie` header; malformed pairs are skipped.
+fn sid_cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(cookie::Cookie::split_parse)
+        .filter_map(Result::ok)
+        .find(|c| c.name() == "sid" && !c.value().is_empty())
+        .map(|c| c.value().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.append(
+                http::HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                v.parse().expect("value"),
+            );
+        }
+        map
+    }
+
+    #[test]
+    fn hostname_follows_frappe() {
+        assert_eq!(
+            hostname("https://erp.example.com:8443/x"),
+            "erp.example.com"
+        );
+        assert_eq!(hostname("erp.example.com:8000"), "erp.example.com");
+        assert_eq!(hostname("erp.example.com"), "erp.example.com");
+        assert_eq!(hostname(""), "");
+    }
+
+    #[test]
+    fn site_resolution_order() {
+        let all = headers(&[
+            ("x-frappe-site-name", "a.local"),
+            ("host", "localhost:9000"),
+            ("origin", "http://c.local"),
+        ]);
+        assert_eq!(
+            resolve_site(&all, Some("d.local")).as_deref(),
+            Some("a.local")
+        );
+        let local = headers(&[("host", "127.0.0.1:9000"), ("origin", "http://c.local")]);
+        assert_eq!(
+            resolve_site(&local, Some("d.local")).as_deref(),
+            Some("d.local")
+        );
+        assert_eq!(resolve_site(&local, None).as_deref(), Some("c.local"));
+        let host_only = headers(&[("host", "e.local:9000")]);
+        assert_eq!(
+            resolve_site(&host_only, Some("d.local")).as_deref(),
+            Some("e.local")
+        );
+    }
+
+    #[test]
+    fn checks_run_in_order() {
+        let wrong_site = headers(&[("host", "b.local"), ("origin", "http://b.local")]);
+        assert_eq!(
+            check("a.local", &wrong_site, None).err(),
+            Some(Refusal::InvalidNamespace)
+        );
+
+        let no_origin = headers(&[("host", "a.local"), ("cookie", "sid=x")]);
+        assert_eq!(
+            check("a.local", &no_origin, None).err(),
+            Some(Refusal::InvalidOrigin)
+        );
+
+        let cross_origin = headers(&[
+            ("x-frappe-site-name", "a.local"),
+            ("host", "a.local"),
+            ("origin", "http://evil.example"),
+        ]);
+        assert_eq!(
+            check("a.local", &cross_origin, None).err(),
+            Some(Refusal::InvalidOrigin)
+        );
+
+        let base = [("host", "a.local:9000"), ("origin", "http://a.local")];
+        assert_eq!(
+            check("a.local", &headers(&base), None).err(),
+            Some(Refusal::MissingCredentials)
+        );
+        let mut other_cookie = base.to_vec();
+        other_cookie.push(("cookie", "theme=dark"));
+        assert_eq!(
+            check("a.local", &headers(&other_cookie), None).err(),
+            Some(Refusal::NoAuthenticationMethod)
+        );
+    }
+
+    #[test]
+    fn authorization_wins_over_the_sid_cookie() {
+        let h = headers(&[
+            ("host", "a.local"),
+            ("origin", "https://a.local"),
+            ("cookie", "sid=Guest; x=1"),
+            ("authorization", "token k:s"),
+        ]);
+        let accepted = check("a.local", &h, None).expect("accepted");
+        assert_eq!(
+            accepted.credential,
+            Credential::Authorization("token k:s".into())
+        );
+        assert_eq!(accepted.origin, "https://a.local");
+
+        let h = headers(&[
+            ("host", "a.local"),
+            ("origin", "https://a.local"),
+            ("cookie", "full_name=J%20D; sid=abc123"),
+        ]);
+        let accepted = check("a.local", &h, None).expect("accepted");
+        assert_eq!(accepted.credential, Credential::Sid("abc123".into()));
+    }
+
+    #[test]
+    fn messages_are_frappes() {
+        assert_eq!(Refusal::InvalidNamespace.to_string(), "Invalid namespace");
+        assert_eq!(
+            Refusal::Unauthorized("HTTP 500".into()).to_string(),
+            "Unauthorized: HTTP 500"
+        );
+        assert!(!format!("{:?}", Credential::Sid("secret".into())).contains("secret"));
+    }
+}

@@ -1,0 +1,18 @@
+//! frappe-realtime: a drop-in replacement for the Socket.IO service of a Frappe bench.
+//!
+//! Modules by responsibility: [`config`] reads the bench, [`sites`] keeps one namespace per
+//! site, [`handshake`] resolves the site and checks a handshake, [`auth`] asks Frappe who a
+//! client is and what it may follow, [`handlers`] serves client events, [`rooms`] names rooms
+//! and tracks who views a document, [`bridge`] delivers Frappe's Redis events, and [`server`]
+//! ties them together.
+
+pub mod app;
+pub mod auth;
+pub mod bridge;
+pub mod config;
+pub mod handlers;
+pub mod handshake;
+pub mod queue_redis;
+pub mod rooms;
+pub mod server;
+pub mod sites;

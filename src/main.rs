@@ -1,0 +1,82 @@
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use frappe_realtime::config::{Config, Overrides};
+use tracing_subscriber::EnvFilter;
+
+/// Frappe's realtime (Socket.IO) service. Run it from the bench directory, as supervisor runs
+/// `node apps/frappe/socketio.js`; it reads the bench's own configuration.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Cli {
+    /// The bench directory (the one holding apps/ and sites/).
+    #[arg(long, default_value = ".")]
+    bench: PathBuf,
+    /// Bind TCP on this address only (default: every interface, like Frappe's service).
+    #[arg(long)]
+    host: Option<IpAddr>,
+    /// Speak this Frappe major version (15 or 16) instead of the one in apps/frappe.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(15..))]
+    frappe_version: Option<u32>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
+    let overrides = Overrides {
+        frappe_version: cli.frappe_version,
+    };
+    let config = match Config::load(&cli.bench, &overrides) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("frappe-realtime: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if rustls::crypto::ring::default_provider()
+        .install_default()
+        .is_err()
+    {
+        eprintln!("frappe-realtime: a TLS provider was already installed");
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("frappe-realtime: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(frappe_realtime::server::run(
+        config,
+        cli.host,
+        shutdown_signal(),
+    )) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("frappe-realtime: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// SIGTERM (supervisor, systemd) or SIGINT (a terminal).
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

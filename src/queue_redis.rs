@@ -1,0 +1,37 @@
+//! Commands on the bench's `redis_queue` besides the `events` subscription: reading the socket
+//! secret Frappe 16 shares with us, and publishing `open_in_editor` for `bench watch`.
+
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+/// Bounds every command, so a dead Redis costs a handshake at most this long.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A lazily connected, self-reconnecting command connection. Cheap to clone.
+#[derive(Clone)]
+pub struct QueueRedis {
+    connection: ConnectionManager,
+}
+
+impl QueueRedis {
+    /// Does not connect: the service must start while Redis is down (spec §10 #1).
+    pub fn new(url: &str) -> redis::RedisResult<Self> {
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(COMMAND_TIMEOUT))
+            .set_response_timeout(Some(COMMAND_TIMEOUT))
+            .set_max_delay(Duration::from_secs(2));
+        let connection =
+            ConnectionManager::new_lazy_with_config(redis::Client::open(url)?, config)?;
+        Ok(Self { connection })
+    }
+
+    pub async fn get(&self, key: &str) -> redis::RedisResult<Option<String>> {
+        self.connection.clone().get(key).await
+    }
+
+    pub async fn publish(&self, channel: &str, payload: &str) -> redis::RedisResult<()> {
+        self.connection.clone().publish(channel, payload).await
+    }
+}

@@ -1,0 +1,161 @@
+//! Process lifecycle: build the Socket.IO service, serve it on the bench's port or Unix
+//! socket, run the site watcher and the Redis bridge, and shut down on SIGTERM / SIGINT.
+
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::http::StatusCode;
+use socketioxide::SocketIo;
+use socketioxide::adapter::LocalAdapter;
+use tower::ServiceBuilder;
+use tower_http::cors::CorsLayer;
+
+use crate::app::App;
+use crate::bridge;
+use crate::config::{Config, Listen};
+use crate::sites::SiteRegistry;
+
+/// Node's `maxHttpBufferSize` default, which Frappe's clients expect (socketioxide: 100 KB).
+const MAX_PAYLOAD: u64 = 1_000_000;
+/// Packets queued per socket before sends to it are dropped (socketioxide's default is 128,
+/// which a burst of `list_update`s overruns between two polls).
+const MAX_QUEUED_PACKETS: usize = 1024;
+/// How long connections get to close after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Serve until `shutdown` resolves. `host` is the TCP address to bind (all interfaces if
+/// `None`, like Node); ignored when the bench asks for a Unix socket.
+pub async fn run(
+    config: Config,
+    host: Option<IpAddr>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let listen = config.listen.clone();
+    let sites_dir = config.sites_dir();
+    let redis = redis::Client::open(config.redis_queue.as_str())
+        .map_err(|e| anyhow::anyhow!("redis_queue is not usable: {}", e.category()))?;
+    let app = Arc::new(App::new(config)?);
+    tracing::info!(frappe_version = %app.config.frappe_version, "speaking Frappe's realtime protocol");
+
+    let (layer, io) = socket_io_layer(app);
+    let mut registry = SiteRegistry::new(io.clone(), sites_dir.clone());
+    registry.sync();
+    if registry.served().is_empty() {
+        tracing::warn!(dir = %sites_dir.display(), "no sites found yet (a site is sites/<name>/site_config.json)");
+    }
+    let watcher = tokio::spawn(registry.watch());
+    let subscriber = tokio::spawn(bridge::run(io.clone(), redis));
+
+    let router = Router::new()
+        .fallback(|| async { (StatusCode::NOT_FOUND, "Not Found\n") })
+        .layer(
+            ServiceBuilder::new()
+                // Frappe's `cors: {origin: true, credentials: true}`: echo the Origin.
+                .layer(CorsLayer::very_permissive())
+                .layer(layer),
+        );
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let closing_io = io.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        tracing::info!("shutting down");
+        closing_io.close().await;
+        let _ = stop_tx.send(());
+    });
+    let graceful = async {
+        let _ = stop_rx.await;
+    };
+
+    let served = serve(&listen, host, router, graceful);
+    let result = served.await;
+    watcher.abort();
+    subscriber.abort();
+    if let Listen::Unix(path) = &listen {
+        let _ = std::fs::remove_file(path);
+    }
+    result
+}
+
+fn socket_io_layer(app: Arc<App>) -> (socketioxide::layer::SocketIoLayer, SocketIo<LocalAdapter>) {
+    SocketIo::builder()
+        .max_payload(MAX_PAYLOAD)
+        .ws_max_message_size(MAX_PAYLOAD as usize)
+        .ws_max_frame_size(MAX_PAYLOAD as usize)
+        .max_buffer_size(MAX_QUEUED_PACKETS)
+        .with_state(app)
+        .build_layer()
+}
+
+async fn serve(
+    listen: &Listen,
+    host: Option<IpAddr>,
+    router: Router,
+    graceful: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(false);
+    let graceful = async move {
+        graceful.await;
+        let _ = stopping_tx.send(true);
+    };
+    // Connections get SHUTDOWN_GRACE to end once the shutdown began, then we exit anyway.
+    let deadline = async move {
+        let mut stopping = stopping_rx;
+        let _ = stopping.wait_for(|s| *s).await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    match listen {
+        Listen::Port(port) => {
+            let listener = bind_tcp(host, *port).await?;
+            let local = listener.local_addr().context("reading the bound address")?;
+            tracing::info!("Realtime service listening on: ws://{local}");
+            let server = axum::serve(listener, router).with_graceful_shutdown(graceful);
+            tokio::select! {
+                result = server => result.context("serving HTTP"),
+                () = deadline => Ok(()),
+            }
+        }
+        Listen::Unix(path) => {
+            let listener = bind_unix(path)?;
+            tracing::info!("Realtime service listening on UDS: {}", path.display());
+            let server = axum::serve(listener, router).with_graceful_shutdown(graceful);
+            tokio::select! {
+                result = server => result.context("serving HTTP"),
+                () = deadline => Ok(()),
+            }
+        }
+    }
+}
+
+/// All interfaces, IPv6 and IPv4, like Node; IPv4 only where the host has no IPv6.
+async fn bind_tcp(host: Option<IpAddr>, port: u16) -> anyhow::Result<tokio::net::TcpListener> {
+    let any_v6 = SocketAddr::from((Ipv6Addr::UNSPECIFIED, port));
+    let address = host.map(|ip| SocketAddr::new(ip, port)).unwrap_or(any_v6);
+    match tokio::net::TcpListener::bind(address).await {
+        Ok(listener) => Ok(listener),
+        Err(_) if host.is_none() => tokio::net::TcpListener::bind(("0.0.0.0", port))
+            .await
+            .with_context(|| format!("cannot listen on port {port}")),
+        Err(e) => Err(e).with_context(|| format!("cannot listen on {address}")),
+    }
+}
+
+/// Bind the bench's `socketio_uds`, removing a socket file left by an earlier run (Node
+/// fails on it). Anything other than a socket at that path is left alone and reported.
+fn bind_unix(path: &std::path::Path) -> anyhow::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::FileTypeExt;
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        anyhow::ensure!(
+            meta.file_type().is_socket(),
+            "socketio_uds {} exists and is not a socket; not removing it",
+            path.display()
+        );
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing the stale socket {}", path.display()))?;
+    }
+    tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("cannot listen on {}", path.display()))
+}
