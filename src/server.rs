@@ -49,14 +49,7 @@ pub async fn run(
     let watcher = tokio::spawn(registry.watch());
     let subscriber = tokio::spawn(bridge::run(io.clone(), redis));
 
-    let router = Router::new()
-        .fallback(|| async { (StatusCode::NOT_FOUND, "Not Found\n") })
-        .layer(
-            ServiceBuilder::new()
-                // Frappe's `cors: {origin: true, credentials: true}`: echo the Origin.
-                .layer(CorsLayer::very_permissive())
-                .layer(layer),
-        );
+    let service = http_service(layer);
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let closing_io = io.clone();
@@ -70,7 +63,7 @@ pub async fn run(
         let _ = stop_rx.await;
     };
 
-    let served = serve(&listen, host, router, graceful);
+    let served = serve(&listen, host, service, graceful);
     let result = served.await;
     watcher.abort();
     subscriber.abort();
@@ -78,6 +71,21 @@ pub async fn run(
         let _ = std::fs::remove_file(path);
     }
     result
+}
+
+/// The whole HTTP service: Socket.IO under `/socket.io/`, a prompt 404 elsewhere (Node leaves
+/// such requests hanging), CORS echoing the Origin with credentials like Frappe's service.
+///
+/// The Socket.IO layer must wrap the router *once*: `Router::layer` applies a layer to each
+/// route separately, and every application builds its own engine.io session table (a session
+/// opened by a polling GET would then be unknown to the POST that follows).
+fn http_service(layer: socketioxide::layer::SocketIoLayer) -> Router {
+    let not_found = Router::new().fallback(|| async { (StatusCode::NOT_FOUND, "Not Found\n") });
+    let socket_io = ServiceBuilder::new()
+        .layer(CorsLayer::very_permissive())
+        .layer(layer)
+        .service(not_found);
+    Router::new().fallback_service(socket_io)
 }
 
 fn socket_io_layer(app: Arc<App>) -> (socketioxide::layer::SocketIoLayer, SocketIo<LocalAdapter>) {
@@ -93,7 +101,7 @@ fn socket_io_layer(app: Arc<App>) -> (socketioxide::layer::SocketIoLayer, Socket
 async fn serve(
     listen: &Listen,
     host: Option<IpAddr>,
-    router: Router,
+    service: Router,
     graceful: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(false);
@@ -112,7 +120,7 @@ async fn serve(
             let listener = bind_tcp(host, *port).await?;
             let local = listener.local_addr().context("reading the bound address")?;
             tracing::info!("Realtime service listening on: ws://{local}");
-            let server = axum::serve(listener, router).with_graceful_shutdown(graceful);
+            let server = axum::serve(listener, service.clone()).with_graceful_shutdown(graceful);
             tokio::select! {
                 result = server => result.context("serving HTTP"),
                 () = deadline => Ok(()),
@@ -121,7 +129,7 @@ async fn serve(
         Listen::Unix(path) => {
             let listener = bind_unix(path)?;
             tracing::info!("Realtime service listening on UDS: {}", path.display());
-            let server = axum::serve(listener, router).with_graceful_shutdown(graceful);
+            let server = axum::serve(listener, service.clone()).with_graceful_shutdown(graceful);
             tokio::select! {
                 result = server => result.context("serving HTTP"),
                 () = deadline => Ok(()),

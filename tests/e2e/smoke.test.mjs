@@ -1,0 +1,14 @@
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { startStack, nextEvent } from "../support/harness.mjs";
+
+let stack;
+before(async () => { stack = await startStack(); });
+after(async () => { await stack?.stop(); });
+
+test("a logged-in user receives an event published to their user room", async () => {
+  const socket = await stack.connect({ sid: "sid-alice" });
+  const got = nextEvent(socket, "msgprint");
+  await stack.publish("msgprint", "hello", { room: "user:alice@example.com" });
+  assert.deepEqual(await got, ["hello"]);
+});

@@ -1,0 +1,283 @@
+// Starts the real parts for an end-to-end test: a redis-server on a free loopback port, the
+// fake Frappe, a throwaway bench directory and the frappe-realtime binary running in it.
+// Every wait is bounded; every process started here is stopped by its own PID.
+import { spawn } from "node:child_process";
+import fs from "node:fs";
+import net from "node:net";
+import os from "node:os";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { io } from "socket.io-client";
+import { createClient } from "redis";
+import { FakeFrappe } from "./fake-frappe.mjs";
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
+export const BINARY = process.env.FRAPPE_REALTIME_BIN ?? path.join(ROOT, "target/debug/frappe-realtime");
+export const SITES = ["site1.local", "site2.local"];
+
+export async function freePort() {
+  const server = net.createServer();
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address();
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
+
+/** Poll `check` until it returns a truthy value, at most `timeoutMs`. */
+export async function waitFor(check, { timeoutMs = 5000, everyMs = 25, what = "condition" } = {}) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await check();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, everyMs));
+  }
+}
+
+export class Redis {
+  static async start({ port, args = [] } = {}) {
+    const redis = new Redis();
+    redis.port = port ?? (await freePort());
+    redis.args = args;
+    await redis.#spawn();
+    return redis;
+  }
+
+  get url() {
+    return `redis://127.0.0.1:${this.port}`;
+  }
+
+  async #spawn() {
+    this.proc = spawn("redis-server", ["--port", String(this.port), "--bind", "127.0.0.1",
+      "--save", "", "--appendonly", "no", ...this.args], { stdio: "ignore" });
+    const client = createClient({ url: this.url, ...(this.password ? { password: this.password } : {}) });
+    client.on("error", () => {});
+    await waitFor(async () => {
+      try {
+        if (!client.isOpen) await client.connect();
+        return (await client.ping()) === "PONG";
+      } catch {
+        return false;
+      }
+    }, { what: "redis-server to answer" });
+    this.client = client;
+  }
+
+  async stop() {
+    await this.client?.disconnect().catch(() => {});
+    this.client = undefined;
+    if (this.proc && this.proc.exitCode === null) {
+      const exited = new Promise((resolve) => this.proc.once("exit", resolve));
+      this.proc.kill("SIGKILL");
+      await exited;
+    }
+  }
+
+  async restart() {
+    await this.stop();
+    await this.#spawn();
+  }
+
+  publish(body) {
+    return this.client.publish("events", typeof body === "string" ? body : JSON.stringify(body));
+  }
+
+  async subscribers() {
+    const counts = await this.client.pubSubNumSub("events");
+    return counts.events ?? 0;
+  }
+}
+
+/** A bench directory with the given sites, Frappe version and common_site_config.json. */
+export function makeBench({ sites = SITES, version = 16, common = {}, legacy } = {}) {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "frappe-bench-"));
+  fs.mkdirSync(path.join(dir, "sites/assets"), { recursive: true });
+  for (const site of sites) addSite(dir, site);
+  const init = path.join(dir, "apps/frappe/frappe");
+  fs.mkdirSync(init, { recursive: true });
+  fs.writeFileSync(path.join(init, "__init__.py"), `__version__ = "${version}.3.0"\n`);
+  fs.writeFileSync(path.join(dir, "sites/common_site_config.json"), JSON.stringify(common, null, 1));
+  if (legacy) fs.writeFileSync(path.join(dir, "config.json"), JSON.stringify(legacy));
+  return dir;
+}
+
+export function addSite(benchDir, site) {
+  fs.mkdirSync(path.join(benchDir, "sites", site), { recursive: true });
+  fs.writeFileSync(path.join(benchDir, "sites", site, "site_config.json"), "{}");
+}
+
+/** The binary, started in `bench` with no arguments beyond `args`; its output is kept. */
+export class Server {
+  static async start({ bench, port, args = ["--host", "127.0.0.1"], env = {}, waitListening = true }) {
+    const server = new Server();
+    server.port = port;
+    server.output = "";
+    server.proc = spawn(BINARY, args, {
+      cwd: bench,
+      env: { ...process.env, RUST_LOG: "info", ...env },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    const collect = (chunk) => { server.output += chunk.toString(); };
+    server.proc.stdout.on("data", collect);
+    server.proc.stderr.on("data", collect);
+    server.exited = new Promise((resolve) => server.proc.once("exit", (code) => resolve(code)));
+    if (waitListening) {
+      await waitFor(() => server.output.includes("listening on") || server.proc.exitCode !== null,
+        { timeoutMs: 10000, what: "the server to listen" });
+      if (server.proc.exitCode !== null) throw new Error(`server exited:\n${server.output}`);
+    }
+    return server;
+  }
+
+  /** RSS of the server process in KiB (Linux). */
+  rssKiB() {
+    const status = fs.readFileSync(`/proc/${this.proc.pid}/status`, "utf8");
+    return Number(/VmRSS:\s+(\d+)/.exec(status)[1]);
+  }
+
+  async stop() {
+    if (this.proc.exitCode === null) {
+      this.proc.kill("SIGTERM");
+      const timer = setTimeout(() => this.proc.kill("SIGKILL"), 8000);
+      await this.exited;
+      clearTimeout(timer);
+    }
+  }
+}
+
+/**
+ * Everything a test needs: redis, fake Frappe with sites and users, a bench, the server.
+ * Users on every site: alice (System User, sid "sid-alice"), bob (System User, "sid-bob"),
+ * carol (Website User, "sid-carol"), and an API token for dave.
+ */
+export async function startStack({ version = 16, sites = SITES, common = {}, env = {}, startRedis = true } = {}) {
+  const redis = await Redis.start();
+  const frappe = await new FakeFrappe({ version, redisUrl: redis.url }).listen();
+  for (const site of sites) {
+    frappe.addSite(site, { installedApps: ["frappe", "erpnext"] });
+    frappe.addSession(site, "sid-alice", "alice@example.com");
+    frappe.addSession(site, "sid-bob", "bob@example.com");
+    frappe.addSession(site, "sid-carol", "carol@example.com", "Website User");
+    frappe.addToken(site, "token key-dave:secret-dave", "dave@example.com");
+  }
+  const port = await freePort();
+  const bench = makeBench({ sites, version, common: { socketio_port: port, redis_queue: redis.url, ...common } });
+  if (!startRedis) await redis.stop();
+  const server = await Server.start({ bench, port, env });
+  const stack = new Stack({ redis, frappe, bench, server, port });
+  if (startRedis) await stack.waitSubscribed();
+  return stack;
+}
+
+export class Stack {
+  constructor({ redis, frappe, bench, server, port }) {
+    Object.assign(this, { redis, frappe, bench, server, port });
+    this.sockets = [];
+  }
+
+  async waitSubscribed() {
+    await waitFor(() => this.redis.subscribers().then((n) => n >= 1).catch(() => false),
+      { timeoutMs: 10000, what: "the server to subscribe to events" });
+  }
+
+  /**
+   * A socket.io-client socket for `site`, as a browser behind bench nginx would open it.
+   * Options: sid, authorization, origin, namespace, transports, headers (extra/overrides).
+   */
+  socket({ site = SITES[0], sid, authorization, origin, namespace, transports, headers = {}, siteHeader = true } = {}) {
+    // Lower-case names: engine.io-client's Node cookie jar looks for `cookie` and would
+    // otherwise send an empty one next to ours.
+    const extraHeaders = { origin: origin ?? this.frappe.url };
+    if (siteHeader) extraHeaders["x-frappe-site-name"] = site;
+    if (sid) extraHeaders.cookie = `sid=${sid}`;
+    if (authorization) extraHeaders.authorization = authorization;
+    Object.assign(extraHeaders, headers);
+    for (const [k, v] of Object.entries(extraHeaders)) if (v === undefined) delete extraHeaders[k];
+    const socket = io(`http://127.0.0.1:${this.port}${namespace ?? `/${site}`}`, {
+      transports: transports ?? ["polling", "websocket"],
+      extraHeaders,
+      withCredentials: true,
+      reconnection: false,
+      forceNew: true,
+      timeout: 8000,
+    });
+    socket.received = [];
+    socket.onAny((event, ...args) => socket.received.push({ event, args }));
+    this.sockets.push(socket);
+    return socket;
+  }
+
+  /** Connect and resolve once accepted; rejects with the connect_error message. */
+  async connect(options) {
+    const socket = this.socket(options);
+    await connected(socket);
+    return socket;
+  }
+
+  /** Publish as `frappe.publish_realtime` does (v15+ shape). */
+  publish(event, message, { site = SITES[0], room } = {}) {
+    const body = { event, message, namespace: site };
+    if (room !== undefined) body.room = room;
+    return this.redis.publish(body);
+  }
+
+  /**
+   * Publish `event` to `room` until `socket` receives it (a join completes after a permission
+   * call, so the first publications may precede it). Bounded.
+   */
+  async publishUntilReceived(socket, room, { site = SITES[0], event = "probe", timeoutMs = 5000 } = {}) {
+    const marker = `${event}-${Math.random()}`;
+    await waitFor(async () => {
+      await this.publish(event, { marker }, { site, room });
+      return socket.received.some((r) => r.event === event && r.args[0]?.marker === marker);
+    }, { timeoutMs, everyMs: 50, what: `${event} in ${room}` });
+  }
+
+  /**
+   * Resolve once every event published before now has been handled for `socket`: publish a
+   * sentinel to its own user room and wait for it (the bridge delivers in order).
+   */
+  async flush(socket, { site = SITES[0], userRoom }) {
+    const marker = `sentinel-${Math.random()}`;
+    await this.publish("sentinel", { marker }, { site, room: userRoom });
+    await waitFor(() => socket.received.some((r) => r.event === "sentinel" && r.args[0]?.marker === marker),
+      { what: "the sentinel" });
+  }
+
+  async stop() {
+    for (const socket of this.sockets) socket.disconnect();
+    await this.server.stop();
+    await this.frappe.close();
+    await this.redis.stop();
+    fs.rmSync(this.bench, { recursive: true, force: true });
+  }
+}
+
+export function connected(socket, timeoutMs = 8000) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error("no connect within the time limit")), timeoutMs);
+    socket.once("connect", () => { clearTimeout(timer); resolve(socket); });
+    socket.once("connect_error", (err) => { clearTimeout(timer); reject(err); });
+  });
+}
+
+/** The connect_error message a handshake gets (fails the test if it connects instead). */
+export async function refusal(socket) {
+  try {
+    await connected(socket);
+  } catch (err) {
+    return err.message;
+  }
+  throw new Error("the handshake was accepted");
+}
+
+export function nextEvent(socket, event, timeoutMs = 5000) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`no ${event} within ${timeoutMs} ms`)), timeoutMs);
+    socket.once(event, (...args) => { clearTimeout(timer); resolve(args); });
+  });
+}
+
+export function received(socket, event) {
+  return socket.received.filter((r) => r.event === event).map((r) => r.args);
+}
