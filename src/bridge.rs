@@ -197,7 +197,9 @@ async fn pump(io: &SocketIo<LocalAdapter>, pubsub: redis::aio::PubSub) -> &'stat
                 handle(io, message.get_payload_bytes()).await;
             }
             _ = ping.tick() => {
-                let answered = tokio::time::timeout(PING_TIMEOUT, sink.ping::<String>()).await;
+                // In subscribed mode Redis answers `["pong", ""]`, not `+PONG`: accept any reply.
+                let answered =
+                    tokio::time::timeout(PING_TIMEOUT, sink.ping::<redis::Value>()).await;
                 if !matches!(answered, Ok(Ok(_))) {
                     return "PING not answered";
                 }
