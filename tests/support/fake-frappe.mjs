@@ -21,11 +21,12 @@ export class FakeFrappe {
     this.secretsIssued = new Set();
   }
 
-  async listen() {
+  /** Listen on 127.0.0.1 (a free port unless `port` is given). */
+  async listen(port = 0) {
     this.redis = createClient({ url: this.redisUrl });
     this.redis.on("error", () => {});
     await this.redis.connect();
-    await new Promise((resolve) => this.server.listen(0, "127.0.0.1", resolve));
+    await new Promise((resolve) => this.server.listen(port, "127.0.0.1", resolve));
     this.port = this.server.address().port;
     this.url = `http://127.0.0.1:${this.port}`;
     return this;
