@@ -12,7 +12,7 @@ import { createClient } from "redis";
 import { FakeFrappe } from "./fake-frappe.mjs";
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
-export const BINARY = process.env.FRAPPE_REALTIME_BIN ?? path.join(ROOT, "target/debug/frappe-realtime");
+export const BINARY = path.resolve(process.env.FRAPPE_REALTIME_BIN ?? path.join(ROOT, "target/debug/frappe-realtime"));
 export const SITES = ["site1.local", "site2.local"];
 
 export async function freePort() {
