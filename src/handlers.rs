@@ -33,7 +33,7 @@ pub async fn authenticate(socket: SocketRef, State(app): State<Arc<App>>) -> Res
     };
     match outcome {
         Ok(session) => {
-            socket.extensions.insert(ClientState::new(session));
+            admit(&socket, ClientState::new(session));
             Ok(())
         }
         Err(refusal) => {
@@ -43,17 +43,19 @@ pub async fn authenticate(socket: SocketRef, State(app): State<Arc<App>>) -> Res
     }
 }
 
-/// Runs once the middleware accepted the socket: join Frappe's rooms and listen for events.
-pub async fn on_connect(socket: SocketRef, Extension(client): Extension<Arc<ClientState>>) {
+/// Join Frappe's rooms and listen for client events.
+///
+/// This runs inside the middleware, before socketioxide acknowledges the CONNECT: it spawns
+/// the connect handler only *after* the ack, so rooms joined there would miss events published
+/// the instant the client sees `connect`, and events the client emits right away (its buffered
+/// `doc_subscribe`s) could arrive before their listener exists.
+fn admit(socket: &SocketRef, client: Arc<ClientState>) {
     let session = &client.session;
     socket.join(rooms::user(&session.user));
     socket.join(rooms::WEBSITE);
     if session.is_system_user() {
         socket.join(rooms::ALL);
     }
-    tracing::info!(site = %session.site, user = %session.user,
-        transport = ?socket.transport_type(), "client connected");
-
     socket.on("ping", on_ping);
     socket.on("doctype_subscribe", doctype_subscribe);
     socket.on("doctype_unsubscribe", doctype_unsubscribe);
@@ -66,6 +68,13 @@ pub async fn on_connect(socket: SocketRef, Extension(client): Extension<Arc<Clie
     socket.on("doc_close", doc_close);
     socket.on("open_in_editor", open_in_editor);
     socket.on_disconnect(on_disconnect);
+    socket.extensions.insert(client);
+}
+
+/// Runs once the socket is acknowledged; everything it needs was set up by [`admit`].
+pub async fn on_connect(socket: SocketRef, Extension(client): Extension<Arc<ClientState>>) {
+    tracing::info!(site = %client.session.site, user = %client.session.user,
+        transport = ?socket.transport_type(), "client connected");
 }
 
 async fn on_ping(socket: SocketRef) {

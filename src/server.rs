@@ -23,6 +23,9 @@ const MAX_PAYLOAD: u64 = 1_000_000;
 /// Packets queued per socket before sends to it are dropped (socketioxide's default is 128,
 /// which a burst of `list_update`s overruns between two polls).
 const MAX_QUEUED_PACKETS: usize = 1024;
+/// Time a client has to send its namespace CONNECT, beyond the callback to Frappe that the
+/// handshake waits for. See [`connect_timeout`].
+const CONNECT_MARGIN: Duration = Duration::from_secs(5);
 /// How long connections get to close after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -88,8 +91,18 @@ fn http_service(layer: socketioxide::layer::SocketIoLayer) -> Router {
     Router::new().fallback_service(socket_io)
 }
 
+/// socketioxide keeps an engine.io session alive until this timeout unless its CONNECT
+/// *succeeds*, even when the client has gone: every refused handshake holds its session
+/// (about 20 KiB) for this long. Node's 45 s default would let a stream of refused handshakes
+/// hold 45 s worth of sessions; Frappe's clients send CONNECT as soon as the transport opens,
+/// so the time the handshake needs is our call to Frappe plus a margin.
+fn connect_timeout(callback_timeout: Duration) -> Duration {
+    callback_timeout + CONNECT_MARGIN
+}
+
 fn socket_io_layer(app: Arc<App>) -> (socketioxide::layer::SocketIoLayer, SocketIo<LocalAdapter>) {
     SocketIo::builder()
+        .connect_timeout(connect_timeout(app.config.callback_timeout))
         .max_payload(MAX_PAYLOAD)
         .ws_max_message_size(MAX_PAYLOAD as usize)
         .ws_max_frame_size(MAX_PAYLOAD as usize)
