@@ -14,6 +14,8 @@ use serde_json::Value;
 use socketioxide::SocketIo;
 use socketioxide::adapter::LocalAdapter;
 
+use crate::config::is_truthy;
+
 /// The channel `frappe.publish_realtime` publishes on.
 pub const CHANNEL: &str = "events";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -86,10 +88,12 @@ pub fn parse(payload: &[u8]) -> Result<Publication, Malformed> {
     if RESERVED_EVENTS.contains(&event.as_str()) {
         return Err(Malformed::ReservedEvent);
     }
+    // Like Frappe (`if (data.room)`), any falsy room — absent, null, "", false, 0 — means
+    // every site.
     let room = match object.remove("room") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(room)) => Some(room).filter(|r| !r.is_empty()),
-        Some(_) => return Err(Malformed::BadRoom),
+        Some(Value::String(room)) if !room.is_empty() => Some(room),
+        Some(room) if is_truthy(&room) => return Err(Malformed::BadRoom),
+        _ => None,
     };
     let target = match room {
         None => Target::EverySite,
@@ -254,9 +258,11 @@ mod tests {
 
     #[test]
     fn no_room_means_every_site_and_missing_message_is_null() {
-        let publication = parsed(json!({"event": "build_event", "room": ""})).expect("valid");
-        assert_eq!(publication.target, Target::EverySite);
-        assert_eq!(publication.message, Value::Null);
+        for room in [json!(""), json!(null), json!(false), json!(0)] {
+            let publication = parsed(json!({"event": "build_event", "room": room})).expect("valid");
+            assert_eq!(publication.target, Target::EverySite);
+            assert_eq!(publication.message, Value::Null);
+        }
     }
 
     #[test]

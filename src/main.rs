@@ -32,7 +32,9 @@ fn main() -> ExitCode {
     let overrides = Overrides {
         frappe_version: cli.frappe_version,
     };
-    let config = match Config::load(&cli.bench, &overrides) {
+    // Absolute, so error messages and logs name files an operator can find.
+    let bench = std::path::absolute(&cli.bench).unwrap_or(cli.bench);
+    let config = match Config::load(&bench, &overrides) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("frappe-realtime: invalid configuration: {e}");

@@ -66,7 +66,7 @@ export class Redis {
   async stop() {
     await this.client?.disconnect().catch(() => {});
     this.client = undefined;
-    if (this.proc && this.proc.exitCode === null) {
+    if (this.proc && this.proc.exitCode === null && this.proc.signalCode === null) {
       const exited = new Promise((resolve) => this.proc.once("exit", resolve));
       this.proc.kill("SIGKILL");
       await exited;
@@ -136,7 +136,7 @@ export class Server {
   }
 
   async stop() {
-    if (this.proc.exitCode === null) {
+    if (this.proc.exitCode === null && this.proc.signalCode === null) {
       this.proc.kill("SIGTERM");
       const timer = setTimeout(() => this.proc.kill("SIGKILL"), 8000);
       await this.exited;
