@@ -86,11 +86,10 @@ pub fn check(
     }
     let host = header(headers, HOST.as_str()).map(hostname);
     let origin = header(headers, ORIGIN.as_str());
-    match (host, origin) {
-        (Some(host), Some(origin)) if host == hostname(origin) => {}
+    let origin = match (host, origin) {
+        (Some(host), Some(origin)) if host == hostname(origin) => origin.to_owned(),
         _ => return Err(Refusal::InvalidOrigin),
-    }
-    let origin = origin.unwrap_or_default().to_owned();
+    };
 
     let authorization = header(headers, AUTHORIZATION.as_str()).filter(|v| !v.is_empty());
     let cookies = headers.get_all(COOKIE);

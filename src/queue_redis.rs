@@ -12,6 +12,7 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 /// A lazily connected, self-reconnecting command connection. Cheap to clone.
 #[derive(Clone)]
 pub struct QueueRedis {
+    client: redis::Client,
     connection: ConnectionManager,
 }
 
@@ -22,9 +23,14 @@ impl QueueRedis {
             .set_connection_timeout(Some(COMMAND_TIMEOUT))
             .set_response_timeout(Some(COMMAND_TIMEOUT))
             .set_max_delay(Duration::from_secs(2));
-        let connection =
-            ConnectionManager::new_lazy_with_config(redis::Client::open(url)?, config)?;
-        Ok(Self { connection })
+        let client = redis::Client::open(url)?;
+        let connection = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
+        Ok(Self { client, connection })
+    }
+
+    /// The client, for the dedicated pub/sub connection of the bridge.
+    pub fn client(&self) -> redis::Client {
+        self.client.clone()
     }
 
     pub async fn get(&self, key: &str) -> redis::RedisResult<Option<String>> {

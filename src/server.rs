@@ -8,8 +8,11 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use axum::http::StatusCode;
+use axum::serve::Listener;
+use futures_util::FutureExt;
 use socketioxide::SocketIo;
 use socketioxide::adapter::LocalAdapter;
+use tokio::sync::watch;
 use tower::ServiceBuilder;
 use tower_http::cors::CorsLayer;
 
@@ -38,10 +41,9 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let listen = config.listen.clone();
     let sites_dir = config.sites_dir();
-    let redis = redis::Client::open(config.redis_queue.as_str())
-        .map_err(|e| anyhow::anyhow!("redis_queue is not usable: {}", e.category()))?;
     let app = Arc::new(App::new(config)?);
     tracing::info!(frappe_version = %app.config.frappe_version, "speaking Frappe's realtime protocol");
+    let redis = app.redis.client();
 
     let (layer, io) = socket_io_layer(app);
     let mut registry = SiteRegistry::new(io.clone(), sites_dir.clone());
@@ -52,22 +54,29 @@ pub async fn run(
     let watcher = tokio::spawn(registry.watch());
     let subscriber = tokio::spawn(bridge::run(io.clone(), redis));
 
-    let service = http_service(layer);
-
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let closing_io = io.clone();
+    // Flips to true once the shutdown signal came and every socket was told to close.
+    let (stopping_tx, stopping) = watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
         tracing::info!("shutting down");
-        closing_io.close().await;
-        let _ = stop_tx.send(());
+        io.close().await;
+        let _ = stopping_tx.send(true);
     });
-    let graceful = async {
-        let _ = stop_rx.await;
-    };
 
-    let served = serve(&listen, host, service, graceful);
-    let result = served.await;
+    let service = http_service(layer);
+    let result = match &listen {
+        Listen::Port(port) => {
+            let listener = bind_tcp(host, *port).await?;
+            let local = listener.local_addr().context("reading the bound address")?;
+            tracing::info!("Realtime service listening on: ws://{local}");
+            serve(listener, service, stopping).await
+        }
+        Listen::Unix(path) => {
+            let listener = bind_unix(path)?;
+            tracing::info!("Realtime service listening on UDS: {}", path.display());
+            serve(listener, service, stopping).await
+        }
+    };
     watcher.abort();
     subscriber.abort();
     if let Listen::Unix(path) = &listen {
@@ -111,43 +120,24 @@ fn socket_io_layer(app: Arc<App>) -> (socketioxide::layer::SocketIoLayer, Socket
         .build_layer()
 }
 
-async fn serve(
-    listen: &Listen,
-    host: Option<IpAddr>,
+/// Serve until `stopping` turns true, then give open connections [`SHUTDOWN_GRACE`] to end.
+async fn serve<L>(
+    listener: L,
     service: Router,
-    graceful: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(false);
-    let graceful = async move {
-        graceful.await;
-        let _ = stopping_tx.send(true);
+    stopping: watch::Receiver<bool>,
+) -> anyhow::Result<()>
+where
+    L: Listener,
+    L::Addr: std::fmt::Debug,
+{
+    let stopped = |mut stopping: watch::Receiver<bool>| async move {
+        let _ = stopping.wait_for(|stopped| *stopped).await;
     };
-    // Connections get SHUTDOWN_GRACE to end once the shutdown began, then we exit anyway.
-    let deadline = async move {
-        let mut stopping = stopping_rx;
-        let _ = stopping.wait_for(|s| *s).await;
-        tokio::time::sleep(SHUTDOWN_GRACE).await;
-    };
-    match listen {
-        Listen::Port(port) => {
-            let listener = bind_tcp(host, *port).await?;
-            let local = listener.local_addr().context("reading the bound address")?;
-            tracing::info!("Realtime service listening on: ws://{local}");
-            let server = axum::serve(listener, service.clone()).with_graceful_shutdown(graceful);
-            tokio::select! {
-                result = server => result.context("serving HTTP"),
-                () = deadline => Ok(()),
-            }
-        }
-        Listen::Unix(path) => {
-            let listener = bind_unix(path)?;
-            tracing::info!("Realtime service listening on UDS: {}", path.display());
-            let server = axum::serve(listener, service.clone()).with_graceful_shutdown(graceful);
-            tokio::select! {
-                result = server => result.context("serving HTTP"),
-                () = deadline => Ok(()),
-            }
-        }
+    let deadline = stopped(stopping.clone()).then(|()| tokio::time::sleep(SHUTDOWN_GRACE));
+    let server = axum::serve(listener, service).with_graceful_shutdown(stopped(stopping));
+    tokio::select! {
+        result = server => result.context("serving HTTP"),
+        () = deadline => Ok(()),
     }
 }
 
