@@ -11,7 +11,6 @@ import http from "node:http";
 import net from "node:net";
 import os from "node:os";
 import path from "node:path";
-import { createClient } from "redis";
 import { FakeFrappe } from "../support/fake-frappe.mjs";
 import {
   Redis, Server, Stack, startStack, makeBench, addSite, freePort, waitFor, nextEvent, refusal, SITES,
@@ -147,48 +146,8 @@ function configuredPort(benchDir) {
 }
 
 /**
- * A redis-server of our own, for URL forms the harness class cannot ping (Unix socket,
- * password). `clientOptions` tell node-redis how to reach it. Same interface as harness Redis.
- */
-class OwnRedis {
-  static async start({ args, clientOptions }) {
-    const redis = new OwnRedis();
-    redis.proc = spawn("redis-server", ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", ...args],
-      { stdio: "ignore" });
-    redis.exited = new Promise((resolve) => redis.proc.once("exit", resolve));
-    const client = createClient(clientOptions);
-    client.on("error", () => {});
-    redis.client = client;
-    await waitFor(async () => {
-      try {
-        if (!client.isOpen) await client.connect();
-        return (await client.ping()) === "PONG";
-      } catch {
-        return false;
-      }
-    }, { what: "redis-server to answer" });
-    return redis;
-  }
-
-  publish(body) {
-    return this.client.publish("events", typeof body === "string" ? body : JSON.stringify(body));
-  }
-
-  async subscribers() {
-    return (await this.client.pubSubNumSub("events")).events ?? 0;
-  }
-
-  async stop() {
-    await this.client?.disconnect().catch(() => {});
-    this.client = undefined;
-    if (this.proc.exitCode === null && this.proc.signalCode === null) this.proc.kill("SIGKILL");
-    await this.exited;
-  }
-}
-
-/**
- * A Frappe 15 bench whose `redis_queue` is `redisQueue` (served by `events`, an OwnRedis or
- * harness Redis). The fake Frappe keeps its own Redis: Frappe 15 needs none for auth.
+ * A Frappe 15 bench whose `redis_queue` is `redisQueue` (served by `events`, a harness
+ * Redis). The fake Frappe keeps its own Redis: Frappe 15 needs none for auth.
  */
 async function stackWithRedisQueue({ redisQueue, events }) {
   const frappeRedis = await startRedis();
@@ -443,8 +402,9 @@ describe("§1.3 Redis URL forms: unix://, credentials in the URL, a db number", 
 
   test("unix:///path/redis.sock", async () => {
     const socketPath = path.join(tempDir("redis-uds-"), "redis.sock");
-    const events = await OwnRedis.start({
-      args: ["--port", "0", "--unixsocket", socketPath, "--unixsocketperm", "700"],
+    const events = await Redis.start({
+      port: 0,
+      args: ["--unixsocket", socketPath, "--unixsocketperm", "700"],
       clientOptions: { socket: { path: socketPath } },
     });
     stack = await stackWithRedisQueue({ redisQueue: `unix://${socketPath}`, events });
@@ -458,8 +418,9 @@ describe("§1.3 Redis URL forms: unix://, credentials in the URL, a db number", 
   ]) {
     test(`${label} against a server with requirepass (the password is not logged)`, async () => {
       const port = await freePort();
-      const events = await OwnRedis.start({
-        args: ["--port", String(port), "--requirepass", PASSWORD],
+      const events = await Redis.start({
+        port,
+        args: ["--requirepass", PASSWORD],
         clientOptions: { url: `redis://127.0.0.1:${port}`, password: PASSWORD },
       });
       stack = await stackWithRedisQueue({ redisQueue: url(port), events });

@@ -35,10 +35,16 @@ export async function waitFor(check, { timeoutMs = 5000, everyMs = 25, what = "c
 }
 
 export class Redis {
-  static async start({ port, args = [] } = {}) {
+  /**
+   * A redis-server on loopback. `port: 0` turns TCP off (with `--unixsocket` in `args`);
+   * `clientOptions` tell node-redis how to reach it when the URL alone does not (a Unix
+   * socket, a password).
+   */
+  static async start({ port, args = [], clientOptions } = {}) {
     const redis = new Redis();
     redis.port = port ?? (await freePort());
     redis.args = args;
+    redis.clientOptions = clientOptions;
     await redis.#spawn();
     return redis;
   }
@@ -50,7 +56,7 @@ export class Redis {
   async #spawn() {
     this.proc = spawn("redis-server", ["--port", String(this.port), "--bind", "127.0.0.1",
       "--save", "", "--appendonly", "no", ...this.args], { stdio: "ignore" });
-    const client = createClient({ url: this.url, ...(this.password ? { password: this.password } : {}) });
+    const client = createClient(this.clientOptions ?? { url: this.url });
     client.on("error", () => {});
     await waitFor(async () => {
       try {
