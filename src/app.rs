@@ -3,11 +3,13 @@
 use crate::auth::FrappeClient;
 use crate::config::Config;
 use crate::queue_redis::QueueRedis;
+use crate::reconnects::ReconnectTracker;
 
 pub struct App {
     pub config: Config,
     pub frappe: FrappeClient,
     pub redis: QueueRedis,
+    pub reconnects: ReconnectTracker,
 }
 
 impl App {
@@ -16,6 +18,7 @@ impl App {
             .map_err(|e| anyhow::anyhow!("redis_queue is not usable: {}", e.category()))?;
         let frappe = FrappeClient::new(&config, redis.clone())?;
         Ok(Self {
+            reconnects: ReconnectTracker::new(config.reconnect_window),
             config,
             frappe,
             redis,

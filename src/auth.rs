@@ -7,6 +7,7 @@
 
 use std::fmt::Write as _;
 use std::sync::Arc;
+use std::time::Instant;
 
 use http::HeaderValue;
 use http::header::{AUTHORIZATION, COOKIE};
@@ -15,13 +16,63 @@ use serde_json::Value;
 use tokio::sync::RwLock;
 use url::Url;
 
+use ::metrics::{counter, gauge, histogram};
+
 use crate::config::{Config, FrappeVersion, is_truthy};
 use crate::handshake::{Accepted, Credential};
+use crate::metrics;
 use crate::queue_redis::QueueRedis;
 
-const USER_INFO: &str = "/api/method/frappe.realtime.get_user_info";
+const METHOD_PREFIX: &str = "/api/method/frappe.realtime.";
+/// The endpoint label of `get_user_info` calls in metrics.
+const USER_INFO_ENDPOINT: &str = "get_user_info";
 const SECRET_KEY: &str = "socketio_auth_secret";
 const SECRET_HEADER: &str = "x-frappe-socket-secret";
+
+/// Why a handshake's credential was not accepted. `detail` is shown to the client after
+/// `Unauthorized: ` and never contains the credential or the callback URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthFailure {
+    pub kind: FailureKind,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The site answered and did not vouch for the credential.
+    Denied,
+    /// The site could not be asked or gave an unusable answer.
+    Error,
+    /// The site did not answer within `realtime_callback_timeout`.
+    Timeout,
+}
+
+impl FailureKind {
+    /// The label of metrics and logs: `unauthorized`, `auth_error` or `timeout`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Denied => "unauthorized",
+            Self::Error => "auth_error",
+            Self::Timeout => "timeout",
+        }
+    }
+}
+
+impl AuthFailure {
+    pub fn denied(detail: String) -> Self {
+        Self {
+            kind: FailureKind::Denied,
+            detail,
+        }
+    }
+
+    pub fn error(detail: String) -> Self {
+        Self {
+            kind: FailureKind::Error,
+            detail,
+        }
+    }
+}
 
 /// Who a socket belongs to, as the site said at handshake time.
 #[derive(Debug)]
@@ -92,12 +143,18 @@ impl FrappeClient {
         })
     }
 
-    /// Ask the site who holds `accepted`'s credential. `Err` is the text after `Unauthorized: `.
-    pub async fn get_user_info(&self, site: &str, accepted: Accepted) -> Result<Session, String> {
-        let base = self.callback_base(&accepted.origin)?;
+    /// Ask the site who holds `accepted`'s credential.
+    pub async fn get_user_info(
+        &self,
+        site: &str,
+        accepted: Accepted,
+    ) -> Result<Session, AuthFailure> {
+        let base = self
+            .callback_base(&accepted.origin)
+            .map_err(AuthFailure::error)?;
         let url = base
-            .join(USER_INFO)
-            .map_err(|e| format!("bad callback URL: {e}"))?;
+            .join(&format!("{METHOD_PREFIX}{USER_INFO_ENDPOINT}"))
+            .map_err(|e| AuthFailure::error(format!("bad callback URL: {e}")))?;
         let mut info = self
             .fetch_user_info(site, &url, &accepted.credential)
             .await?;
@@ -108,7 +165,9 @@ impl FrappeClient {
                 .fetch_user_info(site, &url, &accepted.credential)
                 .await?;
         }
-        let user = info.user.ok_or("no user info returned")?;
+        let user = info
+            .user
+            .ok_or_else(|| AuthFailure::denied("no user info returned".into()))?;
         Ok(Session {
             site: site.to_owned(),
             user,
@@ -122,36 +181,48 @@ impl FrappeClient {
     /// Whether the site lets `session` follow `subject`. Denials are normal and silent; a
     /// failing call is logged and denies.
     pub async fn may_subscribe(&self, session: &Session, subject: Subject<'_>) -> bool {
-        let (path, query) = permission_request(self.version, &subject);
-        let Ok(url) = session.callback_base.join(path) else {
+        let (endpoint, query) = permission_request(self.version, &subject);
+        let Ok(url) = session
+            .callback_base
+            .join(&format!("{METHOD_PREFIX}{endpoint}"))
+        else {
             return false;
         };
+        let call = CallObservation::start(endpoint);
         let request = self.http.get(url).query(&query);
         let request = self
             .authenticate(request, &session.site, &session.credential)
             .await;
         let result = async {
-            let response = request.send().await.map_err(|e| self.describe(e))?;
+            let response = request.send().await.map_err(|e| self.failure(e))?;
             let status = response.status();
             if status == StatusCode::FORBIDDEN {
                 return Ok(false);
             }
             if !status.is_success() {
-                return Err(format!("Frappe answered HTTP {status}"));
+                return Err(AuthFailure::error(format!("Frappe answered HTTP {status}")));
             }
             match self.version {
                 FrappeVersion::V15 => Ok(true),
                 FrappeVersion::V16 => {
-                    let body: Value = response.json().await.map_err(|e| self.describe(e))?;
+                    let body: Value = response.json().await.map_err(|e| self.failure(e))?;
                     Ok(body.get("message").is_some_and(is_truthy))
                 }
             }
         }
         .await;
-        result.unwrap_or_else(|why| {
-            tracing::warn!(site = %session.site, user = %session.user, %why, "permission check failed");
-            false
-        })
+        match result {
+            Ok(allowed) => {
+                call.finish(if allowed { "allowed" } else { "denied" });
+                allowed
+            }
+            Err(failure) => {
+                call.finish(failure.kind.as_str());
+                tracing::warn!(site = %session.site, user = %session.user, why = %failure.detail,
+                    "permission check failed");
+                false
+            }
+        }
     }
 
     fn callback_base(&self, origin: &str) -> Result<Url, String> {
@@ -174,17 +245,32 @@ impl FrappeClient {
         site: &str,
         url: &Url,
         credential: &Credential,
-    ) -> Result<UserInfo, String> {
-        let request = self
-            .authenticate(self.http.get(url.clone()), site, credential)
-            .await;
-        let response = request.send().await.map_err(|e| self.describe(e))?;
-        let status = response.status();
-        if !status.is_success() {
-            return Err(format!("Frappe answered HTTP {status}"));
+    ) -> Result<UserInfo, AuthFailure> {
+        let call = CallObservation::start(USER_INFO_ENDPOINT);
+        let result = async {
+            let request = self
+                .authenticate(self.http.get(url.clone()), site, credential)
+                .await;
+            let response = request.send().await.map_err(|e| self.failure(e))?;
+            let status = response.status();
+            if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+                return Err(AuthFailure::denied(format!(
+                    "Frappe answered HTTP {status}"
+                )));
+            }
+            if !status.is_success() {
+                return Err(AuthFailure::error(format!("Frappe answered HTTP {status}")));
+            }
+            let body: Value = response.json().await.map_err(|e| self.failure(e))?;
+            Ok(UserInfo::from_reply(&body))
         }
-        let body: Value = response.json().await.map_err(|e| self.describe(e))?;
-        Ok(UserInfo::from_reply(&body))
+        .await;
+        call.finish(match &result {
+            Ok(info) if info.user.is_some() => "ok",
+            Ok(_) => "denied",
+            Err(failure) => failure.kind.as_str(),
+        });
+        result
     }
 
     /// Attach the credential as this Frappe version expects it, the site name (so a fixed
@@ -213,11 +299,14 @@ impl FrappeClient {
         request
     }
 
-    /// An error text for the client and the log: the cause chain, never the URL (which can
+    /// A failure for the client and the log: the cause chain, never the URL (which can
     /// carry `?sid=` on Frappe 15).
-    fn describe(&self, error: reqwest::Error) -> String {
+    fn failure(&self, error: reqwest::Error) -> AuthFailure {
         if error.is_timeout() {
-            return format!("Frappe did not answer within {:?}", self.timeout);
+            return AuthFailure {
+                kind: FailureKind::Timeout,
+                detail: format!("Frappe did not answer within {:?}", self.timeout),
+            };
         }
         let error = error.without_url();
         let mut text = error.to_string();
@@ -226,7 +315,37 @@ impl FrappeClient {
             let _ = write!(text, ": {cause}");
             source = cause.source();
         }
-        text
+        AuthFailure::error(text)
+    }
+}
+
+/// In-flight gauge, duration and outcome of one call to Frappe. The gauge goes back down
+/// when this is dropped, whichever way the call ended.
+struct CallObservation {
+    endpoint: &'static str,
+    started: Instant,
+}
+
+impl CallObservation {
+    fn start(endpoint: &'static str) -> Self {
+        gauge!(metrics::FRAPPE_REQUESTS_IN_FLIGHT, "endpoint" => endpoint).increment(1.0);
+        Self {
+            endpoint,
+            started: Instant::now(),
+        }
+    }
+
+    fn finish(self, outcome: &'static str) {
+        histogram!(metrics::FRAPPE_REQUEST_DURATION, "endpoint" => self.endpoint)
+            .record(self.started.elapsed());
+        counter!(metrics::FRAPPE_REQUESTS, "endpoint" => self.endpoint, "outcome" => outcome)
+            .increment(1);
+    }
+}
+
+impl Drop for CallObservation {
+    fn drop(&mut self) {
+        gauge!(metrics::FRAPPE_REQUESTS_IN_FLIGHT, "endpoint" => self.endpoint).decrement(1.0);
     }
 }
 
@@ -256,28 +375,29 @@ fn callback_target(config: &Config) -> anyhow::Result<CallbackTarget> {
     })
 }
 
+/// The permission endpoint (after `/api/method/`) and its query for this Frappe version.
 fn permission_request(
     version: FrappeVersion,
     subject: &Subject<'_>,
 ) -> (&'static str, Vec<(&'static str, String)>) {
     match (version, subject) {
         (FrappeVersion::V15, Subject::Doctype(doctype)) => (
-            "/api/method/frappe.realtime.can_subscribe_doctype",
+            "can_subscribe_doctype",
             vec![("doctype", doctype.to_string())],
         ),
         (FrappeVersion::V15, Subject::Doc(doctype, docname)) => (
-            "/api/method/frappe.realtime.can_subscribe_doc",
+            "can_subscribe_doc",
             vec![
                 ("doctype", doctype.to_string()),
                 ("docname", docname.to_string()),
             ],
         ),
         (FrappeVersion::V16, Subject::Doctype(doctype)) => (
-            "/api/method/frappe.realtime.has_permission",
+            "has_permission",
             vec![("doctype", doctype.to_string()), ("name", String::new())],
         ),
         (FrappeVersion::V16, Subject::Doc(doctype, docname)) => (
-            "/api/method/frappe.realtime.has_permission",
+            "has_permission",
             vec![
                 ("doctype", doctype.to_string()),
                 ("name", docname.to_string()),
@@ -386,11 +506,11 @@ mod tests {
 
     #[test]
     fn permission_endpoints_follow_the_version() {
-        let (path, query) = permission_request(FrappeVersion::V15, &Subject::Doc("ToDo", "1"));
-        assert!(path.ends_with("can_subscribe_doc"));
+        let (endpoint, query) = permission_request(FrappeVersion::V15, &Subject::Doc("ToDo", "1"));
+        assert_eq!(endpoint, "can_subscribe_doc");
         assert_eq!(query[1], ("docname", "1".to_string()));
-        let (path, query) = permission_request(FrappeVersion::V16, &Subject::Doctype("ToDo"));
-        assert!(path.ends_with("has_permission"));
+        let (endpoint, query) = permission_request(FrappeVersion::V16, &Subject::Doctype("ToDo"));
+        assert_eq!(endpoint, "has_permission");
         assert_eq!(query[1], ("name", String::new()));
     }
 }

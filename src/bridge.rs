@@ -6,7 +6,9 @@
 //! that is away: the loop reconnects with backoff and a PING watchdog, and what was published
 //! meanwhile is lost, exactly as with Frappe's own service.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::StreamExt;
@@ -14,7 +16,10 @@ use serde_json::Value;
 use socketioxide::SocketIo;
 use socketioxide::adapter::LocalAdapter;
 
+use ::metrics::{counter, gauge, histogram};
+
 use crate::config::is_truthy;
+use crate::metrics;
 
 /// The channel `frappe.publish_realtime` publishes on.
 pub const CHANNEL: &str = "events";
@@ -109,8 +114,9 @@ pub fn parse(payload: &[u8]) -> Result<Publication, Malformed> {
     })
 }
 
-/// Send a publication to its audience on this node.
-pub async fn deliver(io: &SocketIo<LocalAdapter>, publication: &Publication) {
+/// Send a publication to its audience on this node. `size` is the publication's size on
+/// Redis, for the bytes-sent metric.
+pub async fn deliver(io: &SocketIo<LocalAdapter>, publication: &Publication, size: usize) {
     let Publication {
         event,
         message,
@@ -119,44 +125,96 @@ pub async fn deliver(io: &SocketIo<LocalAdapter>, publication: &Publication) {
     match target {
         Target::Room { site, room } => {
             let Some(namespace) = io.of(format!("/{site}")) else {
-                metrics::counter!("frappe_realtime_events_dropped_total", "reason" => "unknown_site")
-                    .increment(1);
+                drop_event("unknown_site");
                 tracing::debug!(%site, %event, "event for a site this bench does not serve");
                 return;
             };
-            let result = namespace.to(room.clone()).emit(event, message).await;
-            note_undelivered(site, result);
+            let audience = namespace.to(room.clone());
+            let recipients = audience.clone().sockets().len();
+            if recipients == 0 {
+                drop_event("no_listeners");
+                return;
+            }
+            let result = audience.emit(event, message).await;
+            record_sent(site, recipients, size, result);
         }
         Target::EverySite => {
             for namespace in io.nsps() {
                 let site = namespace.ns_path().trim_start_matches('/').to_owned();
-                note_undelivered(&site, namespace.emit(event, message).await);
+                let recipients = namespace.clone().sockets().len();
+                if recipients == 0 {
+                    continue;
+                }
+                let result = namespace.emit(event, message).await;
+                record_sent(&site, recipients, size, result);
             }
         }
     }
 }
 
-/// A broadcast still reaches every other socket when some sockets' queues are full; count the
-/// ones that missed it.
-fn note_undelivered(site: &str, result: Result<(), socketioxide::BroadcastError>) {
-    if let Err(error) = result {
-        tracing::debug!(%site, %error, "event not queued for some sockets");
-        if let socketioxide::BroadcastError::Socket(failed) = error {
-            metrics::counter!("frappe_realtime_socket_send_dropped_total")
-                .increment(failed.len() as u64);
+fn drop_event(reason: &'static str) {
+    counter!(metrics::EVENTS_DROPPED, "reason" => reason).increment(1);
+}
+
+/// Count what a broadcast to `recipients` sockets of `site` queued. A broadcast still reaches
+/// every other socket when some sockets' queues are full; those are counted as dropped.
+fn record_sent(
+    site: &str,
+    recipients: usize,
+    size: usize,
+    result: Result<(), socketioxide::BroadcastError>,
+) {
+    let dropped = match result {
+        Ok(()) => 0,
+        Err(socketioxide::BroadcastError::Socket(failed)) => failed.len(),
+        Err(error) => {
+            tracing::warn!(%site, %error, "broadcast failed");
+            recipients
         }
+    };
+    let sent = recipients.saturating_sub(dropped) as u64;
+    let site = site.to_owned();
+    counter!(metrics::EVENTS_ROUTED, "site" => site.clone()).increment(1);
+    counter!(metrics::PACKETS_SENT, "site" => site.clone()).increment(sent);
+    counter!(metrics::SENT_BYTES, "site" => site.clone()).increment(sent * size as u64);
+    if dropped > 0 {
+        tracing::debug!(%site, dropped, "event not queued for some sockets");
+        counter!(metrics::SEND_DROPPED, "site" => site).increment(dropped as u64);
+    }
+}
+
+/// Whether the bridge is subscribed to `events` right now, for `/ready`.
+#[derive(Debug, Clone, Default)]
+pub struct Subscription(Arc<AtomicBool>);
+
+impl Subscription {
+    pub fn is_up(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn set(&self, up: bool) {
+        self.0.store(up, Ordering::Relaxed);
+        gauge!(metrics::REDIS_CONNECTED).set(if up { 1.0 } else { 0.0 });
     }
 }
 
 /// Subscribe to `events` forever, delivering each message, reconnecting when the link dies.
-pub async fn run(io: SocketIo<LocalAdapter>, client: redis::Client) {
+pub async fn run(io: SocketIo<LocalAdapter>, client: redis::Client, subscription: Subscription) {
     let mut backoff = new_backoff();
+    let mut subscribed_before = false;
+    subscription.set(false);
     loop {
         match subscribe(&client).await {
             Ok(pubsub) => {
                 tracing::info!(channel = CHANNEL, "subscribed to Frappe's events");
+                if subscribed_before {
+                    counter!(metrics::REDIS_RECONNECTS).increment(1);
+                }
+                subscribed_before = true;
+                subscription.set(true);
                 backoff = new_backoff();
                 let why = pump(&io, pubsub).await;
+                subscription.set(false);
                 tracing::warn!(reason = why, "lost the Redis subscription; reconnecting");
             }
             Err(e) => tracing::warn!(error = %e, "cannot subscribe to Redis; retrying"),
@@ -213,12 +271,16 @@ async fn pump(io: &SocketIo<LocalAdapter>, pubsub: redis::aio::PubSub) -> &'stat
 }
 
 async fn handle(io: &SocketIo<LocalAdapter>, payload: &[u8]) {
-    metrics::counter!("frappe_realtime_events_received_total").increment(1);
+    let received = Instant::now();
+    counter!(metrics::REDIS_MESSAGES).increment(1);
+    gauge!(metrics::REDIS_LAST_MESSAGE).set(metrics::unix_now());
     match parse(payload) {
-        Ok(publication) => deliver(io, &publication).await,
+        Ok(publication) => {
+            deliver(io, &publication, payload.len()).await;
+            histogram!(metrics::DELIVERY_DURATION).record(received.elapsed());
+        }
         Err(malformed) => {
-            metrics::counter!("frappe_realtime_events_dropped_total", "reason" => malformed.as_str())
-                .increment(1);
+            drop_event(malformed.as_str());
             // The payload is never logged: it can carry anything a site published.
             tracing::warn!(
                 reason = malformed.as_str(),

@@ -25,6 +25,7 @@ const ENV_OVERRIDES: [(&str, &str); 5] = [
 
 const DEFAULT_SOCKETIO_PORT: u16 = 9000;
 const DEFAULT_CALLBACK_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_RECONNECT_WINDOW: Duration = Duration::from_secs(60);
 
 /// Which Frappe protocol the bench speaks towards its realtime service (spec §4.2, §5.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +76,9 @@ pub struct Config {
     pub callback_url: Option<Url>,
     /// `realtime_callback_timeout` (seconds): bound on every call to Frappe.
     pub callback_timeout: Duration,
+    /// `realtime_reconnect_window` (seconds): a connect this soon after the same user left
+    /// the same site counts as a reconnect in the metrics.
+    pub reconnect_window: Duration,
     pub frappe_version: FrappeVersion,
 }
 
@@ -281,6 +285,9 @@ impl Config {
             callback_timeout: layered
                 .seconds("realtime_callback_timeout")?
                 .unwrap_or(DEFAULT_CALLBACK_TIMEOUT),
+            reconnect_window: layered
+                .seconds("realtime_reconnect_window")?
+                .unwrap_or(DEFAULT_RECONNECT_WINDOW),
             frappe_version: frappe_version(bench_dir, layered)?,
         })
     }

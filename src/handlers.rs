@@ -10,9 +10,12 @@ use serde_json::Value;
 use socketioxide::extract::{Extension, SocketRef, State, TryData};
 use socketioxide::socket::DisconnectReason;
 
+use ::metrics::{counter, histogram};
+
 use crate::app::App;
 use crate::auth::Subject;
 use crate::handshake::{self, Refusal};
+use crate::metrics;
 use crate::rooms::{self, ClientState, Presence};
 
 /// Socket.IO emit with no arguments: an empty tuple-like value, so the frame is `["pong"]`.
@@ -31,13 +34,19 @@ pub async fn authenticate(socket: SocketRef, State(app): State<Arc<App>>) -> Res
             .map_err(Refusal::Unauthorized),
         Err(refusal) => Err(refusal),
     };
+    let label = match &outcome {
+        Ok(_) => "ok",
+        Err(refusal) => refusal.reason(),
+    };
+    counter!(metrics::HANDSHAKES, "site" => site.clone(), "outcome" => label).increment(1);
     match outcome {
         Ok(session) => {
             admit(&socket, ClientState::new(session));
             Ok(())
         }
         Err(refusal) => {
-            tracing::info!(%site, reason = refusal.reason(), message = %refusal, "handshake refused");
+            tracing::info!(%site, reason = label, transport = transport(&socket),
+                message = %refusal, "handshake refused");
             Err(refusal)
         }
     }
@@ -72,9 +81,28 @@ fn admit(socket: &SocketRef, client: Arc<ClientState>) {
 }
 
 /// Runs once the socket is acknowledged; everything it needs was set up by [`admit`].
-pub async fn on_connect(socket: SocketRef, Extension(client): Extension<Arc<ClientState>>) {
-    tracing::info!(site = %client.session.site, user = %client.session.user,
-        transport = ?socket.transport_type(), "client connected");
+pub async fn on_connect(
+    socket: SocketRef,
+    State(app): State<Arc<App>>,
+    Extension(client): Extension<Arc<ClientState>>,
+) {
+    let session = &client.session;
+    tracing::info!(site = %session.site, user = %session.user,
+        transport = transport(&socket), "client connected");
+    if session.is_guest() {
+        return;
+    }
+    if let Some(gap) = app.reconnects.arrived(&session.site, &session.user) {
+        counter!(metrics::RECONNECTS, "site" => session.site.clone()).increment(1);
+        histogram!(metrics::RECONNECT_DELAY, "site" => session.site.clone()).record(gap);
+    }
+}
+
+fn transport(socket: &SocketRef) -> &'static str {
+    match socket.transport_type() {
+        socketioxide::TransportType::Polling => "polling",
+        socketioxide::TransportType::Websocket => "websocket",
+    }
 }
 
 async fn on_ping(socket: SocketRef) {
@@ -197,14 +225,35 @@ async fn open_in_editor(
 
 async fn on_disconnect(
     socket: SocketRef,
+    State(app): State<Arc<App>>,
     Extension(client): Extension<Arc<ClientState>>,
     reason: DisconnectReason,
 ) {
+    let session = &client.session;
     for (doctype, docname) in client.take_open() {
         rooms::announce_viewers(&socket, &client, &doctype, &docname, Presence::Departing).await;
     }
-    tracing::info!(site = %client.session.site, user = %client.session.user,
-        reason = ?reason, "client disconnected");
+    let reason = disconnect_label(reason);
+    counter!(metrics::DISCONNECTS, "site" => session.site.clone(), "reason" => reason).increment(1);
+    if !session.is_guest() {
+        app.reconnects.departed(&session.site, &session.user);
+    }
+    tracing::info!(site = %session.site, user = %session.user,
+        transport = transport(&socket), reason, "client disconnected");
+}
+
+/// A bounded label for why a socket went away.
+fn disconnect_label(reason: DisconnectReason) -> &'static str {
+    match reason {
+        DisconnectReason::TransportClose => "transport_close",
+        DisconnectReason::ClientNSDisconnect => "client_disconnect",
+        DisconnectReason::HeartbeatTimeout => "ping_timeout",
+        DisconnectReason::TransportError => "transport_error",
+        DisconnectReason::PacketParsingError => "packet_parsing_error",
+        DisconnectReason::MultipleHttpPollingError => "multiple_polling_error",
+        DisconnectReason::ServerNSDisconnect => "site_removed",
+        DisconnectReason::ClosingServer => "server_shutdown",
+    }
 }
 
 /// Every positional argument of an event. socketioxide hands a non-tuple type only the first

@@ -6,6 +6,8 @@
 use std::fmt;
 
 use http::HeaderMap;
+
+use crate::auth::AuthFailure;
 use http::header::{AUTHORIZATION, COOKIE, HOST, ORIGIN};
 
 /// Why a handshake is refused. `Display` is the exact text the client gets in `connect_error`.
@@ -15,8 +17,8 @@ pub enum Refusal {
     InvalidOrigin,
     MissingCredentials,
     NoAuthenticationMethod,
-    /// The site did not vouch for the credential; the text says why (never the credential).
-    Unauthorized(String),
+    /// The site did not vouch for the credential (or could not be asked).
+    Unauthorized(AuthFailure),
 }
 
 impl Refusal {
@@ -27,7 +29,7 @@ impl Refusal {
             Self::InvalidOrigin => "invalid_origin",
             Self::MissingCredentials => "missing_credentials",
             Self::NoAuthenticationMethod => "no_authentication_method",
-            Self::Unauthorized(_) => "unauthorized",
+            Self::Unauthorized(failure) => failure.kind.as_str(),
         }
     }
 }
@@ -43,7 +45,7 @@ impl fmt::Display for Refusal {
             Self::NoAuthenticationMethod => {
                 f.write_str("No authentication method used. Use cookie or authorization header.")
             }
-            Self::Unauthorized(why) => write!(f, "Unauthorized: {why}"),
+            Self::Unauthorized(failure) => write!(f, "Unauthorized: {}", failure.detail),
         }
     }
 }
@@ -264,9 +266,10 @@ mod tests {
     #[test]
     fn messages_are_frappes() {
         assert_eq!(Refusal::InvalidNamespace.to_string(), "Invalid namespace");
+        let failure = AuthFailure::error("Frappe answered HTTP 500".into());
         assert_eq!(
-            Refusal::Unauthorized("HTTP 500".into()).to_string(),
-            "Unauthorized: HTTP 500"
+            Refusal::Unauthorized(failure).to_string(),
+            "Unauthorized: Frappe answered HTTP 500"
         );
         assert!(!format!("{:?}", Credential::Sid("secret".into())).contains("secret"));
     }

@@ -1,9 +1,10 @@
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
 use frappe_realtime::config::{Config, Overrides};
+use frappe_realtime::server::Options;
 use tracing_subscriber::EnvFilter;
 
 /// Frappe's realtime (Socket.IO) service. Run it from the bench directory, as supervisor runs
@@ -20,15 +21,31 @@ struct Cli {
     /// Speak this Frappe major version (15 or 16) instead of the one in apps/frappe.
     #[arg(long, value_parser = clap::value_parser!(u32).range(15..))]
     frappe_version: Option<u32>,
+    /// Also serve /metrics, /health and /ready on this address (e.g. 127.0.0.1:9101).
+    #[arg(long)]
+    metrics_addr: Option<SocketAddr>,
+    /// Record no metrics (for measuring their cost).
+    #[arg(long)]
+    no_metrics: bool,
+    /// Log lines as human-readable text or as JSON objects.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
     let overrides = Overrides {
         frappe_version: cli.frappe_version,
     };
@@ -54,9 +71,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let options = Options {
+        host: cli.host,
+        metrics_addr: cli.metrics_addr,
+        no_metrics: cli.no_metrics,
+    };
     match runtime.block_on(frappe_realtime::server::run(
         config,
-        cli.host,
+        options,
         shutdown_signal(),
     )) {
         Ok(()) => ExitCode::SUCCESS,

@@ -16,9 +16,13 @@ use tokio::sync::watch;
 use tower::ServiceBuilder;
 use tower_http::cors::CorsLayer;
 
+use ::metrics::counter;
+
 use crate::app::App;
-use crate::bridge;
+use crate::bridge::{self, Subscription};
 use crate::config::{Config, Listen};
+use crate::metrics::{self, Metrics};
+use crate::ops::{self, Ops};
 use crate::sites::SiteRegistry;
 
 /// Node's `maxHttpBufferSize` default, which Frappe's clients expect (socketioxide: 100 KB).
@@ -32,13 +36,28 @@ const CONNECT_MARGIN: Duration = Duration::from_secs(5);
 /// How long connections get to close after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// Serve until `shutdown` resolves. `host` is the TCP address to bind (all interfaces if
-/// `None`, like Node); ignored when the bench asks for a Unix socket.
+/// How the process is run, beyond the bench's configuration (command-line flags).
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// TCP address to bind (all interfaces if `None`, like Node); ignored with a Unix socket.
+    pub host: Option<IpAddr>,
+    /// Also serve `/metrics`, `/health` and `/ready` here.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Install no metrics recorder (every recording becomes a no-op).
+    pub no_metrics: bool,
+}
+
+/// Serve until `shutdown` resolves.
 pub async fn run(
     config: Config,
-    host: Option<IpAddr>,
+    options: Options,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let metrics = if options.no_metrics {
+        None
+    } else {
+        Some(Metrics::install()?)
+    };
     let listen = config.listen.clone();
     let sites_dir = config.sites_dir();
     let app = Arc::new(App::new(config)?);
@@ -52,7 +71,17 @@ pub async fn run(
         tracing::warn!(dir = %sites_dir.display(), "no sites found yet (a site is sites/<name>/site_config.json)");
     }
     let watcher = tokio::spawn(registry.watch());
-    let subscriber = tokio::spawn(bridge::run(io.clone(), redis));
+    let subscription = Subscription::default();
+    let subscriber = tokio::spawn(bridge::run(io.clone(), redis, subscription.clone()));
+    let ops = ops::router(Arc::new(Ops {
+        io: io.clone(),
+        metrics,
+        subscription,
+    }));
+    let metrics_listener = match options.metrics_addr {
+        Some(address) => Some(spawn_metrics_listener(address, ops.clone()).await?),
+        None => None,
+    };
 
     // Flips to true once the shutdown signal came and every socket was told to close.
     let (stopping_tx, stopping) = watch::channel(false);
@@ -63,10 +92,10 @@ pub async fn run(
         let _ = stopping_tx.send(true);
     });
 
-    let service = http_service(layer);
+    let service = http_service(layer, ops);
     let result = match &listen {
         Listen::Port(port) => {
-            let listener = bind_tcp(host, *port).await?;
+            let listener = bind_tcp(options.host, *port).await?;
             let local = listener.local_addr().context("reading the bound address")?;
             tracing::info!("Realtime service listening on: ws://{local}");
             serve(listener, service, stopping).await
@@ -79,6 +108,9 @@ pub async fn run(
     };
     watcher.abort();
     subscriber.abort();
+    if let Some(listener) = metrics_listener {
+        listener.abort();
+    }
     if let Listen::Unix(path) = &listen {
         let _ = std::fs::remove_file(path);
     }
@@ -91,13 +123,52 @@ pub async fn run(
 /// The Socket.IO layer must wrap the router *once*: `Router::layer` applies a layer to each
 /// route separately, and every application builds its own engine.io session table (a session
 /// opened by a polling GET would then be unknown to the POST that follows).
-fn http_service(layer: socketioxide::layer::SocketIoLayer) -> Router {
-    let not_found = Router::new().fallback(|| async { (StatusCode::NOT_FOUND, "Not Found\n") });
+fn http_service(layer: socketioxide::layer::SocketIoLayer, ops: Router) -> Router {
+    let rest = ops.fallback(|| async { (StatusCode::NOT_FOUND, "Not Found\n") });
     let socket_io = ServiceBuilder::new()
+        .map_request(count_engine_session)
         .layer(CorsLayer::very_permissive())
         .layer(layer)
-        .service(not_found);
+        .service(rest);
     Router::new().fallback_service(socket_io)
+}
+
+/// Count engine.io sessions as they open: a `/socket.io/` request without a `sid`.
+fn count_engine_session<B>(request: axum::http::Request<B>) -> axum::http::Request<B> {
+    if request.uri().path().starts_with("/socket.io")
+        && let Some(query) = request.uri().query()
+        && !query.split('&').any(|pair| pair.starts_with("sid="))
+    {
+        let transport = query
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("transport="))
+            .and_then(|t| {
+                ["polling", "websocket"]
+                    .into_iter()
+                    .find(|known| *known == t)
+            });
+        if let Some(transport) = transport {
+            counter!(metrics::ENGINE_SESSIONS_OPENED, "transport" => transport).increment(1);
+        }
+    }
+    request
+}
+
+/// `/metrics`, `/health` and `/ready` on their own address (e.g. 127.0.0.1:9101), so
+/// Prometheus can scrape a loopback port while the service port faces the proxy.
+async fn spawn_metrics_listener(
+    address: SocketAddr,
+    ops: Router,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot listen on --metrics-addr {address}"))?;
+    tracing::info!("metrics and health on http://{address}/metrics");
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, ops).await {
+            tracing::error!(error = %e, "the metrics listener stopped");
+        }
+    }))
 }
 
 /// socketioxide keeps an engine.io session alive until this timeout unless its CONNECT
