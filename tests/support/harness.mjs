@@ -250,12 +250,18 @@ export class Stack {
       { what: "the sentinel" });
   }
 
+  /**
+   * Stop everything, then check that no secret the fake Frappe issued (sids, API token
+   * secrets, the socket secret) ever reached the server's log: every test run greps for them.
+   */
   async stop() {
     for (const socket of this.sockets) socket.disconnect();
     await this.server.stop();
     await this.frappe.close();
     await this.redis.stop();
     fs.rmSync(this.bench, { recursive: true, force: true });
+    const leaked = [...this.frappe.secretsIssued].filter((secret) => this.server.output.includes(secret));
+    if (leaked.length > 0) throw new Error(`the server log contains secrets: ${leaked.join(", ")}`);
   }
 }
 
