@@ -3,16 +3,18 @@
 //   - handshakes/s: N clients connecting at once (each costs one get_user_info call),
 //   - deliveries/s: M events published to `all`, each delivered to every client,
 //   - server RSS idle and per connection.
-// Usage: scripts/bench [clients=500] [events=200] [transport=websocket|polling]
+// Usage: scripts/bench [clients=500] [events=200] [transport=websocket|polling] [metrics=on|off]
 // Every loop is bounded in count and time; everything started here is stopped by its PID.
 import { startStack, waitFor } from "../tests/support/harness.mjs";
 
 const clients = Number(process.argv[2] ?? 500);
 const events = Number(process.argv[3] ?? 200);
 const transport = process.argv[4] ?? "websocket";
+const metrics = process.argv[5] ?? "on";
 const TIME_LIMIT_MS = 120_000;
 
-const stack = await startStack({ version: 16 });
+const serverArgs = ["--host", "127.0.0.1", ...(metrics === "off" ? ["--no-metrics"] : [])];
+const stack = await startStack({ version: 16, serverArgs });
 try {
   const idleRss = stack.server.rssKiB();
 
@@ -38,6 +40,7 @@ try {
 
   const figures = {
     transport,
+    metrics,
     clients: connectedCount,
     events,
     handshakes_per_s: Math.round(clients / (connectMs / 1000)),

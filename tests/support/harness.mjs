@@ -156,7 +156,8 @@ export class Server {
  * Users on every site: alice (System User, sid "sid-alice"), bob (System User, "sid-bob"),
  * carol (Website User, "sid-carol"), and an API token for dave.
  */
-export async function startStack({ version = 16, sites = SITES, common = {}, env = {}, startRedis = true } = {}) {
+export async function startStack({ version = 16, sites = SITES, common = {}, env = {}, startRedis = true,
+  serverArgs = ["--host", "127.0.0.1"] } = {}) {
   const redis = await Redis.start();
   const frappe = await new FakeFrappe({ version, redisUrl: redis.url }).listen();
   for (const site of sites) {
@@ -169,7 +170,7 @@ export async function startStack({ version = 16, sites = SITES, common = {}, env
   const port = await freePort();
   const bench = makeBench({ sites, version, common: { socketio_port: port, redis_queue: redis.url, ...common } });
   if (!startRedis) await redis.stop();
-  const server = await Server.start({ bench, port, env });
+  const server = await Server.start({ bench, port, env, args: serverArgs });
   const stack = new Stack({ redis, frappe, bench, server, port });
   if (startRedis) await stack.waitSubscribed();
   return stack;
