@@ -141,6 +141,14 @@ export class Server {
     return Number(/VmRSS:\s+(\d+)/.exec(status)[1]);
   }
 
+  /** CPU time (user + system) the server process has used, in milliseconds (Linux). */
+  cpuMs() {
+    const stat = fs.readFileSync(`/proc/${this.proc.pid}/stat`, "utf8");
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    const ticks = Number(fields[11]) + Number(fields[12]); // utime, stime (fields 14, 15)
+    return (ticks * 1000) / 100; // USER_HZ is 100 on Linux
+  }
+
   async stop() {
     if (this.proc.exitCode === null && this.proc.signalCode === null) {
       this.proc.kill("SIGTERM");
