@@ -21,8 +21,8 @@ struct Cli {
     /// Speak this Frappe major version (15 or 16) instead of the one in apps/frappe.
     #[arg(long, value_parser = clap::value_parser!(u32).range(15..))]
     frappe_version: Option<u32>,
-    /// Also serve /metrics, /health and /ready on this address (e.g. 127.0.0.1:9101).
-    #[arg(long)]
+    /// Also serve /metrics, /health and /ready here: a port (bound on 127.0.0.1) or IP:PORT.
+    #[arg(long, value_parser = parse_metrics_addr)]
     metrics_addr: Option<SocketAddr>,
     /// Record no metrics (for measuring their cost).
     #[arg(long)]
@@ -89,6 +89,16 @@ fn main() -> ExitCode {
     }
 }
 
+/// A bare port means loopback only: metrics are for the local Prometheus, not the world.
+fn parse_metrics_addr(value: &str) -> Result<SocketAddr, String> {
+    if let Ok(port) = value.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    value
+        .parse()
+        .map_err(|_| format!("{value:?} is neither a port nor an IP:PORT address"))
+}
+
 /// SIGTERM (supervisor, systemd) or SIGINT (a terminal).
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
@@ -102,5 +112,23 @@ async fn shutdown_signal() {
         Err(_) => {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bare_metrics_port_binds_loopback() {
+        assert_eq!(
+            parse_metrics_addr("9101"),
+            Ok(SocketAddr::from(([127, 0, 0, 1], 9101)))
+        );
+        assert_eq!(
+            parse_metrics_addr("0.0.0.0:9101"),
+            Ok(SocketAddr::from(([0, 0, 0, 0], 9101)))
+        );
+        assert!(parse_metrics_addr("nine").is_err());
     }
 }
