@@ -268,6 +268,7 @@ impl FrappeClient {
         call.finish(match &result {
             Ok(info) if info.user.is_some() => "ok",
             Ok(_) => "denied",
+            Err(failure) if failure.kind == FailureKind::Denied => "denied",
             Err(failure) => failure.kind.as_str(),
         });
         result

@@ -46,7 +46,7 @@ pub async fn authenticate(socket: SocketRef, State(app): State<Arc<App>>) -> Res
         }
         Err(refusal) => {
             tracing::info!(%site, reason = label, transport = transport(&socket),
-                message = %refusal, "handshake refused");
+                refusal = %refusal, "handshake refused");
             Err(refusal)
         }
     }

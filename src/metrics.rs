@@ -105,6 +105,13 @@ fn sample_sockets(io: &SocketIo<LocalAdapter>) {
     }
 }
 
+/// A removed site has no sockets: zero its gauges, which scrapes no longer refresh.
+pub fn forget_site(site: &str) {
+    for transport in ["polling", "websocket"] {
+        gauge!(SOCKETS, "site" => site.to_owned(), "transport" => transport).set(0.0);
+    }
+}
+
 /// Seconds since the Unix epoch, for timestamp gauges.
 pub fn unix_now() -> f64 {
     SystemTime::now()

@@ -66,7 +66,7 @@ pub async fn run(
 
     let (layer, io) = socket_io_layer(app);
     let mut registry = SiteRegistry::new(io.clone(), sites_dir.clone());
-    registry.sync();
+    registry.sync().await;
     if registry.served().is_empty() {
         tracing::warn!(dir = %sites_dir.display(), "no sites found yet (a site is sites/<name>/site_config.json)");
     }

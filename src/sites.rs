@@ -19,7 +19,7 @@ use socketioxide::adapter::LocalAdapter;
 use socketioxide::handler::ConnectHandler;
 use tokio::sync::mpsc;
 
-use crate::handlers;
+use crate::{handlers, metrics};
 
 const RESCAN_EVERY: Duration = Duration::from_secs(5);
 
@@ -59,7 +59,7 @@ impl SiteRegistry {
     }
 
     /// Register namespaces for new sites and drop those of vanished ones.
-    pub fn sync(&mut self) {
+    pub async fn sync(&mut self) {
         let on_disk = scan(&self.sites_dir);
         for site in on_disk.difference(&self.served) {
             self.io.ns(
@@ -69,9 +69,17 @@ impl SiteRegistry {
             tracing::info!(%site, "serving site");
         }
         for site in self.served.difference(&on_disk) {
-            // Disconnects the site's sockets: their site is gone.
-            self.io.delete_ns(format!("/{site}"));
-            tracing::info!(%site, "site removed; its namespace is closed");
+            let path = format!("/{site}");
+            // Tell the site's clients they were disconnected: `delete_ns` alone closes the
+            // sockets on our side only, leaving each client with a dead connection.
+            if let Some(namespace) = self.io.of(&path)
+                && let Err(e) = namespace.disconnect().await
+            {
+                tracing::debug!(%site, error = %e, "some sockets were already gone");
+            }
+            self.io.delete_ns(path);
+            metrics::forget_site(site);
+            tracing::info!(%site, "site removed; its clients were disconnected");
         }
         self.served = on_disk;
     }
@@ -104,7 +112,7 @@ impl SiteRegistry {
                 _ = changes.recv() => {}
                 _ = rescan.tick() => {}
             }
-            self.sync();
+            self.sync().await;
         }
     }
 
