@@ -19,6 +19,7 @@ const stack = await startStack({ version: 16, serverArgs });
 try {
   const idleRss = stack.server.rssKiB();
 
+  const cpuBeforeConnect = stack.server.cpuMs();
   let started = performance.now();
   const sockets = [];
   for (let i = 0; i < clients; i++) sockets.push(stack.socket({ sid: "sid-alice", transports: [transport] }));
@@ -28,6 +29,7 @@ try {
     s.once("connect_error", reject);
   })));
   const connectMs = performance.now() - started;
+  const connectCpuMs = stack.server.cpuMs() - cpuBeforeConnect;
   const connectedRss = stack.server.rssKiB();
 
   let receivedTotal = 0;
@@ -48,6 +50,7 @@ try {
     events,
     handshakes_per_s: Math.round(clients / (connectMs / 1000)),
     connect_all_ms: Math.round(connectMs),
+    server_cpu_us_per_handshake: Math.round((connectCpuMs * 1000) / clients),
     deliveries: receivedTotal,
     deliveries_per_s: Math.round(expected / (deliverMs / 1000)),
     deliver_all_ms: Math.round(deliverMs),
