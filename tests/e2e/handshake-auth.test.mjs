@@ -14,9 +14,8 @@ import { describe, test, before, after, afterEach } from "node:test";
 import assert from "node:assert/strict";
 import { Manager } from "socket.io-client";
 import {
-  startStack, Stack, Redis, Server, makeBench, freePort, waitFor, nextEvent, connected, refusal, SITES,
+  startStack, freePort, waitFor, nextEvent, connected, refusal, SITES,
 } from "../support/harness.mjs";
-import { FakeFrappe } from "../support/fake-frappe.mjs";
 
 const [SITE, OTHER_SITE] = SITES;
 const ALICE = "alice@example.com"; // System User, sid-alice
@@ -46,35 +45,6 @@ function unique(prefix) {
 
 const userRoom = (user) => `user:${user}`;
 const userInfoCalls = (stack) => stack.frappe.callsTo(USER_INFO);
-
-/** A stack like `startStack`, but the common config may depend on the fake Frappe (its URL). */
-async function startCustomStack({ version, common = () => ({}), env = {} }) {
-  const started = [];
-  try {
-    const redis = await Redis.start();
-    started.push(() => redis.stop());
-    const frappe = await new FakeFrappe({ version, redisUrl: redis.url }).listen();
-    started.push(() => frappe.close());
-    for (const site of SITES) {
-      frappe.addSite(site, { installedApps: ["frappe", "erpnext"] });
-      frappe.addSession(site, "sid-alice", ALICE);
-      frappe.addSession(site, "sid-bob", "bob@example.com");
-      frappe.addSession(site, "sid-carol", CAROL, "Website User");
-      frappe.addToken(site, DAVE_TOKEN, DAVE);
-    }
-    const port = await freePort();
-    const bench = makeBench({
-      version, common: { socketio_port: port, redis_queue: redis.url, ...common(frappe) },
-    });
-    const server = await Server.start({ bench, port, env });
-    const stack = new Stack({ redis, frappe, bench, server, port });
-    await stack.waitSubscribed();
-    return stack;
-  } catch (err) {
-    for (const stop of started.reverse()) await stop().catch(() => {});
-    throw err;
-  }
-}
 
 /**
  * Open a handshake that must be refused. Returns the connect_error message and asserts the
@@ -418,7 +388,7 @@ for (const version of [15, 16]) {
     describe("realtime_callback_url", () => {
       let stack;
       before(async () => {
-        stack = await startCustomStack({ version, common: (frappe) => ({ realtime_callback_url: frappe.url }) });
+        stack = await startStack({ version, common: (frappe) => ({ realtime_callback_url: frappe.url }) });
       });
       after(async () => { await stack?.stop(); });
 
@@ -436,7 +406,7 @@ for (const version of [15, 16]) {
     describe("developer_mode + webserver_port", () => {
       let stack;
       before(async () => {
-        stack = await startCustomStack({
+        stack = await startStack({
           version, common: (frappe) => ({ developer_mode: 1, webserver_port: frappe.port }),
         });
       });
@@ -452,7 +422,7 @@ for (const version of [15, 16]) {
     describe("webserver_port without developer_mode", () => {
       let stack;
       before(async () => {
-        stack = await startCustomStack({ version, common: (frappe) => ({ webserver_port: frappe.port }) });
+        stack = await startStack({ version, common: (frappe) => ({ webserver_port: frappe.port }) });
       });
       after(async () => { await stack?.stop(); });
 
@@ -466,7 +436,7 @@ for (const version of [15, 16]) {
     describe("webserver_host + webserver_port", () => {
       let stack;
       before(async () => {
-        stack = await startCustomStack({
+        stack = await startStack({
           version, common: (frappe) => ({ webserver_host: "127.0.0.1", webserver_port: frappe.port }),
         });
       });

@@ -12,9 +12,8 @@ import { spawn } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
 import {
-  startStack, Stack, Redis, Server, makeBench, addSite, freePort, waitFor, nextEvent, connected, refusal, SITES,
+  startStack, Redis, addSite, freePort, waitFor, nextEvent, connected, refusal, SITES,
 } from "../support/harness.mjs";
-import { FakeFrappe } from "../support/fake-frappe.mjs";
 
 const [SITE, OTHER_SITE] = SITES;
 const ALICE = "alice@example.com"; // System User, sid-alice on every site
@@ -201,32 +200,8 @@ function newUser(stack, sites = SITES) {
 }
 
 /** Like harness `startStack`, with extra server arguments (after `--host 127.0.0.1`). */
-async function startStackWith({ version = 16, args = [], common = {} } = {}) {
-  const started = [];
-  try {
-    const redis = await Redis.start();
-    started.push(() => redis.stop());
-    const frappe = await new FakeFrappe({ version, redisUrl: redis.url }).listen();
-    started.push(() => frappe.close());
-    for (const site of SITES) {
-      frappe.addSite(site, { installedApps: ["frappe", "erpnext"] });
-      frappe.addSession(site, "sid-alice", ALICE);
-      frappe.addSession(site, "sid-bob", "bob@example.com");
-      frappe.addSession(site, "sid-carol", "carol@example.com", "Website User");
-      frappe.addToken(site, DAVE_TOKEN, "dave@example.com");
-    }
-    const port = await freePort();
-    const bench = makeBench({ version, common: { socketio_port: port, redis_queue: redis.url, ...common } });
-    started.push(async () => fs.rmSync(bench, { recursive: true, force: true }));
-    const server = await Server.start({ bench, port, args: ["--host", "127.0.0.1", ...args] });
-    started.push(() => server.stop());
-    const stack = new Stack({ redis, frappe, bench, server, port });
-    await stack.waitSubscribed();
-    return stack;
-  } catch (err) {
-    for (const stop of started.reverse()) await stop().catch(() => {});
-    throw err;
-  }
+function startStackWith({ version = 16, args = [], common = {} } = {}) {
+  return startStack({ version, common, serverArgs: ["--host", "127.0.0.1", ...args] });
 }
 
 /** The server's text log without terminal colour codes, as lines. */

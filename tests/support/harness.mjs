@@ -163,25 +163,39 @@ export class Server {
  * Everything a test needs: redis, fake Frappe with sites and users, a bench, the server.
  * Users on every site: alice (System User, sid "sid-alice"), bob (System User, "sid-bob"),
  * carol (Website User, "sid-carol"), and an API token for dave.
+ * `common` is extra common_site_config, or a function of the fake Frappe returning it (for
+ * keys that need its URL or port); `serverArgs` replace the server's arguments. What was
+ * started is stopped again if a later step fails.
  */
 export async function startStack({ version = 16, sites = SITES, common = {}, env = {}, startRedis = true,
   serverArgs = ["--host", "127.0.0.1"] } = {}) {
-  const redis = await Redis.start();
-  const frappe = await new FakeFrappe({ version, redisUrl: redis.url }).listen();
-  for (const site of sites) {
-    frappe.addSite(site, { installedApps: ["frappe", "erpnext"] });
-    frappe.addSession(site, "sid-alice", "alice@example.com");
-    frappe.addSession(site, "sid-bob", "bob@example.com");
-    frappe.addSession(site, "sid-carol", "carol@example.com", "Website User");
-    frappe.addToken(site, "token key-dave:secret-dave", "dave@example.com");
+  const started = [];
+  try {
+    const redis = await Redis.start();
+    started.push(() => redis.stop());
+    const frappe = await new FakeFrappe({ version, redisUrl: redis.url }).listen();
+    started.push(() => frappe.close());
+    for (const site of sites) {
+      frappe.addSite(site, { installedApps: ["frappe", "erpnext"] });
+      frappe.addSession(site, "sid-alice", "alice@example.com");
+      frappe.addSession(site, "sid-bob", "bob@example.com");
+      frappe.addSession(site, "sid-carol", "carol@example.com", "Website User");
+      frappe.addToken(site, "token key-dave:secret-dave", "dave@example.com");
+    }
+    const port = await freePort();
+    const extra = typeof common === "function" ? common(frappe) : common;
+    const bench = makeBench({ sites, version, common: { socketio_port: port, redis_queue: redis.url, ...extra } });
+    started.push(async () => fs.rmSync(bench, { recursive: true, force: true }));
+    if (!startRedis) await redis.stop();
+    const server = await Server.start({ bench, port, env, args: serverArgs });
+    started.push(() => server.stop());
+    const stack = new Stack({ redis, frappe, bench, server, port });
+    if (startRedis) await stack.waitSubscribed();
+    return stack;
+  } catch (err) {
+    for (const stop of started.reverse()) await stop().catch(() => {});
+    throw err;
   }
-  const port = await freePort();
-  const bench = makeBench({ sites, version, common: { socketio_port: port, redis_queue: redis.url, ...common } });
-  if (!startRedis) await redis.stop();
-  const server = await Server.start({ bench, port, env, args: serverArgs });
-  const stack = new Stack({ redis, frappe, bench, server, port });
-  if (startRedis) await stack.waitSubscribed();
-  return stack;
 }
 
 export class Stack {
