@@ -1,15 +1,23 @@
 //! What every handler shares: the bench's configuration and the clients of Frappe and Redis.
 
+use std::sync::{Arc, PoisonError, RwLock};
+
 use crate::auth::FrappeClient;
-use crate::config::Config;
+use crate::config::{Config, Listen};
 use crate::queue_redis::QueueRedis;
 use crate::reconnects::ReconnectTracker;
 
 pub struct App {
-    pub config: Config,
-    pub frappe: FrappeClient,
+    /// Replaced as a whole on SIGHUP; a handshake or event uses one snapshot throughout.
+    current: RwLock<Arc<Settings>>,
     pub redis: QueueRedis,
     pub reconnects: ReconnectTracker,
+}
+
+/// The configuration and what is built from it that can change without a restart.
+pub struct Settings {
+    pub config: Config,
+    pub frappe: FrappeClient,
 }
 
 impl App {
@@ -19,9 +27,42 @@ impl App {
         let frappe = FrappeClient::new(&config, redis.clone())?;
         Ok(Self {
             reconnects: ReconnectTracker::new(config.reconnect_window),
-            config,
-            frappe,
+            current: RwLock::new(Arc::new(Settings { config, frappe })),
             redis,
         })
+    }
+
+    pub fn settings(&self) -> Arc<Settings> {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Apply a re-read configuration. Keys whose change needs a restart keep their running
+    /// value; their names are returned so the caller can say so.
+    pub fn reload(&self, mut config: Config) -> anyhow::Result<Vec<&'static str>> {
+        let running = self.settings();
+        let old = &running.config;
+        let mut needs_restart = Vec::new();
+        if config.listen != old.listen {
+            needs_restart.push(match (&old.listen, &config.listen) {
+                (Listen::Port(_), Listen::Port(_)) => "socketio_port",
+                _ => "socketio_uds",
+            });
+            config.listen = old.listen.clone();
+        }
+        if config.redis_queue != old.redis_queue {
+            needs_restart.push("redis_queue");
+            config.redis_queue = old.redis_queue.clone();
+        }
+        if config.reconnect_window != old.reconnect_window {
+            needs_restart.push("realtime_reconnect_window");
+            config.reconnect_window = old.reconnect_window;
+        }
+        let frappe = FrappeClient::new(&config, self.redis.clone())?;
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) =
+            Arc::new(Settings { config, frappe });
+        Ok(needs_restart)
     }
 }

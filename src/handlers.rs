@@ -26,8 +26,9 @@ const NO_ARGS: [(); 0] = [];
 pub async fn authenticate(socket: SocketRef, State(app): State<Arc<App>>) -> Result<(), Refusal> {
     let site = socket.ns().trim_start_matches('/').to_owned();
     let headers = &socket.req_parts().headers;
-    let outcome = match handshake::check(&site, headers, app.config.default_site.as_deref()) {
-        Ok(accepted) => app
+    let settings = app.settings();
+    let outcome = match handshake::check(&site, headers, settings.config.default_site.as_deref()) {
+        Ok(accepted) => settings
             .frappe
             .get_user_info(&site, accepted)
             .await
@@ -120,6 +121,7 @@ async fn doctype_subscribe(
         return;
     };
     if app
+        .settings()
         .frappe
         .may_subscribe(&client.session, Subject::Doctype(&doctype))
         .await
@@ -144,6 +146,7 @@ async fn doc_subscribe(
         return;
     };
     if app
+        .settings()
         .frappe
         .may_subscribe(&client.session, Subject::Doc(&doctype, &docname))
         .await
@@ -180,6 +183,7 @@ async fn doc_open(
         return;
     };
     if !app
+        .settings()
         .frappe
         .may_subscribe(&client.session, Subject::Doc(&doctype, &docname))
         .await
@@ -211,7 +215,7 @@ async fn open_in_editor(
     Extension(client): Extension<Arc<ClientState>>,
     TryData(args): TryData<EventArgs>,
 ) {
-    if !app.config.developer_mode || client.session.is_guest() {
+    if !app.settings().config.developer_mode || client.session.is_guest() {
         return;
     }
     let Some(Value::Object(request)) = args.ok().and_then(|a| a.0.into_iter().next()) else {

@@ -1,3 +1,4 @@
+use std::io::IsTerminal;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,7 +42,10 @@ enum LogFormat {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colours only on a terminal: supervisor and systemd write stdout to log files.
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stdout().is_terminal());
     match cli.log_format {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().init(),
@@ -75,6 +79,7 @@ fn main() -> ExitCode {
         host: cli.host,
         metrics_addr: cli.metrics_addr,
         no_metrics: cli.no_metrics,
+        overrides,
     };
     match runtime.block_on(frappe_realtime::server::run(
         config,

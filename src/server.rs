@@ -20,7 +20,7 @@ use ::metrics::counter;
 
 use crate::app::App;
 use crate::bridge::{self, Subscription};
-use crate::config::{Config, Listen};
+use crate::config::{Config, Listen, Overrides};
 use crate::metrics::{self, Metrics};
 use crate::ops::{self, Ops};
 use crate::sites::SiteRegistry;
@@ -45,6 +45,8 @@ pub struct Options {
     pub metrics_addr: Option<SocketAddr>,
     /// Install no metrics recorder (every recording becomes a no-op).
     pub no_metrics: bool,
+    /// Command-line overrides of the configuration, re-applied when it is reloaded.
+    pub overrides: Overrides,
 }
 
 /// Serve until `shutdown` resolves.
@@ -61,8 +63,9 @@ pub async fn run(
     let listen = config.listen.clone();
     let sites_dir = config.sites_dir();
     let app = Arc::new(App::new(config)?);
-    tracing::info!(frappe_version = %app.config.frappe_version, "speaking Frappe's realtime protocol");
+    tracing::info!(frappe_version = %app.settings().config.frappe_version, "speaking Frappe's realtime protocol");
     let redis = app.redis.client();
+    let reloader = tokio::spawn(reload_on_hangup(app.clone(), options.overrides.clone()));
 
     let (layer, io) = socket_io_layer(app);
     let mut registry = SiteRegistry::new(io.clone(), sites_dir.clone());
@@ -108,6 +111,7 @@ pub async fn run(
     };
     watcher.abort();
     subscriber.abort();
+    reloader.abort();
     if let Some(listener) = metrics_listener {
         listener.abort();
     }
@@ -115,6 +119,37 @@ pub async fn run(
         let _ = std::fs::remove_file(path);
     }
     result
+}
+
+/// Re-read the bench's configuration on SIGHUP (`supervisorctl signal HUP …`,
+/// `systemctl reload`). What can change live: `default_site`, `developer_mode`,
+/// `webserver_host`, `webserver_port`, `realtime_callback_url`, `realtime_callback_timeout`,
+/// `realtime_frappe_version`; the listener, `redis_queue` and `realtime_reconnect_window`
+/// need a restart. A configuration that does not load leaves the running one in place.
+async fn reload_on_hangup(app: Arc<App>, overrides: Overrides) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; configuration reload is off");
+            return;
+        }
+    };
+    while hangups.recv().await.is_some() {
+        let bench = app.settings().config.bench_dir.clone();
+        let reloaded = Config::load(&bench, &overrides)
+            .map_err(anyhow::Error::from)
+            .and_then(|config| app.reload(config));
+        match reloaded {
+            Ok(needs_restart) => {
+                tracing::info!("configuration reloaded");
+                for key in needs_restart {
+                    tracing::warn!(key, "changed; takes effect at the next restart");
+                }
+            }
+            Err(e) => tracing::error!("configuration not reloaded, the running one stays: {e:#}"),
+        }
+    }
 }
 
 /// The whole HTTP service: Socket.IO under `/socket.io/`, a prompt 404 elsewhere (Node leaves
@@ -182,7 +217,7 @@ fn connect_timeout(callback_timeout: Duration) -> Duration {
 
 fn socket_io_layer(app: Arc<App>) -> (socketioxide::layer::SocketIoLayer, SocketIo<LocalAdapter>) {
     SocketIo::builder()
-        .connect_timeout(connect_timeout(app.config.callback_timeout))
+        .connect_timeout(connect_timeout(app.settings().config.callback_timeout))
         .max_payload(MAX_PAYLOAD)
         .ws_max_message_size(MAX_PAYLOAD as usize)
         .ws_max_frame_size(MAX_PAYLOAD as usize)
