@@ -51,6 +51,7 @@ try {
     handshakes_per_s: Math.round(clients / (connectMs / 1000)),
     connect_all_ms: Math.round(connectMs),
     server_cpu_us_per_handshake: Math.round((connectCpuMs * 1000) / clients),
+    frappe_user_info_calls: stack.frappe.callsTo("get_user_info").length,
     deliveries: receivedTotal,
     deliveries_per_s: Math.round(expected / (deliverMs / 1000)),
     deliver_all_ms: Math.round(deliverMs),

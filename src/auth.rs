@@ -13,11 +13,12 @@ use http::HeaderValue;
 use http::header::{AUTHORIZATION, COOKIE};
 use reqwest::{RequestBuilder, StatusCode};
 use serde_json::Value;
-use tokio::sync::RwLock;
+use tokio::sync::{RwLock, Semaphore, SemaphorePermit};
 use url::Url;
 
 use ::metrics::{counter, gauge, histogram};
 
+use crate::coalesce::SingleFlight;
 use crate::config::{Config, FrappeVersion, is_truthy};
 use crate::handshake::{Accepted, Credential};
 use crate::metrics;
@@ -118,6 +119,19 @@ pub struct FrappeClient {
     target: CallbackTarget,
     secret: SocketSecret,
     timeout: std::time::Duration,
+    /// Bounds calls under way towards the site's web workers: a reconnect storm queues here
+    /// instead of stampeding gunicorn.
+    slots: Semaphore,
+    /// Identical `get_user_info` calls under way, shared.
+    user_info_calls: SingleFlight<UserInfoKey, Result<UserInfo, AuthFailure>>,
+}
+
+/// What makes two `get_user_info` calls identical.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct UserInfoKey {
+    site: String,
+    url: Url,
+    credential: Credential,
 }
 
 impl FrappeClient {
@@ -140,6 +154,8 @@ impl FrappeClient {
             target: callback_target(config)?,
             secret: SocketSecret::new(redis),
             timeout: config.callback_timeout,
+            slots: Semaphore::new(config.callback_concurrency),
+            user_info_calls: SingleFlight::default(),
         })
     }
 
@@ -155,16 +171,15 @@ impl FrappeClient {
         let url = base
             .join(&format!("{METHOD_PREFIX}{USER_INFO_ENDPOINT}"))
             .map_err(|e| AuthFailure::error(format!("bad callback URL: {e}")))?;
-        let mut info = self
-            .fetch_user_info(site, &url, &accepted.credential)
+        let key = UserInfoKey {
+            site: site.to_owned(),
+            url,
+            credential: accepted.credential,
+        };
+        let info = self
+            .user_info_calls
+            .run(key.clone(), || self.ask_user_info(&key))
             .await?;
-        if info.user.is_none() && self.version == FrappeVersion::V16 {
-            // `{}` means the secret did not match: it may have just been created or rotated.
-            self.secret.refresh().await;
-            info = self
-                .fetch_user_info(site, &url, &accepted.credential)
-                .await?;
-        }
         let user = info
             .user
             .ok_or_else(|| AuthFailure::denied("no user info returned".into()))?;
@@ -173,9 +188,35 @@ impl FrappeClient {
             user,
             user_type: info.user_type,
             installed_apps: info.installed_apps,
-            credential: accepted.credential,
+            credential: key.credential,
             callback_base: base,
         })
+    }
+
+    /// One `get_user_info` question, retried once on Frappe 16 when the answer is `{}`: the
+    /// secret did not match, and may have just been created or rotated.
+    async fn ask_user_info(&self, key: &UserInfoKey) -> Result<UserInfo, AuthFailure> {
+        let info = self
+            .fetch_user_info(&key.site, &key.url, &key.credential)
+            .await?;
+        if info.user.is_some() || self.version != FrappeVersion::V16 {
+            return Ok(info);
+        }
+        self.secret.refresh().await;
+        self.fetch_user_info(&key.site, &key.url, &key.credential)
+            .await
+    }
+
+    /// Wait for a free slot towards Frappe; waiting counts against the callback timeout.
+    async fn slot(&self) -> Result<SemaphorePermit<'_>, AuthFailure> {
+        match tokio::time::timeout(self.timeout, self.slots.acquire()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_closed)) => Err(AuthFailure::error("the callback queue is closed".into())),
+            Err(_) => Err(AuthFailure {
+                kind: FailureKind::Timeout,
+                detail: format!("no free slot to call Frappe within {:?}", self.timeout),
+            }),
+        }
     }
 
     /// Whether the site lets `session` follow `subject`. Denials are normal and silent; a
@@ -194,6 +235,7 @@ impl FrappeClient {
             .authenticate(request, &session.site, &session.credential)
             .await;
         let result = async {
+            let _slot = self.slot().await?;
             let response = request.send().await.map_err(|e| self.failure(e))?;
             let status = response.status();
             if status == StatusCode::FORBIDDEN {
@@ -248,6 +290,7 @@ impl FrappeClient {
     ) -> Result<UserInfo, AuthFailure> {
         let call = CallObservation::start(USER_INFO_ENDPOINT);
         let result = async {
+            let _slot = self.slot().await?;
             let request = self
                 .authenticate(self.http.get(url.clone()), site, credential)
                 .await;
@@ -420,7 +463,7 @@ fn sensitive(value: &str) -> HeaderValue {
 
 /// The parts of `{"message": {"user", "user_type", "installed_apps"}}` we use; absent or
 /// mistyped fields read as missing.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct UserInfo {
     user: Option<String>,
     user_type: Option<String>,

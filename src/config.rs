@@ -26,6 +26,8 @@ const ENV_OVERRIDES: [(&str, &str); 5] = [
 const DEFAULT_SOCKETIO_PORT: u16 = 9000;
 const DEFAULT_CALLBACK_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_RECONNECT_WINDOW: Duration = Duration::from_secs(60);
+/// Enough to keep a bench's gunicorn workers busy without queueing hundreds behind them.
+const DEFAULT_CALLBACK_CONCURRENCY: usize = 16;
 
 /// Which Frappe protocol the bench speaks towards its realtime service (spec §4.2, §5.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +78,8 @@ pub struct Config {
     pub callback_url: Option<Url>,
     /// `realtime_callback_timeout` (seconds): bound on every call to Frappe.
     pub callback_timeout: Duration,
+    /// `realtime_callback_concurrency`: calls to Frappe under way at once, at most.
+    pub callback_concurrency: usize,
     /// `realtime_reconnect_window` (seconds): a connect this soon after the same user left
     /// the same site counts as a reconnect in the metrics.
     pub reconnect_window: Duration,
@@ -285,6 +289,15 @@ impl Config {
             callback_timeout: layered
                 .seconds("realtime_callback_timeout")?
                 .unwrap_or(DEFAULT_CALLBACK_TIMEOUT),
+            callback_concurrency: layered
+                .typed("realtime_callback_concurrency", |value| {
+                    value
+                        .as_u64()
+                        .and_then(|n| usize::try_from(n).ok())
+                        .filter(|n| (1..=10_000).contains(n))
+                        .ok_or_else(|| "must be a whole number from 1 to 10000".to_owned())
+                })?
+                .unwrap_or(DEFAULT_CALLBACK_CONCURRENCY),
             reconnect_window: layered
                 .seconds("realtime_reconnect_window")?
                 .unwrap_or(DEFAULT_RECONNECT_WINDOW),

@@ -51,7 +51,7 @@ impl fmt::Display for Refusal {
 }
 
 /// What a client presents to prove who it is. `Debug` never shows the secret part.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub enum Credential {
     /// The `Authorization` header, verbatim (`token k:s`, `Basic …`, `Bearer …`).
     Authorization(String),

@@ -9,6 +9,7 @@
 pub mod app;
 pub mod auth;
 pub mod bridge;
+pub mod coalesce;
 pub mod config;
 pub mod handlers;
 pub mod handshake;

@@ -17,8 +17,13 @@ export class FakeFrappe {
     this.calls = [];
     /** Fault injection for every endpoint: {latencyMs, status, body} (body: raw text). */
     this.fault = null;
+    /** Delay before every normal answer, in ms. */
+    this.latencyMs = 0;
     this.server = http.createServer((req, res) => this.#handle(req, res));
     this.secretsIssued = new Set();
+    /** Requests being answered right now, and the most there ever were at once. */
+    this.concurrent = 0;
+    this.peakConcurrent = 0;
   }
 
   /** Listen on 127.0.0.1 (a free port unless `port` is given). */
@@ -71,10 +76,14 @@ export class FakeFrappe {
   }
 
   async #handle(req, res) {
+    this.concurrent += 1;
+    this.peakConcurrent = Math.max(this.peakConcurrent, this.concurrent);
+    res.once("close", () => { this.concurrent -= 1; });
     const url = new URL(req.url, "http://x");
     const siteName = hostname(req.headers["x-frappe-site-name"] ?? req.headers.host ?? "");
     const call = { path: url.pathname, site: siteName, query: Object.fromEntries(url.searchParams), headers: req.headers };
     this.calls.push(call);
+    if (this.latencyMs) await new Promise((r) => setTimeout(r, this.latencyMs));
     const fault = this.fault;
     if (fault?.latencyMs) await new Promise((r) => setTimeout(r, fault.latencyMs));
     if (fault?.status || fault?.body !== undefined) {
