@@ -91,6 +91,8 @@ pub async fn run(
     tokio::spawn(async move {
         shutdown.await;
         tracing::info!("shutting down");
+        note_shutdown_disconnects(&io);
+        // Closes every transport (not a Socket.IO disconnect), so clients reconnect later.
         io.close().await;
         let _ = stopping_tx.send(true);
     });
@@ -119,6 +121,21 @@ pub async fn run(
         let _ = std::fs::remove_file(path);
     }
     result
+}
+
+/// Count and log the sockets a shutdown disconnects, per site. socketioxide's `close()`
+/// drops the namespaces before closing the transports, so the sockets' own disconnect
+/// handlers never run.
+fn note_shutdown_disconnects(io: &SocketIo<LocalAdapter>) {
+    for namespace in io.nsps() {
+        let site = namespace.ns_path().trim_start_matches('/').to_owned();
+        let sockets = namespace.sockets().len();
+        if sockets > 0 {
+            counter!(metrics::DISCONNECTS, "site" => site.clone(), "reason" => "server_shutdown")
+                .increment(sockets as u64);
+            tracing::info!(%site, sockets, reason = "server_shutdown", "closing the site's connections");
+        }
+    }
 }
 
 /// Re-read the bench's configuration on SIGHUP (`supervisorctl signal HUP …`,
