@@ -219,15 +219,17 @@ pub async fn run(io: SocketIo<LocalAdapter>, client: redis::Client, subscription
             }
             Err(e) => tracing::warn!(error = %e, "cannot subscribe to Redis; retrying"),
         }
-        let delay = backoff.next().unwrap_or(Duration::from_secs(5));
+        let delay = backoff.next().unwrap_or(Duration::from_secs(1));
         tokio::time::sleep(delay).await;
     }
 }
 
+/// Retry quickly, then every 0.5–1 s (backon's jitter adds up to the delay itself), so the
+/// subscription is back within a second of Redis answering; an attempt a second costs nothing.
 fn new_backoff() -> impl Iterator<Item = Duration> {
     ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(5))
+        .with_max_delay(Duration::from_millis(500))
         .with_jitter()
         .without_max_times()
         .build()
