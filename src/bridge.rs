@@ -19,7 +19,7 @@ use socketioxide::adapter::LocalAdapter;
 use ::metrics::{counter, gauge, histogram};
 
 use crate::config::is_truthy;
-use crate::metrics;
+use crate::{metrics, revoke};
 
 /// The channel `frappe.publish_realtime` publishes on.
 pub const CHANNEL: &str = "events";
@@ -238,7 +238,7 @@ fn new_backoff() -> impl Iterator<Item = Duration> {
 async fn subscribe(client: &redis::Client) -> Result<redis::aio::PubSub, String> {
     let connect = async {
         let mut pubsub = client.get_async_pubsub().await?;
-        pubsub.subscribe(CHANNEL).await?;
+        pubsub.subscribe(&[CHANNEL, revoke::CHANNEL]).await?;
         Ok::<_, redis::RedisError>(pubsub)
     };
     match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
@@ -258,7 +258,11 @@ async fn pump(io: &SocketIo<LocalAdapter>, pubsub: redis::aio::PubSub) -> &'stat
         tokio::select! {
             message = stream.next() => {
                 let Some(message) = message else { return "connection closed" };
-                handle(io, message.get_payload_bytes()).await;
+                if message.get_channel_name() == revoke::CHANNEL {
+                    revoke::handle(io, message.get_payload_bytes());
+                } else {
+                    handle(io, message.get_payload_bytes()).await;
+                }
             }
             _ = ping.tick() => {
                 // In subscribed mode Redis answers `["pong", ""]`, not `+PONG`: accept any reply.

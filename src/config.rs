@@ -78,12 +78,32 @@ pub struct Config {
     pub callback_url: Option<Url>,
     /// `realtime_callback_timeout` (seconds): bound on every call to Frappe.
     pub callback_timeout: Duration,
+    /// `realtime_admin_token`: enables `POST /admin/disconnect` for callers presenting it.
+    pub admin_token: Option<Secret>,
     /// `realtime_callback_concurrency`: calls to Frappe under way at once, at most.
     pub callback_concurrency: usize,
     /// `realtime_reconnect_window` (seconds): a connect this soon after the same user left
     /// the same site counts as a reconnect in the metrics.
     pub reconnect_window: Duration,
     pub frappe_version: FrappeVersion,
+}
+
+/// A configuration value that must never be printed; `Debug` shows `<redacted>`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Compare in time independent of where the values differ (no timing oracle).
+    pub fn matches(&self, candidate: &str) -> bool {
+        let (a, b) = (self.0.as_bytes(), candidate.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 /// A configuration problem, always naming the file (or variable) and the key.
@@ -289,6 +309,10 @@ impl Config {
             callback_timeout: layered
                 .seconds("realtime_callback_timeout")?
                 .unwrap_or(DEFAULT_CALLBACK_TIMEOUT),
+            admin_token: layered.typed("realtime_admin_token", |value| match value.as_str() {
+                Some(token) if token.len() >= 16 => Ok(Secret(token.to_owned())),
+                _ => Err("must be a string of at least 16 characters".to_owned()),
+            })?,
             callback_concurrency: layered
                 .typed("realtime_callback_concurrency", |value| {
                     value
@@ -542,6 +566,21 @@ mod tests {
             load(dir.path(), &[]).expect("config").frappe_version,
             FrappeVersion::V15
         );
+    }
+
+    #[test]
+    fn the_admin_token_is_never_printed_and_compares_exactly() {
+        let token = "an-admin-token-of-some-length";
+        let dir = bench(
+            json!({"redis_queue": "redis://q:1", "realtime_admin_token": token}),
+            None,
+        );
+        let config = load(dir.path(), &[]).expect("config");
+        assert!(!format!("{config:?}").contains(token));
+        let secret = config.admin_token.expect("token");
+        assert!(secret.matches(token));
+        assert!(!secret.matches("an-admin-token-of-some-lengtH"));
+        assert!(!secret.matches(""));
     }
 
     #[test]

@@ -16,6 +16,7 @@ use crate::app::App;
 use crate::auth::Subject;
 use crate::handshake::{self, Refusal};
 use crate::metrics;
+use crate::revoke::ServerCause;
 use crate::rooms::{self, ClientState, Presence};
 
 /// Socket.IO emit with no arguments: an empty tuple-like value, so the frame is `["pong"]`.
@@ -237,7 +238,10 @@ async fn on_disconnect(
     for (doctype, docname) in client.take_open() {
         rooms::announce_viewers(&socket, &client, &doctype, &docname, Presence::Departing).await;
     }
-    let reason = disconnect_label(reason);
+    let reason = match (reason, socket.extensions.get::<ServerCause>()) {
+        (DisconnectReason::ServerNSDisconnect, Some(ServerCause(cause))) => cause,
+        (reason, _) => disconnect_label(reason),
+    };
     counter!(metrics::DISCONNECTS, "site" => session.site.clone(), "reason" => reason).increment(1);
     if !session.is_guest() {
         app.reconnects.departed(&session.site, &session.user);
@@ -255,7 +259,7 @@ fn disconnect_label(reason: DisconnectReason) -> &'static str {
         DisconnectReason::TransportError => "transport_error",
         DisconnectReason::PacketParsingError => "packet_parsing_error",
         DisconnectReason::MultipleHttpPollingError => "multiple_polling_error",
-        DisconnectReason::ServerNSDisconnect => "site_removed",
+        DisconnectReason::ServerNSDisconnect => "server_disconnect",
         DisconnectReason::ClosingServer => "server_shutdown",
     }
 }

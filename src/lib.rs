@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod ops;
 pub mod queue_redis;
 pub mod reconnects;
+pub mod revoke;
 pub mod rooms;
 pub mod server;
 pub mod sites;

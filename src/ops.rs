@@ -6,18 +6,23 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
+use axum::extract::Query;
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde_json::json;
 use socketioxide::SocketIo;
 use socketioxide::adapter::LocalAdapter;
 
+use crate::app::App;
 use crate::bridge::Subscription;
 use crate::metrics::Metrics;
+use crate::revoke::{self, Revocation};
 
 pub struct Ops {
+    pub app: Arc<App>,
     pub io: SocketIo<LocalAdapter>,
     /// `None` with `--no-metrics`.
     pub metrics: Option<Metrics>,
@@ -29,6 +34,7 @@ pub fn router(ops: Arc<Ops>) -> Router {
         .route("/metrics", get(metrics))
         .route("/health", get(health))
         .route("/ready", get(ready))
+        .route("/admin/disconnect", post(disconnect_user))
         .with_state(ops)
 }
 
@@ -66,4 +72,32 @@ async fn ready(State(ops): State<Arc<Ops>>) -> (StatusCode, Json<serde_json::Val
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, Json(body))
+}
+
+/// `POST /admin/disconnect?site=<site>&user=<user>`: revoke a user's sessions on a site.
+/// Off (404) unless `realtime_admin_token` is set; the caller sends it as a Bearer token.
+async fn disconnect_user(
+    State(ops): State<Arc<Ops>>,
+    headers: HeaderMap,
+    Query(revocation): Query<Revocation>,
+) -> (StatusCode, Json<serde_json::Value>) {
+    let settings = ops.app.settings();
+    let Some(token) = &settings.config.admin_token else {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": "the admin endpoint is off (set realtime_admin_token)"})),
+        );
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "));
+    if !presented.is_some_and(|candidate| token.matches(candidate)) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"error": "a valid Bearer token is required"})),
+        );
+    }
+    let disconnected = revoke::disconnect_user(&ops.io, &revocation.site, &revocation.user);
+    (StatusCode::OK, Json(json!({"disconnected": disconnected})))
 }

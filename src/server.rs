@@ -67,7 +67,7 @@ pub async fn run(
     let redis = app.redis.client();
     let reloader = tokio::spawn(reload_on_hangup(app.clone(), options.overrides.clone()));
 
-    let (layer, io) = socket_io_layer(app);
+    let (layer, io) = socket_io_layer(app.clone());
     let mut registry = SiteRegistry::new(io.clone(), sites_dir.clone());
     registry.sync().await;
     if registry.served().is_empty() {
@@ -77,6 +77,7 @@ pub async fn run(
     let subscription = Subscription::default();
     let subscriber = tokio::spawn(bridge::run(io.clone(), redis, subscription.clone()));
     let ops = ops::router(Arc::new(Ops {
+        app: app.clone(),
         io: io.clone(),
         metrics,
         subscription,

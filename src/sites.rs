@@ -19,6 +19,7 @@ use socketioxide::adapter::LocalAdapter;
 use socketioxide::handler::ConnectHandler;
 use tokio::sync::mpsc;
 
+use crate::revoke::ServerCause;
 use crate::{handlers, metrics};
 
 const RESCAN_EVERY: Duration = Duration::from_secs(5);
@@ -72,10 +73,13 @@ impl SiteRegistry {
             let path = format!("/{site}");
             // Tell the site's clients they were disconnected: `delete_ns` alone closes the
             // sockets on our side only, leaving each client with a dead connection.
-            if let Some(namespace) = self.io.of(&path)
-                && let Err(e) = namespace.disconnect().await
-            {
-                tracing::debug!(%site, error = %e, "some sockets were already gone");
+            if let Some(namespace) = self.io.of(&path) {
+                for socket in namespace.clone().sockets() {
+                    socket.extensions.insert(ServerCause("site_removed"));
+                }
+                if let Err(e) = namespace.disconnect().await {
+                    tracing::debug!(%site, error = %e, "some sockets were already gone");
+                }
             }
             self.io.delete_ns(path);
             metrics::forget_site(site);

@@ -1,0 +1,60 @@
+//! Session revocation: disconnect every socket of a user on a site, e.g. when the user logs
+//! out or is disabled. Frappe's own service has no way to do this; its sockets outlive the
+//! session until the tab closes.
+//!
+//! Two ways in: `POST /admin/disconnect?site=<site>&user=<user>` with
+//! `Authorization: Bearer <realtime_admin_token>` (see [`crate::ops`]), or a message
+//! `{"site": …, "user": …}` published on the Redis channel [`CHANNEL`] of `redis_queue`.
+//! Revoked clients get a Socket.IO DISCONNECT, which socket.io-client does not retry.
+
+use serde::Deserialize;
+use socketioxide::SocketIo;
+use socketioxide::adapter::LocalAdapter;
+
+use crate::rooms;
+
+/// The Redis channel (on `redis_queue`) that carries revocations.
+pub const CHANNEL: &str = "frappe_realtime:revoke";
+
+/// Why the server itself disconnected a socket, kept on the socket for the disconnect
+/// handler's metrics and log (socketioxide reports every server-side disconnect alike).
+#[derive(Debug, Clone, Copy)]
+pub struct ServerCause(pub &'static str);
+
+/// A revocation as published on [`CHANNEL`].
+#[derive(Debug, Deserialize, PartialEq, Eq)]
+pub struct Revocation {
+    pub site: String,
+    pub user: String,
+}
+
+/// Disconnect every socket of `user` on `site`; returns how many there were.
+pub fn disconnect_user(io: &SocketIo<LocalAdapter>, site: &str, user: &str) -> usize {
+    let Some(namespace) = io.of(format!("/{site}")) else {
+        return 0;
+    };
+    let sockets = namespace.within(rooms::user(user)).sockets();
+    let count = sockets.len();
+    for socket in sockets {
+        socket.extensions.insert(ServerCause("session_revoked"));
+        // Fails only if the socket is already gone, which is the goal anyway.
+        let _ = socket.disconnect();
+    }
+    tracing::info!(%site, %user, sockets = count, "session revoked");
+    count
+}
+
+/// Handle one message from [`CHANNEL`]; a malformed one is logged (without its payload) and
+/// dropped.
+pub fn handle(io: &SocketIo<LocalAdapter>, payload: &[u8]) {
+    match serde_json::from_slice::<Revocation>(payload) {
+        Ok(revocation) => {
+            disconnect_user(io, &revocation.site, &revocation.user);
+        }
+        Err(_) => tracing::warn!(
+            channel = CHANNEL,
+            bytes = payload.len(),
+            "dropped a revocation that is not {{\"site\", \"user\"}}"
+        ),
+    }
+}
