@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::{Map, Value};
+
+use crate::limits::Limits;
 use url::Url;
 
 /// Environment variables Frappe's service honours, and the config key each one overrides.
@@ -78,6 +80,9 @@ pub struct Config {
     pub callback_url: Option<Url>,
     /// `realtime_callback_timeout` (seconds): bound on every call to Frappe.
     pub callback_timeout: Duration,
+    /// Per-socket limits (`realtime_client_events_per_second`, `realtime_client_event_burst`,
+    /// `realtime_max_rooms_per_socket`).
+    pub limits: Limits,
     /// `realtime_admin_token`: enables `POST /admin/disconnect` for callers presenting it.
     pub admin_token: Option<Secret>,
     /// `realtime_callback_concurrency`: calls to Frappe under way at once, at most.
@@ -309,6 +314,7 @@ impl Config {
             callback_timeout: layered
                 .seconds("realtime_callback_timeout")?
                 .unwrap_or(DEFAULT_CALLBACK_TIMEOUT),
+            limits: limits(layered)?,
             admin_token: layered.typed("realtime_admin_token", |value| match value.as_str() {
                 Some(token) if token.len() >= 16 => Ok(Secret(token.to_owned())),
                 _ => Err("must be a string of at least 16 characters".to_owned()),
@@ -332,6 +338,33 @@ impl Config {
     pub fn sites_dir(&self) -> PathBuf {
         self.bench_dir.join("sites")
     }
+}
+
+fn limits(layered: &Layered) -> Result<Limits, ConfigError> {
+    let defaults = Limits::default();
+    let positive = |value: &Value| {
+        value
+            .as_f64()
+            .filter(|n| *n >= 1.0 && n.is_finite())
+            .ok_or_else(|| "must be a number of at least 1".to_owned())
+    };
+    Ok(Limits {
+        events_per_second: layered
+            .typed("realtime_client_events_per_second", positive)?
+            .unwrap_or(defaults.events_per_second),
+        event_burst: layered
+            .typed("realtime_client_event_burst", positive)?
+            .unwrap_or(defaults.event_burst),
+        max_rooms: layered
+            .typed("realtime_max_rooms_per_socket", |value| {
+                value
+                    .as_u64()
+                    .and_then(|n| usize::try_from(n).ok())
+                    .filter(|n| *n >= 4)
+                    .ok_or_else(|| "must be a whole number of at least 4".to_owned())
+            })?
+            .unwrap_or(defaults.max_rooms),
+    })
 }
 
 /// `None` when the file does not exist (both files are optional, as in Node).

@@ -15,6 +15,7 @@ use ::metrics::{counter, histogram};
 use crate::app::App;
 use crate::auth::Subject;
 use crate::handshake::{self, Refusal};
+use crate::limits::Verdict;
 use crate::metrics;
 use crate::revoke::ServerCause;
 use crate::rooms::{self, ClientState, Presence};
@@ -43,7 +44,7 @@ pub async fn authenticate(socket: SocketRef, State(app): State<Arc<App>>) -> Res
     counter!(metrics::HANDSHAKES, "site" => site.clone(), "outcome" => label).increment(1);
     match outcome {
         Ok(session) => {
-            admit(&socket, ClientState::new(session));
+            admit(&socket, ClientState::new(session, &settings.config.limits));
             Ok(())
         }
         Err(refusal) => {
@@ -107,9 +108,15 @@ fn transport(socket: &SocketRef) -> &'static str {
     }
 }
 
-async fn on_ping(socket: SocketRef) {
-    // A full queue only means this client is far behind; it will not miss a pong it can see.
-    let _ = socket.emit("pong", &NO_ARGS);
+async fn on_ping(
+    socket: SocketRef,
+    State(app): State<Arc<App>>,
+    Extension(client): Extension<Arc<ClientState>>,
+) {
+    if within_budget(&socket, &app, &client) {
+        // A full queue only means this client is far behind; it will not miss a pong it can see.
+        let _ = socket.emit("pong", &NO_ARGS);
+    }
 }
 
 async fn doctype_subscribe(
@@ -118,20 +125,30 @@ async fn doctype_subscribe(
     Extension(client): Extension<Arc<ClientState>>,
     TryData(args): TryData<EventArgs>,
 ) {
+    if !within_budget(&socket, &app, &client) {
+        return;
+    }
     let Some(doctype) = args.ok().and_then(|a| a.text(0).map(str::to_owned)) else {
         return;
     };
-    if app
-        .settings()
-        .frappe
+    let frappe = &app.settings().frappe;
+    if frappe
         .may_subscribe(&client.session, Subject::Doctype(&doctype))
         .await
     {
-        socket.join(rooms::doctype(&doctype));
+        join_within_limit(&socket, &app, &client, rooms::doctype(&doctype));
     }
 }
 
-async fn doctype_unsubscribe(socket: SocketRef, TryData(args): TryData<EventArgs>) {
+async fn doctype_unsubscribe(
+    socket: SocketRef,
+    State(app): State<Arc<App>>,
+    Extension(client): Extension<Arc<ClientState>>,
+    TryData(args): TryData<EventArgs>,
+) {
+    if !within_budget(&socket, &app, &client) {
+        return;
+    }
     if let Some(doctype) = args.ok().as_ref().and_then(|a| a.text(0)) {
         socket.leave(rooms::doctype(doctype));
     }
@@ -143,32 +160,58 @@ async fn doc_subscribe(
     Extension(client): Extension<Arc<ClientState>>,
     TryData(args): TryData<EventArgs>,
 ) {
+    if !within_budget(&socket, &app, &client) {
+        return;
+    }
     let Some((doctype, docname)) = args.ok().and_then(|a| a.doc()) else {
         return;
     };
-    if app
-        .settings()
-        .frappe
+    let frappe = &app.settings().frappe;
+    if frappe
         .may_subscribe(&client.session, Subject::Doc(&doctype, &docname))
         .await
     {
-        socket.join(rooms::doc(&doctype, &docname));
+        join_within_limit(&socket, &app, &client, rooms::doc(&doctype, &docname));
     }
 }
 
-async fn doc_unsubscribe(socket: SocketRef, TryData(args): TryData<EventArgs>) {
+async fn doc_unsubscribe(
+    socket: SocketRef,
+    State(app): State<Arc<App>>,
+    Extension(client): Extension<Arc<ClientState>>,
+    TryData(args): TryData<EventArgs>,
+) {
+    if !within_budget(&socket, &app, &client) {
+        return;
+    }
     if let Some((doctype, docname)) = args.ok().and_then(|a| a.doc()) {
         socket.leave(rooms::doc(&doctype, &docname));
     }
 }
 
-async fn task_subscribe(socket: SocketRef, TryData(args): TryData<EventArgs>) {
+async fn task_subscribe(
+    socket: SocketRef,
+    State(app): State<Arc<App>>,
+    Extension(client): Extension<Arc<ClientState>>,
+    TryData(args): TryData<EventArgs>,
+) {
+    if !within_budget(&socket, &app, &client) {
+        return;
+    }
     if let Some(task_id) = args.ok().as_ref().and_then(|a| a.text(0)) {
-        socket.join(rooms::task(task_id));
+        join_within_limit(&socket, &app, &client, rooms::task(task_id));
     }
 }
 
-async fn task_unsubscribe(socket: SocketRef, TryData(args): TryData<EventArgs>) {
+async fn task_unsubscribe(
+    socket: SocketRef,
+    State(app): State<Arc<App>>,
+    Extension(client): Extension<Arc<ClientState>>,
+    TryData(args): TryData<EventArgs>,
+) {
+    if !within_budget(&socket, &app, &client) {
+        return;
+    }
     if let Some(task_id) = args.ok().as_ref().and_then(|a| a.text(0)) {
         socket.leave(rooms::task(task_id));
     }
@@ -180,27 +223,33 @@ async fn doc_open(
     Extension(client): Extension<Arc<ClientState>>,
     TryData(args): TryData<EventArgs>,
 ) {
+    if !within_budget(&socket, &app, &client) {
+        return;
+    }
     let Some((doctype, docname)) = args.ok().and_then(|a| a.doc()) else {
         return;
     };
-    if !app
-        .settings()
-        .frappe
+    let frappe = &app.settings().frappe;
+    if !frappe
         .may_subscribe(&client.session, Subject::Doc(&doctype, &docname))
         .await
+        || !join_within_limit(&socket, &app, &client, rooms::open_doc(&doctype, &docname))
     {
         return;
     }
-    socket.join(rooms::open_doc(&doctype, &docname));
     client.remember_open(&doctype, &docname);
     rooms::announce_viewers(&socket, &client, &doctype, &docname, Presence::Staying).await;
 }
 
 async fn doc_close(
     socket: SocketRef,
+    State(app): State<Arc<App>>,
     Extension(client): Extension<Arc<ClientState>>,
     TryData(args): TryData<EventArgs>,
 ) {
+    if !within_budget(&socket, &app, &client) {
+        return;
+    }
     let Some((doctype, docname)) = args.ok().and_then(|a| a.doc()) else {
         return;
     };
@@ -209,13 +258,51 @@ async fn doc_close(
     rooms::announce_viewers(&socket, &client, &doctype, &docname, Presence::Staying).await;
 }
 
+/// Spend one event from the socket's budget; `false` means the event is ignored. A client
+/// that keeps flooding for a whole burst's worth of events is disconnected.
+fn within_budget(socket: &SocketRef, app: &App, client: &ClientState) -> bool {
+    let verdict = client.spend_event(&app.settings().config.limits);
+    if verdict == Verdict::Handle {
+        return true;
+    }
+    let site = client.session.site.clone();
+    counter!(metrics::CLIENT_EVENTS_DROPPED, "site" => site, "reason" => "rate_limited")
+        .increment(1);
+    if verdict == Verdict::Disconnect {
+        tracing::warn!(site = %client.session.site, user = %client.session.user,
+            "disconnecting a client that keeps exceeding its event rate");
+        socket.extensions.insert(ServerCause("rate_limited"));
+        let _ = socket.clone().disconnect();
+    }
+    false
+}
+
+/// Join `room` unless the socket already is in `realtime_max_rooms_per_socket` rooms.
+fn join_within_limit(socket: &SocketRef, app: &App, client: &ClientState, room: String) -> bool {
+    let max_rooms = app.settings().config.limits.max_rooms;
+    if socket.rooms().len() >= max_rooms {
+        let site = client.session.site.clone();
+        counter!(metrics::CLIENT_EVENTS_DROPPED, "site" => site, "reason" => "room_limit")
+            .increment(1);
+        tracing::debug!(site = %client.session.site, user = %client.session.user, max_rooms,
+            "room limit reached; subscription ignored");
+        return false;
+    }
+    socket.join(room);
+    true
+}
+
 /// Publishes the build overlay's "open this file" request for `bench watch`. Frappe's Python
 /// service allows it only in developer mode and never for Guest; so do we.
 async fn open_in_editor(
+    socket: SocketRef,
     State(app): State<Arc<App>>,
     Extension(client): Extension<Arc<ClientState>>,
     TryData(args): TryData<EventArgs>,
 ) {
+    if !within_budget(&socket, &app, &client) {
+        return;
+    }
     if !app.settings().config.developer_mode || client.session.is_guest() {
         return;
     }

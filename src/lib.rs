@@ -13,6 +13,7 @@ pub mod coalesce;
 pub mod config;
 pub mod handlers;
 pub mod handshake;
+pub mod limits;
 pub mod metrics;
 pub mod ops;
 pub mod queue_redis;

@@ -22,6 +22,7 @@ pub const RECONNECT_DELAY: &str = "frappe_realtime_reconnect_delay_seconds";
 pub const FRAPPE_REQUESTS: &str = "frappe_realtime_frappe_requests_total";
 pub const FRAPPE_REQUEST_DURATION: &str = "frappe_realtime_frappe_request_duration_seconds";
 pub const FRAPPE_REQUESTS_IN_FLIGHT: &str = "frappe_realtime_frappe_requests_in_flight";
+pub const CLIENT_EVENTS_DROPPED: &str = "frappe_realtime_client_events_dropped_total";
 pub const REDIS_MESSAGES: &str = "frappe_realtime_redis_messages_received_total";
 pub const EVENTS_ROUTED: &str = "frappe_realtime_events_routed_total";
 pub const EVENTS_DROPPED: &str = "frappe_realtime_events_dropped_total";
@@ -144,6 +145,10 @@ fn describe() {
         "Duration of calls to Frappe by endpoint"
     );
     describe_gauge!(FRAPPE_REQUESTS_IN_FLIGHT, "Calls to Frappe under way");
+    describe_counter!(
+        CLIENT_EVENTS_DROPPED,
+        "Client events or subscriptions ignored by a per-socket limit, by reason"
+    );
     describe_counter!(
         REDIS_MESSAGES,
         "Messages received on the Redis events channel"

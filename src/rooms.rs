@@ -9,6 +9,7 @@ use serde::Serialize;
 use socketioxide::extract::SocketRef;
 
 use crate::auth::Session;
+use crate::limits::{EventBudget, Limits, Verdict};
 
 pub const WEBSITE: &str = "website";
 /// System Users only.
@@ -39,14 +40,24 @@ pub fn task(task_id: &str) -> String {
 pub struct ClientState {
     pub session: Session,
     open_docs: Mutex<BTreeSet<(String, String)>>,
+    budget: Mutex<EventBudget>,
 }
 
 impl ClientState {
-    pub fn new(session: Session) -> Arc<Self> {
+    pub fn new(session: Session, limits: &Limits) -> Arc<Self> {
         Arc::new(Self {
             session,
             open_docs: Mutex::new(BTreeSet::new()),
+            budget: Mutex::new(EventBudget::new(limits)),
         })
+    }
+
+    /// Spend one client event from this socket's budget.
+    pub fn spend_event(&self, limits: &Limits) -> Verdict {
+        self.budget
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .spend(limits)
     }
 
     fn open_docs(&self) -> std::sync::MutexGuard<'_, BTreeSet<(String, String)>> {

@@ -11,7 +11,7 @@ after(async () => { await stack?.stop(); });
 
 async function subscriberLastCommand() {
   const clients = await stack.redis.client.sendCommand(["CLIENT", "LIST"]);
-  const line = clients.split("\n").find((l) => / sub=1 /.test(l));
+  const line = clients.split("\n").find((l) => / sub=[1-9]\d* /.test(l));
   return line && /cmd=(\S+)/.exec(line)[1];
 }
 
