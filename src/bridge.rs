@@ -334,6 +334,14 @@ mod tests {
     }
 
     #[test]
+    fn numbers_are_forwarded_exactly() {
+        // Without serde_json's float_roundtrip this came out as ...407 -> ...408.
+        let payload = br#"{"event":"x","message":981821831.3959407,"room":""}"#;
+        let publication = parse(payload).expect("valid");
+        assert_eq!(publication.message.to_string(), "981821831.3959407");
+    }
+
+    #[test]
     fn malformed_messages_are_named() {
         assert_eq!(parse(b"{oops"), Err(Malformed::NotJson));
         assert_eq!(parse(b"null"), Err(Malformed::NotAnObject));
