@@ -29,7 +29,7 @@ const PING_EVERY: Duration = Duration::from_secs(10);
 const PING_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Event names Socket.IO reserves; a client cannot be sent these as ordinary events.
-const RESERVED_EVENTS: [&str; 6] = [
+pub const RESERVED_EVENTS: [&str; 6] = [
     "connect",
     "connect_error",
     "disconnect",

@@ -66,15 +66,8 @@ fn pick(items: &'static [&'static str]) -> impl Strategy<Value = String> + Clone
     select(items).prop_map(str::to_owned)
 }
 
-/// Event names Socket.IO reserves (bridge::RESERVED_EVENTS is private; spec §6).
-const RESERVED: &[&str] = &[
-    "connect",
-    "connect_error",
-    "disconnect",
-    "disconnecting",
-    "newListener",
-    "removeListener",
-];
+/// Event names Socket.IO reserves (spec §6).
+const RESERVED: &[&str] = &bridge::RESERVED_EVENTS;
 
 /// Any string: empty, reserved event names, the keys of a publication, plain ASCII, and
 /// arbitrary Unicode scalar values (control characters, NUL, astral planes included).
