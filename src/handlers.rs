@@ -7,11 +7,8 @@ use std::sync::Arc;
 
 use serde::de::{Deserialize, Deserializer, SeqAccess, Visitor};
 use serde_json::Value;
-use socketioxide::adapter::LocalAdapter;
 use socketioxide::extract::{Extension, SocketRef, State, TryData};
-use socketioxide::handler::FromMessageParts;
 use socketioxide::socket::DisconnectReason;
-use socketioxide::socket::Socket;
 
 use ::metrics::{counter, histogram};
 
@@ -47,11 +44,7 @@ pub async fn authenticate(socket: SocketRef, State(app): State<Arc<App>>) -> Res
     counter!(metrics::HANDSHAKES, "site" => site.clone(), "outcome" => label).increment(1);
     match outcome {
         Ok(session) => {
-            admit(
-                &socket,
-                &app,
-                ClientState::new(session, &settings.config.limits),
-            );
+            admit(&socket, ClientState::new(session, &settings.config.limits));
             Ok(())
         }
         Err(refusal) => {
@@ -68,7 +61,7 @@ pub async fn authenticate(socket: SocketRef, State(app): State<Arc<App>>) -> Res
 /// the connect handler only *after* the ack, so rooms joined there would miss events published
 /// the instant the client sees `connect`, and events the client emits right away (its buffered
 /// `doc_subscribe`s) could arrive before their listener exists.
-fn admit(socket: &SocketRef, app: &Arc<App>, client: Arc<ClientState>) {
+fn admit(socket: &SocketRef, client: Arc<ClientState>) {
     let session = &client.session;
     socket.join(rooms::user(&session.user));
     socket.join(rooms::WEBSITE);
@@ -88,8 +81,6 @@ fn admit(socket: &SocketRef, app: &Arc<App>, client: Arc<ClientState>) {
     socket.on("open_in_editor", open_in_editor);
     socket.on_disconnect(on_disconnect);
     socket.extensions.insert(client);
-    // For the `Budgeted` extractor: custom extractors cannot reach socketioxide's state.
-    socket.extensions.insert(app.clone());
 }
 
 /// Runs once the socket is acknowledged; everything it needs was set up by [`admit`].
@@ -117,16 +108,26 @@ fn transport(socket: &SocketRef) -> &'static str {
     }
 }
 
-async fn on_ping(socket: SocketRef, _: Budgeted) {
-    // A full queue only means this client is far behind; it will not miss a pong it can see.
-    let _ = socket.emit("pong", &NO_ARGS);
+async fn on_ping(
+    socket: SocketRef,
+    State(app): State<Arc<App>>,
+    Extension(client): Extension<Arc<ClientState>>,
+) {
+    if within_budget(&socket, &app, &client) {
+        // A full queue only means this client is far behind; it will not miss a pong it can see.
+        let _ = socket.emit("pong", &NO_ARGS);
+    }
 }
 
 async fn doctype_subscribe(
     socket: SocketRef,
-    Budgeted { app, client }: Budgeted,
+    State(app): State<Arc<App>>,
+    Extension(client): Extension<Arc<ClientState>>,
     TryData(args): TryData<EventArgs>,
 ) {
+    if !within_budget(&socket, &app, &client) {
+        return;
+    }
     let Some(doctype) = args.ok().and_then(|a| a.text(0).map(str::to_owned)) else {
         return;
     };
@@ -139,7 +140,15 @@ async fn doctype_subscribe(
     }
 }
 
-async fn doctype_unsubscribe(socket: SocketRef, _: Budgeted, TryData(args): TryData<EventArgs>) {
+async fn doctype_unsubscribe(
+    socket: SocketRef,
+    State(app): State<Arc<App>>,
+    Extension(client): Extension<Arc<ClientState>>,
+    TryData(args): TryData<EventArgs>,
+) {
+    if !within_budget(&socket, &app, &client) {
+        return;
+    }
     if let Some(doctype) = args.ok().as_ref().and_then(|a| a.text(0)) {
         socket.leave(rooms::doctype(doctype));
     }
@@ -147,9 +156,13 @@ async fn doctype_unsubscribe(socket: SocketRef, _: Budgeted, TryData(args): TryD
 
 async fn doc_subscribe(
     socket: SocketRef,
-    Budgeted { app, client }: Budgeted,
+    State(app): State<Arc<App>>,
+    Extension(client): Extension<Arc<ClientState>>,
     TryData(args): TryData<EventArgs>,
 ) {
+    if !within_budget(&socket, &app, &client) {
+        return;
+    }
     let Some((doctype, docname)) = args.ok().and_then(|a| a.doc()) else {
         return;
     };
@@ -162,7 +175,15 @@ async fn doc_subscribe(
     }
 }
 
-async fn doc_unsubscribe(socket: SocketRef, _: Budgeted, TryData(args): TryData<EventArgs>) {
+async fn doc_unsubscribe(
+    socket: SocketRef,
+    State(app): State<Arc<App>>,
+    Extension(client): Extension<Arc<ClientState>>,
+    TryData(args): TryData<EventArgs>,
+) {
+    if !within_budget(&socket, &app, &client) {
+        return;
+    }
     if let Some((doctype, docname)) = args.ok().and_then(|a| a.doc()) {
         socket.leave(rooms::doc(&doctype, &docname));
     }
@@ -170,15 +191,27 @@ async fn doc_unsubscribe(socket: SocketRef, _: Budgeted, TryData(args): TryData<
 
 async fn task_subscribe(
     socket: SocketRef,
-    Budgeted { app, client }: Budgeted,
+    State(app): State<Arc<App>>,
+    Extension(client): Extension<Arc<ClientState>>,
     TryData(args): TryData<EventArgs>,
 ) {
+    if !within_budget(&socket, &app, &client) {
+        return;
+    }
     if let Some(task_id) = args.ok().as_ref().and_then(|a| a.text(0)) {
         join_within_limit(&socket, &app, &client, rooms::task(task_id));
     }
 }
 
-async fn task_unsubscribe(socket: SocketRef, _: Budgeted, TryData(args): TryData<EventArgs>) {
+async fn task_unsubscribe(
+    socket: SocketRef,
+    State(app): State<Arc<App>>,
+    Extension(client): Extension<Arc<ClientState>>,
+    TryData(args): TryData<EventArgs>,
+) {
+    if !within_budget(&socket, &app, &client) {
+        return;
+    }
     if let Some(task_id) = args.ok().as_ref().and_then(|a| a.text(0)) {
         socket.leave(rooms::task(task_id));
     }
@@ -186,9 +219,13 @@ async fn task_unsubscribe(socket: SocketRef, _: Budgeted, TryData(args): TryData
 
 async fn doc_open(
     socket: SocketRef,
-    Budgeted { app, client }: Budgeted,
+    State(app): State<Arc<App>>,
+    Extension(client): Extension<Arc<ClientState>>,
     TryData(args): TryData<EventArgs>,
 ) {
+    if !within_budget(&socket, &app, &client) {
+        return;
+    }
     let Some((doctype, docname)) = args.ok().and_then(|a| a.doc()) else {
         return;
     };
@@ -206,9 +243,13 @@ async fn doc_open(
 
 async fn doc_close(
     socket: SocketRef,
-    Budgeted { client, .. }: Budgeted,
+    State(app): State<Arc<App>>,
+    Extension(client): Extension<Arc<ClientState>>,
     TryData(args): TryData<EventArgs>,
 ) {
+    if !within_budget(&socket, &app, &client) {
+        return;
+    }
     let Some((doctype, docname)) = args.ok().and_then(|a| a.doc()) else {
         return;
     };
@@ -217,47 +258,23 @@ async fn doc_close(
     rooms::announce_viewers(&socket, &client, &doctype, &docname, Presence::Staying).await;
 }
 
-/// The app and the sending socket's state, extracted only when the event fits the socket's
-/// budget: socketioxide does not call a handler whose extractor fails, so every listener that
-/// takes this is rate-limited in one place. A client that keeps flooding for a whole burst's
-/// worth of events is disconnected here.
-struct Budgeted {
-    app: Arc<App>,
-    client: Arc<ClientState>,
-}
-
-#[derive(Debug, thiserror::Error)]
-#[error("client event ignored: over the socket's budget, or the socket was not admitted")]
-struct NotBudgeted;
-
-impl FromMessageParts<LocalAdapter> for Budgeted {
-    type Error = NotBudgeted;
-
-    fn from_message_parts(
-        socket: &Arc<Socket<LocalAdapter>>,
-        _: &mut socketioxide::handler::Value,
-        _: &Option<i64>,
-    ) -> Result<Self, NotBudgeted> {
-        let app = socket.extensions.get::<Arc<App>>().ok_or(NotBudgeted)?;
-        let client = socket
-            .extensions
-            .get::<Arc<ClientState>>()
-            .ok_or(NotBudgeted)?;
-        let verdict = client.spend_event(&app.settings().config.limits);
-        if verdict == Verdict::Handle {
-            return Ok(Self { app, client });
-        }
-        let site = client.session.site.clone();
-        counter!(metrics::CLIENT_EVENTS_DROPPED, "site" => site, "reason" => "rate_limited")
-            .increment(1);
-        if verdict == Verdict::Disconnect {
-            tracing::warn!(site = %client.session.site, user = %client.session.user,
-                "disconnecting a client that keeps exceeding its event rate");
-            socket.extensions.insert(ServerCause("rate_limited"));
-            let _ = SocketRef::from(socket.clone()).disconnect();
-        }
-        Err(NotBudgeted)
+/// Spend one event from the socket's budget; `false` means the event is ignored. A client
+/// that keeps flooding for a whole burst's worth of events is disconnected.
+fn within_budget(socket: &SocketRef, app: &App, client: &ClientState) -> bool {
+    let verdict = client.spend_event(&app.settings().config.limits);
+    if verdict == Verdict::Handle {
+        return true;
     }
+    let site = client.session.site.clone();
+    counter!(metrics::CLIENT_EVENTS_DROPPED, "site" => site, "reason" => "rate_limited")
+        .increment(1);
+    if verdict == Verdict::Disconnect {
+        tracing::warn!(site = %client.session.site, user = %client.session.user,
+            "disconnecting a client that keeps exceeding its event rate");
+        socket.extensions.insert(ServerCause("rate_limited"));
+        let _ = socket.clone().disconnect();
+    }
+    false
 }
 
 /// Join `room` unless the socket already is in `realtime_max_rooms_per_socket` rooms.
@@ -277,7 +294,15 @@ fn join_within_limit(socket: &SocketRef, app: &App, client: &ClientState, room: 
 
 /// Publishes the build overlay's "open this file" request for `bench watch`. Frappe's Python
 /// service allows it only in developer mode and never for Guest; so do we.
-async fn open_in_editor(Budgeted { app, client }: Budgeted, TryData(args): TryData<EventArgs>) {
+async fn open_in_editor(
+    socket: SocketRef,
+    State(app): State<Arc<App>>,
+    Extension(client): Extension<Arc<ClientState>>,
+    TryData(args): TryData<EventArgs>,
+) {
+    if !within_budget(&socket, &app, &client) {
+        return;
+    }
     if !app.settings().config.developer_mode || client.session.is_guest() {
         return;
     }
