@@ -20,6 +20,7 @@ use ::metrics::{counter, gauge, histogram};
 
 use crate::app::App;
 use crate::config::is_truthy;
+use crate::slow::SlowConsumers;
 use crate::{metrics, revoke};
 
 /// The channel `frappe.publish_realtime` publishes on.
@@ -116,8 +117,15 @@ pub fn parse(payload: &[u8]) -> Result<Publication, Malformed> {
 }
 
 /// Send a publication to its audience on this node. `size` is the publication's size on
-/// Redis, for the bytes-sent metric. Returns how many sockets' queues were too full to take it.
-pub async fn deliver(io: &SocketIo<LocalAdapter>, publication: &Publication, size: usize) -> usize {
+/// Redis, for the bytes-sent metric and the slow-consumer byte bound. Returns how many
+/// sockets' queues were too full to take it.
+pub async fn deliver(
+    io: &SocketIo<LocalAdapter>,
+    slow: &SlowConsumers,
+    max_backlog: u64,
+    publication: &Publication,
+    size: usize,
+) -> usize {
     let Publication {
         event,
         message,
@@ -130,13 +138,14 @@ pub async fn deliver(io: &SocketIo<LocalAdapter>, publication: &Publication, siz
                 tracing::debug!(%site, %event, "event for a site this bench does not serve");
                 return 0;
             };
-            let audience = namespace.to(room.clone());
+            let audience = namespace.clone().to(room.clone());
             let recipients = audience.clone().sockets().len();
             if recipients == 0 {
                 drop_event("no_listeners");
                 return 0;
             }
             let result = audience.emit(event, message).await;
+            slow.charge(&namespace, Some(room), size, max_backlog);
             record_sent(site, recipients, size, result)
         }
         Target::EverySite => {
@@ -147,7 +156,8 @@ pub async fn deliver(io: &SocketIo<LocalAdapter>, publication: &Publication, siz
                 if recipients == 0 {
                     continue;
                 }
-                let result = namespace.emit(event, message).await;
+                let result = namespace.clone().emit(event, message).await;
+                slow.charge(&namespace, None, size, max_backlog);
                 dropped += record_sent(&site, recipients, size, result);
             }
             dropped
@@ -271,7 +281,7 @@ async fn pump(io: &SocketIo<LocalAdapter>, app: &App, pubsub: redis::aio::PubSub
                 if message.get_channel_name() == revoke::CHANNEL {
                     revoke::handle(io, app, message.get_payload_bytes());
                 } else {
-                    let dropped = handle(io, message.get_payload_bytes()).await;
+                    let dropped = handle(io, app, message.get_payload_bytes()).await;
                     if dropped > 0 {
                         app.slow.note_overflow();
                     }
@@ -290,13 +300,14 @@ async fn pump(io: &SocketIo<LocalAdapter>, app: &App, pubsub: redis::aio::PubSub
 }
 
 /// Parse and deliver one message from `events`; returns how many sends found a full queue.
-async fn handle(io: &SocketIo<LocalAdapter>, payload: &[u8]) -> usize {
+async fn handle(io: &SocketIo<LocalAdapter>, app: &App, payload: &[u8]) -> usize {
     let received = Instant::now();
     counter!(metrics::REDIS_MESSAGES).increment(1);
     gauge!(metrics::REDIS_LAST_MESSAGE).set(metrics::unix_now());
     match parse(payload) {
         Ok(publication) => {
-            let dropped = deliver(io, &publication, payload.len()).await;
+            let max_backlog = app.settings().config.slow_client_max_bytes;
+            let dropped = deliver(io, &app.slow, max_backlog, &publication, payload.len()).await;
             histogram!(metrics::DELIVERY_DURATION).record(received.elapsed());
             dropped
         }

@@ -31,6 +31,9 @@ const DEFAULT_CALLBACK_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_RECONNECT_WINDOW: Duration = Duration::from_secs(60);
 /// Well inside engine.io's heartbeat (25 s + 20 s), which would end such a client anyway.
 const DEFAULT_SLOW_CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Far beyond what a desk page receives in a few seconds, small enough that a thousand
+/// stalled clients cannot hold gigabytes.
+const DEFAULT_SLOW_CLIENT_MAX_BYTES: u64 = 8 * 1024 * 1024;
 /// Enough to keep a bench's gunicorn workers busy without queueing hundreds behind them.
 const DEFAULT_CALLBACK_CONCURRENCY: usize = 16;
 
@@ -102,6 +105,9 @@ pub struct Config {
     /// `realtime_slow_client_timeout` (seconds): a websocket whose connection takes no bytes
     /// for this long while the server has some to send is disconnected as a slow consumer.
     pub slow_client_timeout: Duration,
+    /// `realtime_slow_client_max_bytes`: a websocket that takes no bytes while publications
+    /// worth more than this are queued for it is disconnected as a slow consumer.
+    pub slow_client_max_bytes: u64,
 }
 
 /// A configuration value that must never be printed; `Debug` shows `<redacted>`.
@@ -348,6 +354,14 @@ impl Config {
             slow_client_timeout: layered
                 .seconds("realtime_slow_client_timeout")?
                 .unwrap_or(DEFAULT_SLOW_CLIENT_TIMEOUT),
+            slow_client_max_bytes: layered
+                .typed("realtime_slow_client_max_bytes", |value| {
+                    value
+                        .as_u64()
+                        .filter(|n| *n >= 1024)
+                        .ok_or_else(|| "must be a whole number of bytes, at least 1024".to_owned())
+                })?
+                .unwrap_or(DEFAULT_SLOW_CLIENT_MAX_BYTES),
         })
     }
 

@@ -26,6 +26,9 @@ pub struct WriteMeter {
     /// When a write first found the connection unable to take bytes, in milliseconds since
     /// [`WriteMeter::epoch`] plus one; 0 while writes flow.
     stalled_since: AtomicU64,
+    /// Bytes of publications queued for this connection since it stalled (see
+    /// [`crate::slow`]); back to 0 once it takes bytes again.
+    backlog: AtomicU64,
     cut: AtomicBool,
     epoch: Instant,
     reader: AtomicWaker,
@@ -36,6 +39,7 @@ impl WriteMeter {
     fn new() -> Self {
         Self {
             stalled_since: AtomicU64::new(0),
+            backlog: AtomicU64::new(0),
             cut: AtomicBool::new(false),
             epoch: Instant::now(),
             reader: AtomicWaker::new(),
@@ -50,6 +54,13 @@ impl WriteMeter {
             since => Some(self.now_ms().saturating_sub(since - 1)),
         }
         .map(Duration::from_millis)
+    }
+
+    /// Count `bytes` more queued for this connection while it is stalled; returns the total.
+    pub fn add_backlog(&self, bytes: u64) -> u64 {
+        self.backlog
+            .fetch_add(bytes, Ordering::Relaxed)
+            .saturating_add(bytes)
     }
 
     /// Close the connection: every read and write from now on fails, and a task waiting on
@@ -78,6 +89,7 @@ impl WriteMeter {
     fn note_flowing(&self) {
         if self.stalled_since.load(Ordering::Relaxed) != 0 {
             self.stalled_since.store(0, Ordering::Relaxed);
+            self.backlog.store(0, Ordering::Relaxed);
         }
     }
 

@@ -104,7 +104,7 @@ fn watch_if_websocket(socket: &SocketRef, app: &App) {
     if socket.transport_type() == socketioxide::TransportType::Websocket
         && let Some(ConnectInfo(peer)) = socket.req_parts().extensions.get::<ConnectInfo<Peer>>()
     {
-        app.slow.track(socket.id.to_string(), peer.meter.clone());
+        app.slow.track(socket.id, peer.meter.clone());
     }
 }
 
@@ -350,7 +350,7 @@ async fn on_disconnect(
     for (doctype, docname) in client.take_open() {
         rooms::announce_viewers(&socket, &client, &doctype, &docname, Presence::Departing).await;
     }
-    let cut_as_slow = app.slow.forget(&socket.id.to_string());
+    let cut_as_slow = app.slow.forget(socket.id);
     let reason = match (reason, socket.extensions.get::<ServerCause>()) {
         _ if cut_as_slow => "slow_consumer",
         (DisconnectReason::ServerNSDisconnect, Some(ServerCause(cause))) => cause,

@@ -212,9 +212,10 @@ fn track_upgrade<B>(
     if let Some(query) = request.uri().query()
         && query.split('&').any(|pair| pair == "transport=websocket")
         && let Some(sid) = query.split('&').find_map(|pair| pair.strip_prefix("sid="))
+        && let Ok(sid) = sid.parse()
         && let Some(ConnectInfo(peer)) = request.extensions().get::<ConnectInfo<Peer>>()
     {
-        slow.track(sid.to_owned(), peer.meter.clone());
+        slow.track(sid, peer.meter.clone());
     }
     request
 }

@@ -65,7 +65,10 @@ async function publishAndRead(stack, reader, event, count, payload) {
 
 describe("a client that stops reading, with realtime_slow_client_timeout 2 s", () => {
   let stack;
-  before(async () => { stack = await startStack({ common: { realtime_slow_client_timeout: 2 } }); });
+  // A byte bound out of reach, so only the timeout can cut.
+  before(async () => {
+    stack = await startStack({ common: { realtime_slow_client_timeout: 2, realtime_slow_client_max_bytes: 1e9 } });
+  });
   after(async () => { await stack?.stop(); });
 
   test("is cut after the timeout with reason slow_consumer; a reading client gets everything", async () => {
@@ -78,7 +81,7 @@ describe("a client that stops reading, with realtime_slow_client_timeout 2 s", (
     await waitFor(async () => (await metric(stack, "frappe_realtime_disconnects_total",
       { site: SITE, reason: "slow_consumer" })) === 1, { timeoutMs: 10000, what: "the slow consumer to be cut" });
     assert.equal(await metric(stack, "frappe_realtime_slow_consumers_disconnected_total"), 1);
-    assert.match(stack.server.output, /cutting a slow consumer/);
+    assert.match(stack.server.output, /cutting a slow consumer.*took no bytes for realtime_slow_client_timeout/);
     assert.match(stack.server.output, /client disconnected.*reason="?slow_consumer/);
     assert.ok(reader.connected, "the reading client stays connected");
     const grewMiB = (stack.server.rssKiB() - rssBefore) / 1024;
@@ -98,8 +101,10 @@ describe("a client that stops reading, with realtime_slow_client_timeout 2 s", (
 
 describe("a client that stops reading while its queue overflows", () => {
   let stack;
-  // A long timeout, so only the overflow can explain a prompt cut.
-  before(async () => { stack = await startStack({ common: { realtime_slow_client_timeout: 60 } }); });
+  // A long timeout and a byte bound out of reach, so only the overflow can explain a cut.
+  before(async () => {
+    stack = await startStack({ common: { realtime_slow_client_timeout: 60, realtime_slow_client_max_bytes: 1e9 } });
+  });
   after(async () => { await stack?.stop(); });
 
   test("is cut soon after its 1024-packet queue overflows; the drops are counted", async () => {
@@ -111,7 +116,39 @@ describe("a client that stops reading while its queue overflows", () => {
       { what: "sends to the full queue to be dropped and counted" });
     await waitFor(async () => (await metric(stack, "frappe_realtime_disconnects_total",
       { site: SITE, reason: "slow_consumer" })) === 1, { timeoutMs: 10000, what: "the overflowing consumer to be cut" });
+    assert.match(stack.server.output, /cutting a slow consumer.*its send queue overflowed/);
     assert.ok(reader.connected);
+    slow.terminate();
+  });
+});
+
+describe("a client that stops reading while bytes pile up for it", () => {
+  let stack;
+  // A long timeout and too few packets to overflow the queue: only the byte bound can cut it.
+  before(async () => {
+    stack = await startStack({
+      common: { realtime_slow_client_timeout: 60, realtime_slow_client_max_bytes: 2 * 1024 * 1024 },
+    });
+  });
+  after(async () => { await stack?.stop(); });
+
+  test("is cut once more than realtime_slow_client_max_bytes were queued for it", async () => {
+    const reader = await stack.connect({ sid: "sid-alice", transports: ["websocket"] });
+    const slow = await stalledClient(stack);
+    const cutCount = () => metric(stack, "frappe_realtime_disconnects_total", { site: SITE, reason: "slow_consumer" });
+    let published = 0;
+    // Keep publishing 256 KiB events (at most 300, well under the 1024-packet queue) until
+    // the slow client is cut: first the kernel buffers fill, then 2 MiB queue up.
+    await waitFor(async () => {
+      for (let i = 0; i < 10 && published < 300; i += 1, published += 1) {
+        await stack.publish("big", { seq: published, payload: BIG }, { room: "all" });
+      }
+      return (await cutCount()) === 1;
+    }, { timeoutMs: 30000, everyMs: 50, what: "the byte bound to cut the slow consumer" });
+    assert.match(stack.server.output, /more bytes queued than realtime_slow_client_max_bytes/);
+    await waitFor(() => reader.received.filter((r) => r.event === "big").length === published,
+      { timeoutMs: 20000, what: "the reading client to get every event" });
+    assert.equal(await metric(stack, "frappe_realtime_socket_send_dropped_total", { site: SITE }), 0);
     slow.terminate();
   });
 });
