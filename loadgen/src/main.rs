@@ -92,6 +92,13 @@ fn run(args: &Args, placement: Placement) -> Result<Report> {
         Placement::Unpinned { why } => format!("not pinned ({why})"),
     };
     eprintln!("loadgen: {placement_text}");
+    let busy = system::machine_busy_percent(std::time::Duration::from_millis(500));
+    if let Some(busy) = busy.filter(|b| *b > 10.0) {
+        eprintln!(
+            "loadgen: WARNING: the machine is {busy:.0}% busy before the run starts; other \
+             work disturbs every figure"
+        );
+    }
 
     // One thread: the load generator has one core, and a single-threaded runtime spends it on
     // the clients rather than on moving tasks between threads.
@@ -102,6 +109,7 @@ fn run(args: &Args, placement: Placement) -> Result<Report> {
     let mut report = Report {
         placement: placement_text,
         fd_limit,
+        machine_busy_pct: busy,
         ..Report::default()
     };
     runtime.block_on(async {

@@ -155,16 +155,26 @@ impl CpuMark {
         })
     }
 
-    /// (server CPU used, own CPU %, wall) since this mark.
-    fn since(&self, stack: &Stack) -> Result<(Duration, f64, Duration)> {
+    /// CPU used by the server and by this process, and the wall time, since this mark.
+    fn since(&self, stack: &Stack) -> Result<Spent> {
         let now = Self::take(stack)?;
-        let wall = now.at - self.at;
-        let own = now.own.saturating_sub(self.own);
-        Ok((
-            now.server.saturating_sub(self.server),
-            percent(own, wall),
-            wall,
-        ))
+        Ok(Spent {
+            server: now.server.saturating_sub(self.server),
+            own: now.own.saturating_sub(self.own),
+            wall: now.at - self.at,
+        })
+    }
+}
+
+struct Spent {
+    server: Duration,
+    own: Duration,
+    wall: Duration,
+}
+
+impl Spent {
+    fn own_percent(&self) -> f64 {
+        percent(self.own, self.wall)
     }
 }
 
@@ -209,7 +219,7 @@ impl Runner<'_> {
         let outcome = pool
             .grow(n, self.args.concurrency, self.connect_deadline(n))
             .await;
-        let (server_cpu, loadgen_cpu_pct, _) = mark.since(self.stack)?;
+        let spent = mark.since(self.stack)?;
         self.stack.server.check_alive()?;
         Ok(ConnectReport {
             clients: outcome.attempted,
@@ -220,9 +230,9 @@ impl Runner<'_> {
             per_s: per_second(outcome.connected as f64, outcome.wall),
             latency: outcome.latency,
             auth: self.stack.frappe.take_counts(),
-            server_cpu_ms: server_cpu.as_secs_f64() * 1000.0,
-            server_cpu_us_per_handshake: micros_each(server_cpu, outcome.connected as u64),
-            loadgen_cpu_pct,
+            server_cpu_ms: spent.server.as_secs_f64() * 1000.0,
+            server_cpu_us_per_handshake: micros_each(spent.server, outcome.connected as u64),
+            loadgen_cpu_pct: spent.own_percent(),
         })
     }
 
@@ -230,7 +240,7 @@ impl Runner<'_> {
         let mark = CpuMark::take(self.stack)?;
         tokio::time::sleep(self.args.idle()).await;
         let usage = self.stack.server_usage()?;
-        let (server_cpu, _, wall) = mark.since(self.stack)?;
+        let spent = mark.since(self.stack)?;
         let connections = pool.alive();
         Ok(IdleReport {
             connections,
@@ -239,7 +249,7 @@ impl Runner<'_> {
             rss_kib: usage.rss_kib,
             kib_per_connection: usage.rss_kib.saturating_sub(baseline_kib) as f64
                 / connections.max(1) as f64,
-            server_cpu_pct_idle: percent(server_cpu, wall),
+            server_cpu_pct_idle: percent(spent.server, spent.wall),
         })
     }
 
@@ -337,7 +347,7 @@ impl Runner<'_> {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let window = shared.recorder.end();
-        let (server_cpu, loadgen_cpu_pct, wall) = mark.since(self.stack)?;
+        let spent = mark.since(self.stack)?;
         let span_ns = window
             .last_ns
             .map_or(0, |last| last.saturating_sub(start_ns))
@@ -367,9 +377,10 @@ impl Runner<'_> {
             offered_per_s,
             delivered_per_s,
             latency: window.latency,
-            server_cpu_pct: percent(server_cpu, wall),
-            server_cpu_us_per_delivery: micros_each(server_cpu, window.delivered),
-            loadgen_cpu_pct,
+            server_cpu_pct: percent(spent.server, spent.wall),
+            server_cpu_us_per_delivery: micros_each(spent.server, window.delivered),
+            loadgen_cpu_pct: spent.own_percent(),
+            loadgen_cpu_us_per_delivery: micros_each(spent.own, window.delivered),
             verdict,
         })
     }

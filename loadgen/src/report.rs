@@ -13,6 +13,8 @@ use crate::recorder::Percentiles;
 pub struct Report {
     pub placement: String,
     pub fd_limit: u64,
+    /// How busy the machine was (all cores, %) just before the run.
+    pub machine_busy_pct: Option<f64>,
     pub runs: Vec<RunReport>,
     /// First run ÷ second run, when two servers were measured.
     pub comparison: Vec<Ratio>,
@@ -115,6 +117,10 @@ pub struct StepReport {
     pub server_cpu_pct: f64,
     pub server_cpu_us_per_delivery: f64,
     pub loadgen_cpu_pct: f64,
+    /// The load generator's own CPU per delivery (receiving, stamping, publishing, and the
+    /// web stand-in): what its one core costs, and a floor under fan-out latencies, since it
+    /// reads a broadcast's frames one client after another.
+    pub loadgen_cpu_us_per_delivery: f64,
     pub verdict: Verdict,
 }
 
@@ -488,6 +494,7 @@ fn render_steps(steps: &StepsReport, out: &mut String) {
         "server cpu %",
         "server µs/delivery",
         "loadgen cpu %",
+        "loadgen µs/delivery",
         "verdict",
     ]);
     for s in &steps.steps {
@@ -505,6 +512,7 @@ fn render_steps(steps: &StepsReport, out: &mut String) {
             format!("{:.0}", s.server_cpu_pct),
             num(s.server_cpu_us_per_delivery),
             format!("{:.0}", s.loadgen_cpu_pct),
+            num(s.loadgen_cpu_us_per_delivery),
             s.verdict.label().into(),
         ]);
     }
@@ -686,9 +694,11 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "loadgen: {}; file descriptor limit {}",
+            "loadgen: {}; file descriptor limit {}; machine {} busy before the run",
             self.placement,
-            thousands(self.fd_limit as f64)
+            thousands(self.fd_limit as f64),
+            self.machine_busy_pct
+                .map_or_else(|| "?".into(), |b| format!("{b:.0}%"))
         );
         for run in &self.runs {
             run.render(&mut out);

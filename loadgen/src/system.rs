@@ -105,6 +105,35 @@ pub fn ephemeral_ports() -> Option<u64> {
     Some(high.saturating_sub(low) + 1)
 }
 
+/// Share (0–100) of the machine's CPU time spent busy over `window`, from /proc/stat. Taken
+/// before a run starts anything: other work on a 2-core machine disturbs every figure.
+pub fn machine_busy_percent(window: Duration) -> Option<f64> {
+    let before = cpu_totals()?;
+    std::thread::sleep(window);
+    let after = cpu_totals()?;
+    let total = after.0.saturating_sub(before.0);
+    let idle = after.1.saturating_sub(before.1);
+    (total > 0).then(|| (total - idle) as f64 / total as f64 * 100.0)
+}
+
+/// (all, idle + iowait) jiffies of the `cpu` line of /proc/stat.
+fn cpu_totals() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    parse_cpu_line(stat.lines().next()?)
+}
+
+fn parse_cpu_line(line: &str) -> Option<(u64, u64)> {
+    let values: Vec<u64> = line
+        .strip_prefix("cpu ")?
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is already in user).
+    let total = values.iter().take(8).sum();
+    let idle = values.get(3)? + values.get(4).copied().unwrap_or(0);
+    Some((total, idle))
+}
+
 /// Memory and CPU time of a process and all its descendants.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
@@ -228,6 +257,13 @@ mod tests {
             cpu_of_stat(stat),
             Some(Duration::from_nanos(300 * 1_000_000_000 / hz))
         );
+    }
+
+    #[test]
+    fn the_cpu_line_of_proc_stat_parses() {
+        let line = "cpu  100 5 50 800 40 1 4 0 0 0";
+        assert_eq!(parse_cpu_line(line), Some((1000, 840)));
+        assert_eq!(parse_cpu_line("cpu0 1 2 3 4"), None);
     }
 
     #[test]
