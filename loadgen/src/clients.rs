@@ -331,7 +331,10 @@ async fn run_client(
     loop {
         {
             let _joined = Joined::new(&shared, &alive);
-            session(&shared, &mut socket).await;
+            // The session owns the socket and closes it when it ends: a client holding its
+            // dead connection while it reconnects would need two descriptors, and 19.5k
+            // clients would run out of them mid-storm.
+            session(&shared, socket).await;
         }
         match reconnect(&shared, &sid).await {
             Some(again) => {
@@ -369,8 +372,8 @@ async fn reconnect(shared: &Shared, sid: &str) -> Option<Socket> {
     }
 }
 
-/// Read until the connection ends, answering pings and stamping events.
-async fn session(shared: &Shared, socket: &mut Socket) {
+/// Read until the connection ends, answering pings and stamping events; then close it.
+async fn session(shared: &Shared, mut socket: Socket) {
     while let Some(message) = socket.next().await {
         let text = match message {
             Ok(Message::Text(text)) => text,
