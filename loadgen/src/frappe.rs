@@ -6,31 +6,44 @@
 //! answered `{"message": {}}` when the secret does not match (§4.4). The secret is in Redis
 //! before the server starts, so the "first call creates the secret" race is not measured.
 //!
-//! It runs on a thread and runtime of its own, like the separate gunicorn process it stands
-//! for, so a storm's handshakes compete with the clients for the core as they would in life.
+//! It is a process of its own (this program, re-run with [`SUBCOMMAND`]), like the gunicorn it
+//! stands for: its connections do not eat into the clients' file descriptors (Frappe's Node
+//! service opens one connection per call, thousands at once in a storm), and it competes for
+//! the load core as a separate process would. The run reads and resets its counts over HTTP.
 
 use std::collections::{HashMap, HashSet};
-use std::net::{Ipv4Addr, TcpListener};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::process::{Command, ExitCode};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tokio::sync::oneshot;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use crate::identity::Identities;
+use crate::procs::{Spawned, accepts};
 
+/// The first argument that makes this program the stand-in instead of the load generator.
+pub const SUBCOMMAND: &str = "__frappe-stand-in";
 const USER_INFO_PATH: &str = "/api/method/frappe.realtime.get_user_info";
+/// Read and reset the counts (the load generator's own endpoint, not Frappe's).
+const COUNTS_PATH: &str = "/__loadgen/counts";
+/// The socket secret and the sid nonce travel in the environment, not on the command line.
+const SECRET_ENV: &str = "LOADGEN_STAND_IN_SECRET";
+const NONCE_ENV: &str = "LOADGEN_STAND_IN_NONCE";
 
-/// `get_user_info` traffic since the last [`FrappeStandIn::take_counts`].
-#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+/// `get_user_info` traffic since the counts were last taken.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct AuthCounts {
     pub calls: u64,
     pub distinct_credentials: u64,
@@ -38,6 +51,88 @@ pub struct AuthCounts {
     pub unknown: u64,
     /// Frappe 16 calls without the right socket secret (answered `{}`).
     pub bad_secret: u64,
+}
+
+/// The running stand-in, stopped when dropped.
+pub struct FrappeStandIn {
+    pub port: u16,
+    /// Held for its `Drop`, which stops the process.
+    _process: Spawned,
+}
+
+impl FrappeStandIn {
+    /// Start it on `port` (see [`crate::procs::free_port`]) for `identities`, logging into
+    /// `log_dir`, and wait (at most 10 s) until it listens.
+    pub async fn start(
+        log_dir: &Path,
+        port: u16,
+        version: u32,
+        secret: &str,
+        identities: &Identities,
+    ) -> Result<Self> {
+        let mut command = Command::new(std::env::current_exe().context("locating this program")?);
+        command
+            .args([SUBCOMMAND, &port.to_string(), &version.to_string()])
+            .env(SECRET_ENV, secret)
+            .env(NONCE_ENV, identities.nonce());
+        let log = log_dir.join("frappe-stand-in.log");
+        let mut process = Spawned::start(command, "the web stand-in", &log)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !accepts(port) {
+            if let Some(status) = process.exited()? {
+                bail!(
+                    "the web stand-in exited with {status}; see {}",
+                    log.display()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!("the web stand-in did not listen on port {port} within 10 s");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(Self {
+            port,
+            _process: process,
+        })
+    }
+
+    /// The Origin clients send, which is where the server calls back.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The counts since the previous call, which start a new count.
+    pub async fn take_counts(&self) -> Result<AuthCounts> {
+        let body = http_get(self.port, COUNTS_PATH)
+            .await
+            .context("reading the web stand-in's counts")?;
+        serde_json::from_slice(&body).context("the web stand-in's counts are not JSON")
+    }
+}
+
+/// A plain HTTP/1.1 GET on loopback, bounded to 5 s; the body of a 200 answer.
+async fn http_get(port: u16, path: &str) -> Result<Vec<u8>> {
+    let exchange = async {
+        let mut stream = TcpStream::connect(SocketAddr::from((Ipv4Addr::LOCALHOST, port))).await?;
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await?;
+        Ok::<_, std::io::Error>(answer)
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .context("no answer within 5 s")??;
+    let split = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .context("no end of headers")?;
+    let status = String::from_utf8_lossy(&answer[..split]);
+    if !status.starts_with("HTTP/1.1 200") {
+        bail!("answered {:?}", status.lines().next().unwrap_or_default());
+    }
+    Ok(answer[split + 4..].to_vec())
 }
 
 struct StandInState {
@@ -50,105 +145,71 @@ struct StandInState {
     credentials: Mutex<HashSet<String>>,
 }
 
-pub struct FrappeStandIn {
-    pub port: u16,
-    state: Arc<StandInState>,
-    shutdown: Option<oneshot::Sender<()>>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl FrappeStandIn {
-    /// Listen on a free loopback port and answer for `identities`.
-    pub fn start(version: u32, secret: String, identities: Identities) -> Result<Self> {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .context("binding the web stand-in on 127.0.0.1")?;
-        listener
-            .set_nonblocking(true)
-            .context("making the web stand-in's socket non-blocking")?;
-        let port = listener
-            .local_addr()
-            .context("web stand-in address")?
-            .port();
-        let state = Arc::new(StandInState {
-            version,
-            secret,
-            identities,
-            calls: AtomicU64::new(0),
-            unknown: AtomicU64::new(0),
-            bad_secret: AtomicU64::new(0),
-            credentials: Mutex::new(HashSet::new()),
-        });
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("building the web stand-in's runtime")?;
-        let (shutdown, stop) = oneshot::channel::<()>();
-        let router = Router::new()
-            .route(USER_INFO_PATH, get(get_user_info))
-            .with_state(state.clone());
-        let thread = std::thread::Builder::new()
-            .name("frappe-stand-in".into())
-            .spawn(move || {
-                runtime.block_on(async move {
-                    let listener = match tokio::net::TcpListener::from_std(listener) {
-                        Ok(listener) => listener,
-                        Err(e) => {
-                            eprintln!("loadgen: web stand-in cannot listen: {e}");
-                            return;
-                        }
-                    };
-                    tokio::select! {
-                        served = axum::serve(listener, router) => {
-                            if let Err(e) = served {
-                                eprintln!("loadgen: web stand-in stopped: {e}");
-                            }
-                        }
-                        _ = stop => {}
-                    }
-                });
-            })
-            .context("starting the web stand-in's thread")?;
-        Ok(Self {
-            port,
-            state,
-            shutdown: Some(shutdown),
-            thread: Some(thread),
-        })
-    }
-
-    /// The Origin clients send, which is where the server calls back.
-    pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// The counts since the previous call, which start a new count.
-    pub fn take_counts(&self) -> AuthCounts {
+impl StandInState {
+    fn take_counts(&self) -> AuthCounts {
         let credentials = {
             let mut set = self
-                .state
                 .credentials
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             std::mem::take(&mut *set).len()
         };
         AuthCounts {
-            calls: self.state.calls.swap(0, Ordering::Relaxed),
+            calls: self.calls.swap(0, Ordering::Relaxed),
             distinct_credentials: credentials as u64,
-            unknown: self.state.unknown.swap(0, Ordering::Relaxed),
-            bad_secret: self.state.bad_secret.swap(0, Ordering::Relaxed),
+            unknown: self.unknown.swap(0, Ordering::Relaxed),
+            bad_secret: self.bad_secret.swap(0, Ordering::Relaxed),
         }
     }
 }
 
-impl Drop for FrappeStandIn {
-    fn drop(&mut self) {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+/// The stand-in process: `<program> __frappe-stand-in <port> <frappe major>`, the secret and
+/// the sid nonce in the environment. Serves until killed.
+pub fn serve_main(args: &[String]) -> ExitCode {
+    match serve(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("loadgen web stand-in: {e:#}");
+            ExitCode::FAILURE
         }
     }
+}
+
+fn serve(args: &[String]) -> Result<()> {
+    let [port, version] = args else {
+        bail!("usage: {SUBCOMMAND} <port> <frappe major version>");
+    };
+    let port: u16 = port.parse().context("port")?;
+    let version: u32 = version.parse().context("version")?;
+    let secret = std::env::var(SECRET_ENV).with_context(|| format!("{SECRET_ENV} unset"))?;
+    let nonce = std::env::var(NONCE_ENV).with_context(|| format!("{NONCE_ENV} unset"))?;
+    let state = Arc::new(StandInState {
+        version,
+        secret,
+        identities: Identities::with_nonce(nonce),
+        calls: AtomicU64::new(0),
+        unknown: AtomicU64::new(0),
+        bad_secret: AtomicU64::new(0),
+        credentials: Mutex::new(HashSet::new()),
+    });
+    let router = Router::new()
+        .route(USER_INFO_PATH, get(get_user_info))
+        .route(COUNTS_PATH, get(counts))
+        .with_state(state);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("building the runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port))
+            .await
+            .with_context(|| format!("binding 127.0.0.1:{port}"))?;
+        axum::serve(listener, router).await.context("serving")
+    })
+}
+
+async fn counts(State(state): State<Arc<StandInState>>) -> Json<AuthCounts> {
+    Json(state.take_counts())
 }
 
 /// The credential of a call as this Frappe version carries it: `Authorization` first (spec

@@ -20,6 +20,16 @@ impl Identities {
         Self { nonce }
     }
 
+    /// The identities of a run whose nonce is `nonce` (the web stand-in's side).
+    pub fn with_nonce(nonce: String) -> Self {
+        Self { nonce }
+    }
+
+    /// What makes this run's sids its own.
+    pub fn nonce(&self) -> &str {
+        &self.nonce
+    }
+
     /// The `sid` cookie of user `k`.
     pub fn sid(&self, k: usize) -> String {
         format!("lg{k}x{}", self.nonce)
@@ -62,6 +72,8 @@ mod tests {
         assert_eq!(ids.sid(1).len(), 2 + 1 + 1 + 32);
         let other = Identities::new();
         assert_eq!(ids.parse_sid(&other.sid(4711)), None);
+        let same = Identities::with_nonce(ids.nonce().to_owned());
+        assert_eq!(same.parse_sid(&ids.sid(3)), Some(3));
         assert_eq!(ids.parse_sid("Guest"), None);
         assert_eq!(ids.parse_sid("lgx"), None);
         assert_eq!(Identities::user_room(7), "user:user7@example.com");

@@ -26,12 +26,16 @@ use crate::procs::ServerCommand;
 use crate::report::Report;
 use crate::system::Placement;
 
-/// File descriptors kept for everything but the clients (Redis, the web stand-in, logs).
+/// File descriptors kept for everything but the clients (Redis, logs, /proc reads).
 const FD_RESERVE: u64 = 200;
-/// Ephemeral ports kept free for the web stand-in's and Redis's connections.
+/// Ephemeral ports kept free for the server's calls to the web stand-in and for Redis.
 const PORT_RESERVE: u64 = 1000;
 
 fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some(frappe::SUBCOMMAND) {
+        return frappe::serve_main(&argv[2..]);
+    }
     let mut args = Args::parse();
     if let Err(e) = args.validate() {
         eprintln!("loadgen: {e}");

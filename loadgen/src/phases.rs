@@ -214,7 +214,7 @@ impl Runner<'_> {
     }
 
     async fn connect(&mut self, pool: &mut Pool, n: usize) -> Result<ConnectReport> {
-        self.stack.frappe.take_counts();
+        self.stack.frappe.take_counts().await?;
         let mark = CpuMark::take(self.stack)?;
         let outcome = pool
             .grow(n, self.args.concurrency, self.connect_deadline(n))
@@ -229,7 +229,7 @@ impl Runner<'_> {
             wall_ms: outcome.wall.as_secs_f64() * 1000.0,
             per_s: per_second(outcome.connected as f64, outcome.wall),
             latency: outcome.latency,
-            auth: self.stack.frappe.take_counts(),
+            auth: self.stack.frappe.take_counts().await?,
             server_cpu_ms: spent.server.as_secs_f64() * 1000.0,
             server_cpu_us_per_handshake: micros_each(spent.server, outcome.connected as u64),
             loadgen_cpu_pct: spent.own_percent(),
@@ -397,7 +397,7 @@ impl Runner<'_> {
         let result = async {
             self.stack.server.stop(args.storm_signal.number()).await?;
             let stopped = Instant::now();
-            self.stack.frappe.take_counts();
+            self.stack.frappe.take_counts().await?;
             self.stack.server.start()?;
             let deadline = stopped + args.storm_timeout();
             let back_at = loop {
@@ -415,7 +415,7 @@ impl Runner<'_> {
         .await;
         shared.reconnect.store(false, Ordering::Relaxed);
         let (stopped, back_at) = result?;
-        let auth = self.stack.frappe.take_counts();
+        let auth = self.stack.frappe.take_counts().await?;
         let server_cpu = self.stack.server_usage()?.cpu;
         let back = pool.alive();
         self.stack.wait_ready(args.ready_timeout()).await?;

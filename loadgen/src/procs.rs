@@ -31,6 +31,17 @@ impl Spawned {
             .open(log)
             .with_context(|| format!("opening {}", log.display()))?;
         let err = out.try_clone().context("duplicating the log file")?;
+        // SAFETY: runs in the forked child before exec; prctl is async-signal-safe and
+        // touches no memory of ours. If the load generator dies without running its
+        // destructors (SIGKILL), the kernel then kills its direct children too.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         let child = command
             .stdin(Stdio::null())
             .stdout(out)

@@ -45,7 +45,7 @@ impl Stack {
     ) -> Result<Self> {
         let identities = Identities::new();
         let secret = format!("{:032x}", fastrand::u128(..));
-        let frappe = FrappeStandIn::start(args.frappe_version, secret.clone(), identities.clone())?;
+        let web_port = free_port()?;
         let redis_port = free_port()?;
         let socketio_port = free_port()?;
         let redis_url = format!("redis://127.0.0.1:{redis_port}");
@@ -53,10 +53,14 @@ impl Stack {
             site: &args.site,
             redis_url: &redis_url,
             socketio_port,
-            webserver_port: frappe.port,
+            webserver_port: web_port,
             frappe_version: args.frappe_version,
         })?;
-        let redis = RedisServer::start(&bench.path().join("logs"), redis_port).await?;
+        let logs = bench.path().join("logs");
+        let frappe =
+            FrappeStandIn::start(&logs, web_port, args.frappe_version, &secret, &identities)
+                .await?;
+        let redis = RedisServer::start(&logs, redis_port).await?;
         let mut publisher = Publisher::connect(&redis.url(), &args.site, args.pad_bytes).await?;
         if args.frappe_version >= 16 {
             publisher.set(SECRET_KEY, &secret).await?;
