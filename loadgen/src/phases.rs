@@ -393,6 +393,7 @@ impl Runner<'_> {
         let clients = pool.alive();
         shared.failures.take();
         shared.reconnect.store(true, Ordering::Relaxed);
+        let own_before = own_cpu();
         let signalled = Instant::now();
         let result = async {
             self.stack.server.stop(args.storm_signal.number()).await?;
@@ -415,6 +416,7 @@ impl Runner<'_> {
         .await;
         shared.reconnect.store(false, Ordering::Relaxed);
         let (stopped, back_at) = result?;
+        let loadgen_cpu_pct = percent(own_cpu().saturating_sub(own_before), signalled.elapsed());
         let auth = self.stack.frappe.take_counts().await?;
         let server_cpu = self.stack.server_usage()?.cpu;
         let back = pool.alive();
@@ -435,6 +437,7 @@ impl Runner<'_> {
             calls_per_credential: auth.calls as f64 / credentials.max(1) as f64,
             auth,
             server_cpu_ms: ms(server_cpu),
+            loadgen_cpu_pct,
         })
     }
 

@@ -117,9 +117,9 @@ pub struct StepReport {
     pub server_cpu_pct: f64,
     pub server_cpu_us_per_delivery: f64,
     pub loadgen_cpu_pct: f64,
-    /// The load generator's own CPU per delivery (receiving, stamping, publishing, and the
-    /// web stand-in): what its one core costs, and a floor under fan-out latencies, since it
-    /// reads a broadcast's frames one client after another.
+    /// The load generator's own CPU per delivery (receiving, stamping, publishing; the web
+    /// stand-in is another process): what its one core costs, and a floor under fan-out
+    /// latencies, since it reads a broadcast's frames one client after another.
     pub loadgen_cpu_us_per_delivery: f64,
     pub verdict: Verdict,
 }
@@ -178,7 +178,11 @@ pub struct StormReport {
     pub auth: AuthCounts,
     pub calls_per_connection: f64,
     pub calls_per_credential: f64,
+    /// CPU time of the restarted server until every client was back (or the time ran out).
     pub server_cpu_ms: f64,
+    /// The load generator's CPU (clients and publisher; the web stand-in is another
+    /// process) from the signal until every client was back.
+    pub loadgen_cpu_pct: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -403,6 +407,7 @@ impl RunReport {
                 "calls/conn",
                 "calls/sid",
                 "server cpu ms",
+                "loadgen cpu %",
             ]);
             for s in &self.storms {
                 t.row(vec![
@@ -418,6 +423,7 @@ impl RunReport {
                     format!("{:.2}", s.calls_per_connection),
                     format!("{:.2}", s.calls_per_credential),
                     thousands(s.server_cpu_ms),
+                    format!("{:.0}", s.loadgen_cpu_pct),
                 ]);
             }
             t.render(out);

@@ -26,7 +26,7 @@ pub enum Placement {
 }
 
 /// Re-execute this program under `taskset -c <load_core>` unless that already happened, so
-/// that the load generator and everything it starts (redis-server, the web stand-in's thread)
+/// that the load generator and everything it starts (redis-server, the web stand-in)
 /// stay off the server's core. Only returns when no re-exec happens.
 pub fn pin_self(server_core: usize, load_core: usize, disabled: bool) -> Placement {
     if disabled {
@@ -155,7 +155,7 @@ pub fn tree_usage(root: u32) -> Result<Usage> {
     Ok(usage)
 }
 
-/// CPU time this process has used (every thread, including the web stand-in's).
+/// CPU time this process has used (every thread).
 pub fn own_cpu() -> Duration {
     std::fs::read_to_string("/proc/self/stat")
         .ok()
