@@ -1,6 +1,7 @@
 //! A throwaway bench directory laid out as `bench init` + `bench new-site` leave it, holding
 //! only what a realtime service reads (spec §1): `sites/common_site_config.json`, one site, and
-//! `apps/frappe/frappe/__init__.py` for the Frappe version. Removed when dropped.
+//! `apps/frappe/frappe/__init__.py` for the Frappe version. Removed when dropped, unless kept
+//! (with the server's, redis-server's and the web stand-in's logs in `logs/`) to read later.
 
 use std::path::Path;
 
@@ -9,7 +10,8 @@ use serde_json::json;
 use tempfile::TempDir;
 
 pub struct Bench {
-    dir: TempDir,
+    dir: Option<TempDir>,
+    keep: bool,
 }
 
 /// What goes into `common_site_config.json`.
@@ -56,11 +58,32 @@ impl Bench {
             format!("__version__ = \"{}.0.0\"\n", config.frappe_version),
         )?;
         std::fs::create_dir_all(root.join("logs")).context("creating logs/")?;
-        Ok(Self { dir })
+        Ok(Self {
+            dir: Some(dir),
+            keep: false,
+        })
     }
 
     pub fn path(&self) -> &Path {
-        self.dir.path()
+        match &self.dir {
+            Some(dir) => dir.path(),
+            None => Path::new(""),
+        }
+    }
+
+    /// Leave the directory in place when dropped (its path is printed then).
+    pub fn keep_on_drop(&mut self) {
+        self.keep = true;
+    }
+}
+
+impl Drop for Bench {
+    fn drop(&mut self) {
+        if let Some(dir) = self.dir.take()
+            && self.keep
+        {
+            eprintln!("loadgen: bench and logs kept in {}", dir.keep().display());
+        }
     }
 }
 

@@ -135,6 +135,10 @@ pub struct Args {
     /// Seconds the server may take to listen and subscribe to Redis.
     #[arg(long, default_value_t = 30.0)]
     pub ready_timeout_secs: f64,
+    /// Keep each run's bench directory, with the logs of the server, redis-server and the
+    /// web stand-in in logs/, and print where.
+    #[arg(long)]
+    pub keep_bench: bool,
     /// Also write every figure as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,

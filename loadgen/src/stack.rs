@@ -49,13 +49,16 @@ impl Stack {
         let redis_port = free_port()?;
         let socketio_port = free_port()?;
         let redis_url = format!("redis://127.0.0.1:{redis_port}");
-        let bench = Bench::create(&BenchConfig {
+        let mut bench = Bench::create(&BenchConfig {
             site: &args.site,
             redis_url: &redis_url,
             socketio_port,
             webserver_port: web_port,
             frappe_version: args.frappe_version,
         })?;
+        if args.keep_bench {
+            bench.keep_on_drop();
+        }
         let logs = bench.path().join("logs");
         let frappe =
             FrappeStandIn::start(&logs, web_port, args.frappe_version, &secret, &identities)
