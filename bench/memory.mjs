@@ -10,7 +10,9 @@
 // Environment: HEAPTRACK=<file prefix> runs the server under heaptrack and SIGKILLs it once
 //   measured, so heaptrack_print's "leaked" figures are the live heap with N clients;
 //   MALLOC_STATS=1 also asks glibc for its in-use bytes (gdb attach, `malloc_stats()`);
-//   SERVER_ENV='K=V ...' extra environment for the server (e.g. MALLOC_ARENA_MAX=1).
+//   SERVER_ENV='K=V ...' extra environment for the server (e.g. MALLOC_ARENA_MAX=1);
+//   BROWSER_HEADERS=1 adds the headers a browser behind bench's nginx sends (User-Agent,
+//   Accept-*, X-Forwarded-*, Frappe's cookies...), 16 headers in all instead of 8.
 // Run the client side on the other CPU: `taskset -c 1 node bench/memory.mjs ...`.
 // Every wait is bounded; every process started here is stopped by its own PID.
 import { execFileSync } from "node:child_process";
@@ -37,6 +39,17 @@ const { startStack, waitFor } = await import("../tests/support/harness.mjs");
 
 const env = Object.fromEntries((process.env.SERVER_ENV ?? "").split(/\s+/).filter(Boolean)
   .map((kv) => [kv.slice(0, kv.indexOf("=")), kv.slice(kv.indexOf("=") + 1)]));
+const browserHeaders = process.env.BROWSER_HEADERS ? {
+  "user-agent": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",
+  "accept-language": "en-US,en;q=0.9,de;q=0.8",
+  "accept-encoding": "gzip, deflate, br, zstd",
+  "cache-control": "no-cache",
+  pragma: "no-cache",
+  "x-forwarded-for": "203.0.113.7",
+  "x-forwarded-proto": "https",
+  "x-real-ip": "203.0.113.7",
+  cookie: "sid=sid-alice; system_user=yes; full_name=Alice%20Example; user_id=alice%40example.com; user_image=",
+} : {};
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 /** The frappe-realtime process itself (under heaptrack it is a grandchild of the wrapper). */
@@ -80,7 +93,7 @@ try {
   for (let i = 0; i < clients; i += BATCH) {
     const batch = [];
     for (let j = i; j < Math.min(clients, i + BATCH); j++) {
-      const s = stack.socket({ sid: "sid-alice", transports: transport === "polling" ? ["polling", "websocket"] : ["websocket"] });
+      const s = stack.socket({ sid: "sid-alice", headers: browserHeaders, transports: transport === "polling" ? ["polling", "websocket"] : ["websocket"] });
       sockets.push(s);
       batch.push(new Promise((resolve, reject) => {
         s.once("connect", resolve);
@@ -108,6 +121,7 @@ try {
     clients,
     alive,
     env: process.env.SERVER_ENV ?? "",
+    browser_headers: Boolean(process.env.BROWSER_HEADERS),
     connect_all_ms: Math.round(connectMs),
     rss_before_kib: before,
     rss_after_kib: after,

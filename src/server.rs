@@ -21,6 +21,7 @@ use ::metrics::counter;
 use crate::app::App;
 use crate::bridge::{self, Subscription};
 use crate::config::{Config, Listen, Overrides};
+use crate::handshake;
 use crate::metrics::{self, Metrics};
 use crate::ops::{self, Ops};
 use crate::sites::SiteRegistry;
@@ -186,7 +187,9 @@ fn http_service(layer: socketioxide::layer::SocketIoLayer, ops: Router) -> Route
     Router::new().fallback_service(socket_io)
 }
 
-/// Count engine.io sessions as they open: a `/socket.io/` request without a `sid`.
+/// Count engine.io sessions as they open: a `/socket.io/` request without a `sid`. Such a
+/// request is kept for the session's life, so it keeps only what it needs (see
+/// [`handshake::keep_for_session`]; 16 KiB per connection otherwise).
 fn count_engine_session<B>(request: axum::http::Request<B>) -> axum::http::Request<B> {
     if request.uri().path().starts_with("/socket.io")
         && let Some(query) = request.uri().query()
@@ -202,6 +205,10 @@ fn count_engine_session<B>(request: axum::http::Request<B>) -> axum::http::Reque
             });
         if let Some(transport) = transport {
             counter!(metrics::ENGINE_SESSIONS_OPENED, "transport" => transport).increment(1);
+            // Not a CORS preflight: the CORS layer below reads headers this would drop.
+            if request.method() == axum::http::Method::GET {
+                return handshake::keep_for_session(request);
+            }
         }
     }
     request
