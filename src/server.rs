@@ -187,14 +187,17 @@ fn http_service(layer: socketioxide::layer::SocketIoLayer, ops: Router) -> Route
     Router::new().fallback_service(socket_io)
 }
 
-/// Count engine.io sessions as they open: a `/socket.io/` request without a `sid`. Such a
-/// request is kept for the session's life, so it keeps only what it needs (see
-/// [`handshake::keep_for_session`]; 16 KiB per connection otherwise).
+/// Count engine.io sessions as they open: a `/socket.io/` request without a `sid`.
+///
+/// Also trim the requests engine.io holds on to (see [`handshake::keep_for_session`]; 16 KiB
+/// per connection otherwise): the one that opens a session is kept for the session's life,
+/// and a websocket request, opening or upgrading, for the websocket's life. Preflights are
+/// left alone: the CORS layer below reads headers the trimming drops.
 fn count_engine_session<B>(request: axum::http::Request<B>) -> axum::http::Request<B> {
     if request.uri().path().starts_with("/socket.io")
         && let Some(query) = request.uri().query()
-        && !query.split('&').any(|pair| pair.starts_with("sid="))
     {
+        let opens = !query.split('&').any(|pair| pair.starts_with("sid="));
         let transport = query
             .split('&')
             .find_map(|pair| pair.strip_prefix("transport="))
@@ -203,12 +206,13 @@ fn count_engine_session<B>(request: axum::http::Request<B>) -> axum::http::Reque
                     .into_iter()
                     .find(|known| *known == t)
             });
-        if let Some(transport) = transport {
+        if opens && let Some(transport) = transport {
             counter!(metrics::ENGINE_SESSIONS_OPENED, "transport" => transport).increment(1);
-            // Not a CORS preflight: the CORS layer below reads headers this would drop.
-            if request.method() == axum::http::Method::GET {
-                return handshake::keep_for_session(request);
-            }
+        }
+        if request.method() == axum::http::Method::GET
+            && (opens && transport.is_some() || transport == Some("websocket"))
+        {
+            return handshake::keep_for_session(request);
         }
     }
     request
