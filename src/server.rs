@@ -31,6 +31,12 @@ const MAX_PAYLOAD: u64 = 1_000_000;
 /// Packets queued per socket before sends to it are dropped (socketioxide's default is 128,
 /// which a burst of `list_update`s overruns between two polls).
 const MAX_QUEUED_PACKETS: usize = 1024;
+/// Bytes tungstenite allocates (and zeroes) per websocket to read frames into; engineioxide's
+/// default is 4 KiB. Frappe's clients send events of well under 1 KiB (`doc_subscribe` with a
+/// doctype and a name, pongs), which still take one read each; a larger frame is read 1 KiB
+/// per syscall into a buffer reserved for its full length (tungstenite 0.30
+/// `FrameCodec::read_frame`). Every KiB here is a KiB of RSS per idle connection.
+const WS_READ_BUFFER: usize = 1024;
 /// Time a client has to send its namespace CONNECT, beyond the callback to Frappe that the
 /// handshake waits for. See [`connect_timeout`].
 const CONNECT_MARGIN: Duration = Duration::from_secs(5);
@@ -251,6 +257,7 @@ fn socket_io_layer(app: Arc<App>) -> (socketioxide::layer::SocketIoLayer, Socket
         .ws_max_message_size(MAX_PAYLOAD as usize)
         .ws_max_frame_size(MAX_PAYLOAD as usize)
         .max_buffer_size(MAX_QUEUED_PACKETS)
+        .ws_read_buffer_size(WS_READ_BUFFER)
         .with_state(app)
         .build_layer()
 }
