@@ -6,11 +6,30 @@
 use std::fmt;
 use std::net::IpAddr;
 
-use http::HeaderMap;
+use http::header::{AUTHORIZATION, COOKIE, HOST, HeaderName, ORIGIN, SEC_WEBSOCKET_KEY};
+use http::{HeaderMap, HeaderValue, Request};
 
 use crate::auth::AuthFailure;
 use crate::caps::CapExceeded;
-use http::header::{AUTHORIZATION, COOKIE, HOST, ORIGIN};
+
+/// `X-Frappe-Site-Name`, set by bench's nginx.
+const SITE_NAME: HeaderName = HeaderName::from_static("x-frappe-site-name");
+/// Set by a proxy on this machine that forwards the client's address (see [`client_ip`]).
+const FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// The headers an engine.io session keeps from the request that opened it: the ones
+/// [`check`], [`resolve_site`] and [`client_ip`] read, and `Sec-WebSocket-Key`, which
+/// engine.io reads from that same request to answer a websocket upgrade. Reading another
+/// header from `socket.req_parts()` means adding it here.
+pub const SESSION_HEADERS: [HeaderName; 7] = [
+    HOST,
+    ORIGIN,
+    COOKIE,
+    AUTHORIZATION,
+    SITE_NAME,
+    FORWARDED_FOR,
+    SEC_WEBSOCKET_KEY,
+];
 
 /// Why a handshake is refused. `Display` is the exact text the client gets in `connect_error`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,7 +119,7 @@ pub fn client_ip(peer: Option<IpAddr>, headers: &HeaderMap) -> Option<IpAddr> {
         return Some(peer);
     }
     let forwarded = headers
-        .get_all("x-forwarded-for")
+        .get_all(&FORWARDED_FOR)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(','))
@@ -145,7 +164,7 @@ pub fn check(
 /// The site a handshake is for: `X-Frappe-Site-Name`, then `default_site` when the client
 /// reached us as localhost, then the Origin's host, then the Host header's.
 pub fn resolve_site(headers: &HeaderMap, default_site: Option<&str>) -> Option<String> {
-    if let Some(site) = header(headers, "x-frappe-site-name") {
+    if let Some(site) = header(headers, SITE_NAME.as_str()) {
         return Some(hostname(site).to_owned());
     }
     let host = header(headers, HOST.as_str()).map(hostname);
@@ -156,6 +175,39 @@ pub fn resolve_site(headers: &HeaderMap, default_site: Option<&str>) -> Option<S
         .map(hostname)
         .or(host)
         .map(str::to_owned)
+}
+
+/// The request that opens an engine.io session, reduced to what the session needs to keep.
+///
+/// engine.io keeps that request's head (`socket.req_parts()`) for the session's whole life.
+/// hyper parses a head in place: its URI and every header value are slices of the HTTP
+/// connection's read buffer (hyper 1.12 `proto/h1/role.rs`, `Server::parse`), 16 KiB under
+/// `axum::serve`, so the kept head pinned that whole buffer long after a websocket upgrade
+/// had released the connection. Here the URI and the [`SESSION_HEADERS`] are copied into a
+/// right-sized map of their own and the rest is dropped (a browser sends 15 or so headers
+/// behind nginx, ~100 bytes of map entry each, plus the values). Method, version and
+/// extensions (hyper's upgrade handle among them) are left as they are.
+pub fn keep_for_session<B>(request: Request<B>) -> Request<B> {
+    let (mut parts, body) = request.into_parts();
+    if let Ok(uri) = parts.uri.to_string().parse() {
+        parts.uri = uri;
+    }
+    let kept = SESSION_HEADERS
+        .iter()
+        .map(|name| parts.headers.get_all(name).iter().count())
+        .sum();
+    let mut headers = HeaderMap::with_capacity(kept);
+    for name in &SESSION_HEADERS {
+        for value in parts.headers.get_all(name) {
+            let copy = HeaderValue::from_bytes(value.as_bytes()).map(|mut copy| {
+                copy.set_sensitive(value.is_sensitive());
+                copy
+            });
+            headers.append(name.clone(), copy.unwrap_or_else(|_| value.clone()));
+        }
+    }
+    parts.headers = headers;
+    Request::from_parts(parts, body)
 }
 
 /// Frappe's notion of a hostname: drop a `scheme://` prefix and any path, then cut at the
@@ -198,6 +250,59 @@ mod tests {
             );
         }
         map
+    }
+
+    /// `keep_for_session` keeps what the handshake and engine.io read, in copies that share
+    /// nothing with the parsed request (a `from_static` value points into the string below,
+    /// as a parsed one points into hyper's read buffer).
+    #[test]
+    fn session_request_keeps_copies_of_what_the_handshake_reads() {
+        const URI: &str = "/socket.io/?EIO=4&transport=websocket";
+        const COOKIE_VALUE: &str = "sid=abc; system_user=yes";
+        let request = Request::get(http::Uri::from_static(URI))
+            .header("host", HeaderValue::from_static("a.local:8000"))
+            .header("origin", "http://a.local:8000")
+            .header("cookie", HeaderValue::from_static(COOKIE_VALUE))
+            .header("cookie", "full_name=A")
+            .header("authorization", "token k:s")
+            .header("x-frappe-site-name", "a.local")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .header("user-agent", "Mozilla/5.0")
+            .header("accept-language", "en")
+            .body(())
+            .expect("request");
+        let kept = keep_for_session(request);
+        let pairs: Vec<(&str, &str)> = kept
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.to_str().expect("ascii")))
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                ("host", "a.local:8000"),
+                ("origin", "http://a.local:8000"),
+                ("cookie", COOKIE_VALUE),
+                ("cookie", "full_name=A"),
+                ("authorization", "token k:s"),
+                ("x-frappe-site-name", "a.local"),
+                ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ]
+        );
+        assert_eq!(kept.uri(), URI);
+        assert_ne!(kept.uri().path().as_ptr(), URI.as_ptr());
+        let cookie = kept.headers().get(COOKIE).expect("cookie").as_bytes();
+        assert_ne!(cookie.as_ptr(), COOKIE_VALUE.as_ptr());
+        assert!(
+            kept.headers().capacity() < 16,
+            "right-sized: {}",
+            kept.headers().capacity()
+        );
+        let accepted = check("a.local", kept.headers(), None).expect("accepted");
+        assert_eq!(
+            accepted.credential,
+            Credential::Authorization("token k:s".into())
+        );
     }
 
     #[test]

@@ -24,6 +24,7 @@ use crate::app::App;
 use crate::bridge::{self, Subscription};
 use crate::config::{Config, Listen, Overrides};
 use crate::connection::{MeteredListener, Peer};
+use crate::handshake;
 use crate::metrics::{self, Metrics};
 use crate::ops::{self, Ops};
 use crate::sites::SiteRegistry;
@@ -34,6 +35,12 @@ const MAX_PAYLOAD: u64 = 1_000_000;
 /// Packets queued per socket before sends to it are dropped (socketioxide's default is 128,
 /// which a burst of `list_update`s overruns between two polls).
 const MAX_QUEUED_PACKETS: usize = 1024;
+/// Bytes tungstenite allocates (and zeroes) per websocket to read frames into; engineioxide's
+/// default is 4 KiB. Frappe's clients send events of well under 1 KiB (`doc_subscribe` with a
+/// doctype and a name, pongs), which still take one read each; a larger frame is read 1 KiB
+/// per syscall into a buffer reserved for its full length (tungstenite 0.30
+/// `FrameCodec::read_frame`). Every KiB here is a KiB of RSS per idle connection.
+const WS_READ_BUFFER: usize = 1024;
 /// Time a client has to send its namespace CONNECT, beyond the callback to Frappe that the
 /// handshake waits for. See [`connect_timeout`].
 const CONNECT_MARGIN: Duration = Duration::from_secs(5);
@@ -221,11 +228,16 @@ fn track_upgrade<B>(
 }
 
 /// Count engine.io sessions as they open: a `/socket.io/` request without a `sid`.
+///
+/// Also trim the requests engine.io holds on to (see [`handshake::keep_for_session`]; 16 KiB
+/// per connection otherwise): the one that opens a session is kept for the session's life,
+/// and a websocket request, opening or upgrading, for the websocket's life. Preflights are
+/// left alone: the CORS layer below reads headers the trimming drops.
 fn count_engine_session<B>(request: axum::http::Request<B>) -> axum::http::Request<B> {
     if request.uri().path().starts_with("/socket.io")
         && let Some(query) = request.uri().query()
-        && !query.split('&').any(|pair| pair.starts_with("sid="))
     {
+        let opens = !query.split('&').any(|pair| pair.starts_with("sid="));
         let transport = query
             .split('&')
             .find_map(|pair| pair.strip_prefix("transport="))
@@ -234,8 +246,13 @@ fn count_engine_session<B>(request: axum::http::Request<B>) -> axum::http::Reque
                     .into_iter()
                     .find(|known| *known == t)
             });
-        if let Some(transport) = transport {
+        if opens && let Some(transport) = transport {
             counter!(metrics::ENGINE_SESSIONS_OPENED, "transport" => transport).increment(1);
+        }
+        if request.method() == axum::http::Method::GET
+            && (opens && transport.is_some() || transport == Some("websocket"))
+        {
+            return handshake::keep_for_session(request);
         }
     }
     request
@@ -274,6 +291,7 @@ fn socket_io_layer(app: Arc<App>) -> (socketioxide::layer::SocketIoLayer, Socket
         .ws_max_message_size(MAX_PAYLOAD as usize)
         .ws_max_frame_size(MAX_PAYLOAD as usize)
         .max_buffer_size(MAX_QUEUED_PACKETS)
+        .ws_read_buffer_size(WS_READ_BUFFER)
         .with_state(app)
         .build_layer()
 }
