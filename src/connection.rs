@@ -182,9 +182,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for MeteredStream<S> {
         self.inner.is_write_vectored()
     }
 
+    /// Not metered: a finished flush says nothing about whether the peer takes bytes (a TCP
+    /// stream's flush is always ready).
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let polled = Pin::new(&mut self.inner).poll_flush(cx);
-        self.observe(cx, polled)
+        Pin::new(&mut self.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
