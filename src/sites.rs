@@ -25,18 +25,22 @@ use crate::{handlers, metrics};
 
 const RESCAN_EVERY: Duration = Duration::from_secs(5);
 
-/// The names of the sites in `sites_dir`, sorted. An unreadable folder reads as no sites.
-pub fn scan(sites_dir: &Path) -> BTreeSet<String> {
-    let Ok(entries) = std::fs::read_dir(sites_dir) else {
-        return BTreeSet::new();
+/// The names of the sites in `sites_dir`, sorted. A missing folder has no sites; any other
+/// failure to read it (out of file descriptors, permissions) is an error, so that a passing
+/// fault never reads as "every site was removed".
+pub fn scan(sites_dir: &Path) -> std::io::Result<BTreeSet<String>> {
+    let entries = match std::fs::read_dir(sites_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeSet::new()),
+        Err(e) => return Err(e),
     };
-    entries
+    Ok(entries
         .filter_map(Result::ok)
         .filter_map(|entry| entry.file_name().into_string().ok())
         .filter(|name| {
             is_site_name(name) && sites_dir.join(name).join("site_config.json").is_file()
         })
-        .collect()
+        .collect())
 }
 
 /// Whether a watch event can mean a site appeared or went. Reads are not: the rescan itself
@@ -73,7 +77,14 @@ impl SiteRegistry {
 
     /// Register namespaces for new sites and drop those of vanished ones.
     pub async fn sync(&mut self) {
-        let on_disk = scan(&self.sites_dir);
+        let on_disk = match scan(&self.sites_dir) {
+            Ok(on_disk) => on_disk,
+            Err(e) => {
+                tracing::warn!(dir = %self.sites_dir.display(), error = %e,
+                    "cannot read sites/; keeping the sites served until it can be read");
+                return;
+            }
+        };
         for site in on_disk.difference(&self.served) {
             self.io.ns(
                 format!("/{site}"),
@@ -171,8 +182,20 @@ mod tests {
             }
         }
         std::fs::write(dir.path().join("common_site_config.json"), "{}").expect("w");
-        assert_eq!(scan(dir.path()), BTreeSet::from(["a.local".to_owned()]));
-        assert!(scan(&dir.path().join("missing")).is_empty());
+        assert_eq!(
+            scan(dir.path()).expect("readable"),
+            BTreeSet::from(["a.local".to_owned()])
+        );
+        assert!(
+            scan(&dir.path().join("missing"))
+                .expect("missing is empty")
+                .is_empty()
+        );
+        let not_a_folder = dir.path().join("common_site_config.json");
+        assert!(
+            scan(&not_a_folder).is_err(),
+            "an unreadable sites/ is an error, not no sites"
+        );
     }
 
     #[test]
