@@ -108,9 +108,7 @@ async fn on_event(
         "doctype_unsubscribe" => doctype_unsubscribe(socket, app, client, args).await,
         "doc_subscribe" => doc_subscribe(socket, app, client, args).await,
         "doc_unsubscribe" => doc_unsubscribe(socket, app, client, args).await,
-        "task_subscribe" | "progress_subscribe" => {
-            task_subscribe(socket, app, client, args).await
-        }
+        "task_subscribe" | "progress_subscribe" => task_subscribe(socket, app, client, args).await,
         "task_unsubscribe" => task_unsubscribe(socket, app, client, args).await,
         "doc_open" => doc_open(socket, app, client, args).await,
         "doc_close" => doc_close(socket, app, client, args).await,

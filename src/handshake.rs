@@ -17,8 +17,14 @@ const SITE_NAME: HeaderName = HeaderName::from_static("x-frappe-site-name");
 /// [`check`] and [`resolve_site`] read, and `Sec-WebSocket-Key`, which engine.io reads from
 /// that same request to answer a websocket upgrade. Reading another header from
 /// `socket.req_parts()` means adding it here.
-pub const SESSION_HEADERS: [HeaderName; 6] =
-    [HOST, ORIGIN, COOKIE, AUTHORIZATION, SITE_NAME, SEC_WEBSOCKET_KEY];
+pub const SESSION_HEADERS: [HeaderName; 6] = [
+    HOST,
+    ORIGIN,
+    COOKIE,
+    AUTHORIZATION,
+    SITE_NAME,
+    SEC_WEBSOCKET_KEY,
+];
 
 /// Why a handshake is refused. `Display` is the exact text the client gets in `connect_error`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,7 +156,10 @@ pub fn keep_for_session<B>(request: Request<B>) -> Request<B> {
     if let Ok(uri) = parts.uri.to_string().parse() {
         parts.uri = uri;
     }
-    let kept = SESSION_HEADERS.iter().map(|name| parts.headers.get_all(name).iter().count()).sum();
+    let kept = SESSION_HEADERS
+        .iter()
+        .map(|name| parts.headers.get_all(name).iter().count())
+        .sum();
     let mut headers = HeaderMap::with_capacity(kept);
     for name in &SESSION_HEADERS {
         for value in parts.headers.get_all(name) {
@@ -248,9 +257,16 @@ mod tests {
         assert_ne!(kept.uri().path().as_ptr(), URI.as_ptr());
         let cookie = kept.headers().get(COOKIE).expect("cookie").as_bytes();
         assert_ne!(cookie.as_ptr(), COOKIE_VALUE.as_ptr());
-        assert!(kept.headers().capacity() < 16, "right-sized: {}", kept.headers().capacity());
+        assert!(
+            kept.headers().capacity() < 16,
+            "right-sized: {}",
+            kept.headers().capacity()
+        );
         let accepted = check("a.local", kept.headers(), None).expect("accepted");
-        assert_eq!(accepted.credential, Credential::Authorization("token k:s".into()));
+        assert_eq!(
+            accepted.credential,
+            Credential::Authorization("token k:s".into())
+        );
     }
 
     #[test]
