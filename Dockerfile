@@ -9,10 +9,12 @@ FROM rust:1-slim-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
+# A workspace member must be present for cargo to read the workspace; only the server is built.
+COPY loadgen ./loadgen
 # The registry and target dirs are cache mounts, so the binary is copied out of target/.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked \
+    cargo build --release --locked -p frappe-realtime \
  && install -D -m 0755 target/release/frappe-realtime /out/frappe-realtime
 
 FROM debian:bookworm-slim

@@ -3,15 +3,20 @@
 use std::sync::{Arc, PoisonError, RwLock};
 
 use crate::auth::FrappeClient;
+use crate::caps::Seats;
 use crate::config::{Config, Listen};
 use crate::queue_redis::QueueRedis;
 use crate::reconnects::ReconnectTracker;
+use crate::slow::SlowConsumers;
 
 pub struct App {
     /// Replaced as a whole on SIGHUP; a handshake or event uses one snapshot throughout.
     current: RwLock<Arc<Settings>>,
     pub redis: QueueRedis,
     pub reconnects: ReconnectTracker,
+    /// Connection counts for `realtime_max_connections_per_*`.
+    pub seats: Arc<Seats>,
+    pub slow: Arc<SlowConsumers>,
 }
 
 /// The configuration and what is built from it that can change without a restart.
@@ -29,6 +34,8 @@ impl App {
             reconnects: ReconnectTracker::new(config.reconnect_window),
             current: RwLock::new(Arc::new(Settings { config, frappe })),
             redis,
+            seats: Arc::default(),
+            slow: Arc::default(),
         })
     }
 

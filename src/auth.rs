@@ -18,6 +18,7 @@ use url::Url;
 
 use ::metrics::{counter, gauge, histogram};
 
+use crate::answer_cache::AnswerCache;
 use crate::coalesce::SingleFlight;
 use crate::config::{Config, FrappeVersion, is_truthy};
 use crate::handshake::{Accepted, Credential};
@@ -124,6 +125,8 @@ pub struct FrappeClient {
     slots: Semaphore,
     /// Identical `get_user_info` calls under way, shared.
     user_info_calls: SingleFlight<UserInfoKey, Result<UserInfo, AuthFailure>>,
+    /// Positive answers remembered for `realtime_user_info_cache_seconds`, if set.
+    known_users: Option<AnswerCache<UserInfoKey, UserInfo>>,
 }
 
 /// What makes two `get_user_info` calls identical.
@@ -156,6 +159,7 @@ impl FrappeClient {
             timeout: config.callback_timeout,
             slots: Semaphore::new(config.callback_concurrency),
             user_info_calls: SingleFlight::default(),
+            known_users: config.user_info_cache_ttl.map(AnswerCache::new),
         })
     }
 
@@ -176,10 +180,17 @@ impl FrappeClient {
             url,
             credential: accepted.credential,
         };
-        let info = self
-            .user_info_calls
-            .run(key.clone(), || self.ask_user_info(&key))
-            .await?;
+        let info = match self.remembered(&key) {
+            Some(info) => info,
+            None => {
+                let info = self
+                    .user_info_calls
+                    .run(key.clone(), || self.ask_user_info(&key))
+                    .await?;
+                self.remember(&key, &info);
+                info
+            }
+        };
         let user = info
             .user
             .ok_or_else(|| AuthFailure::denied("no user info returned".into()))?;
@@ -191,6 +202,30 @@ impl FrappeClient {
             credential: key.credential,
             callback_base: base,
         })
+    }
+
+    fn remembered(&self, key: &UserInfoKey) -> Option<UserInfo> {
+        let info = self.known_users.as_ref()?.get(key)?;
+        counter!(metrics::USER_INFO_CACHE_HITS).increment(1);
+        Some(info)
+    }
+
+    fn remember(&self, key: &UserInfoKey, info: &UserInfo) {
+        // Guest answers are not remembered: any string is a Guest's sid, so remembering them
+        // would let a client fill the cache with made-up credentials.
+        if let Some(cache) = &self.known_users
+            && info.user.as_deref().is_some_and(|user| user != "Guest")
+        {
+            cache.insert(key.clone(), info.clone());
+        }
+    }
+
+    /// Forget the remembered answers naming `user` on `site`, so a revoked session cannot
+    /// reconnect from the cache.
+    pub fn forget_user(&self, site: &str, user: &str) {
+        if let Some(cache) = &self.known_users {
+            cache.forget(|key, info| key.site == site && info.user.as_deref() == Some(user));
+        }
     }
 
     /// One `get_user_info` question, retried once on Frappe 16 when the answer is `{}`: the

@@ -18,7 +18,9 @@ use socketioxide::adapter::LocalAdapter;
 
 use ::metrics::{counter, gauge, histogram};
 
+use crate::app::App;
 use crate::config::is_truthy;
+use crate::slow::SlowConsumers;
 use crate::{metrics, revoke};
 
 /// The channel `frappe.publish_realtime` publishes on.
@@ -115,8 +117,15 @@ pub fn parse(payload: &[u8]) -> Result<Publication, Malformed> {
 }
 
 /// Send a publication to its audience on this node. `size` is the publication's size on
-/// Redis, for the bytes-sent metric.
-pub async fn deliver(io: &SocketIo<LocalAdapter>, publication: &Publication, size: usize) {
+/// Redis, for the bytes-sent metric and the slow-consumer byte bound. Returns how many
+/// sockets' queues were too full to take it.
+pub async fn deliver(
+    io: &SocketIo<LocalAdapter>,
+    slow: &SlowConsumers,
+    max_backlog: u64,
+    publication: &Publication,
+    size: usize,
+) -> usize {
     let Publication {
         event,
         message,
@@ -127,27 +136,31 @@ pub async fn deliver(io: &SocketIo<LocalAdapter>, publication: &Publication, siz
             let Some(namespace) = io.of(format!("/{site}")) else {
                 drop_event("unknown_site");
                 tracing::debug!(%site, %event, "event for a site this bench does not serve");
-                return;
+                return 0;
             };
-            let audience = namespace.to(room.clone());
+            let audience = namespace.clone().to(room.clone());
             let recipients = audience.clone().sockets().len();
             if recipients == 0 {
                 drop_event("no_listeners");
-                return;
+                return 0;
             }
             let result = audience.emit(event, message).await;
-            record_sent(site, recipients, size, result);
+            slow.charge(&namespace, Some(room), size, max_backlog);
+            record_sent(site, recipients, size, result)
         }
         Target::EverySite => {
+            let mut dropped = 0;
             for namespace in io.nsps() {
                 let site = namespace.ns_path().trim_start_matches('/').to_owned();
                 let recipients = namespace.clone().sockets().len();
                 if recipients == 0 {
                     continue;
                 }
-                let result = namespace.emit(event, message).await;
-                record_sent(&site, recipients, size, result);
+                let result = namespace.clone().emit(event, message).await;
+                slow.charge(&namespace, None, size, max_backlog);
+                dropped += record_sent(&site, recipients, size, result);
             }
+            dropped
         }
     }
 }
@@ -157,13 +170,14 @@ fn drop_event(reason: &'static str) {
 }
 
 /// Count what a broadcast to `recipients` sockets of `site` queued. A broadcast still reaches
-/// every other socket when some sockets' queues are full; those are counted as dropped.
+/// every other socket when some sockets' queues are full; those are counted, and returned, as
+/// dropped.
 fn record_sent(
     site: &str,
     recipients: usize,
     size: usize,
     result: Result<(), socketioxide::BroadcastError>,
-) {
+) -> usize {
     let dropped = match result {
         Ok(()) => 0,
         Err(socketioxide::BroadcastError::Socket(failed)) => failed.len(),
@@ -181,6 +195,7 @@ fn record_sent(
         tracing::debug!(%site, dropped, "event not queued for some sockets");
         counter!(metrics::SEND_DROPPED, "site" => site).increment(dropped as u64);
     }
+    dropped
 }
 
 /// Whether the bridge is subscribed to `events` right now, for `/ready`.
@@ -199,7 +214,12 @@ impl Subscription {
 }
 
 /// Subscribe to `events` forever, delivering each message, reconnecting when the link dies.
-pub async fn run(io: SocketIo<LocalAdapter>, client: redis::Client, subscription: Subscription) {
+pub async fn run(
+    io: SocketIo<LocalAdapter>,
+    app: Arc<App>,
+    client: redis::Client,
+    subscription: Subscription,
+) {
     let mut backoff = new_backoff();
     let mut subscribed_before = false;
     subscription.set(false);
@@ -213,7 +233,7 @@ pub async fn run(io: SocketIo<LocalAdapter>, client: redis::Client, subscription
                 subscribed_before = true;
                 subscription.set(true);
                 backoff = new_backoff();
-                let why = pump(&io, pubsub).await;
+                let why = pump(&io, &app, pubsub).await;
                 subscription.set(false);
                 tracing::warn!(reason = why, "lost the Redis subscription; reconnecting");
             }
@@ -250,7 +270,7 @@ async fn subscribe(client: &redis::Client) -> Result<redis::aio::PubSub, String>
 }
 
 /// Deliver messages until the link ends or stops answering PING; returns why.
-async fn pump(io: &SocketIo<LocalAdapter>, pubsub: redis::aio::PubSub) -> &'static str {
+async fn pump(io: &SocketIo<LocalAdapter>, app: &App, pubsub: redis::aio::PubSub) -> &'static str {
     let (mut sink, mut stream) = pubsub.split();
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.reset();
@@ -259,9 +279,12 @@ async fn pump(io: &SocketIo<LocalAdapter>, pubsub: redis::aio::PubSub) -> &'stat
             message = stream.next() => {
                 let Some(message) = message else { return "connection closed" };
                 if message.get_channel_name() == revoke::CHANNEL {
-                    revoke::handle(io, message.get_payload_bytes());
+                    revoke::handle(io, app, message.get_payload_bytes());
                 } else {
-                    handle(io, message.get_payload_bytes()).await;
+                    let dropped = handle(io, app, message.get_payload_bytes()).await;
+                    if dropped > 0 {
+                        app.slow.note_overflow();
+                    }
                 }
             }
             _ = ping.tick() => {
@@ -276,14 +299,17 @@ async fn pump(io: &SocketIo<LocalAdapter>, pubsub: redis::aio::PubSub) -> &'stat
     }
 }
 
-async fn handle(io: &SocketIo<LocalAdapter>, payload: &[u8]) {
+/// Parse and deliver one message from `events`; returns how many sends found a full queue.
+async fn handle(io: &SocketIo<LocalAdapter>, app: &App, payload: &[u8]) -> usize {
     let received = Instant::now();
     counter!(metrics::REDIS_MESSAGES).increment(1);
     gauge!(metrics::REDIS_LAST_MESSAGE).set(metrics::unix_now());
     match parse(payload) {
         Ok(publication) => {
-            deliver(io, &publication, payload.len()).await;
+            let max_backlog = app.settings().config.slow_client_max_bytes;
+            let dropped = deliver(io, &app.slow, max_backlog, &publication, payload.len()).await;
             histogram!(metrics::DELIVERY_DURATION).record(received.elapsed());
+            dropped
         }
         Err(malformed) => {
             drop_event(malformed.as_str());
@@ -293,6 +319,7 @@ async fn handle(io: &SocketIo<LocalAdapter>, payload: &[u8]) {
                 bytes = payload.len(),
                 "dropped a malformed message from Redis"
             );
+            0
         }
     }
 }

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+use crate::caps::Caps;
 use crate::limits::Limits;
 use url::Url;
 
@@ -28,6 +29,11 @@ const ENV_OVERRIDES: [(&str, &str); 5] = [
 const DEFAULT_SOCKETIO_PORT: u16 = 9000;
 const DEFAULT_CALLBACK_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_RECONNECT_WINDOW: Duration = Duration::from_secs(60);
+/// Well inside engine.io's heartbeat (25 s + 20 s), which would end such a client anyway.
+const DEFAULT_SLOW_CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Far beyond what a desk page receives in a few seconds, small enough that a thousand
+/// stalled clients cannot hold gigabytes.
+const DEFAULT_SLOW_CLIENT_MAX_BYTES: u64 = 8 * 1024 * 1024;
 /// Enough to keep a bench's gunicorn workers busy without queueing hundreds behind them.
 const DEFAULT_CALLBACK_CONCURRENCY: usize = 16;
 
@@ -91,6 +97,17 @@ pub struct Config {
     /// the same site counts as a reconnect in the metrics.
     pub reconnect_window: Duration,
     pub frappe_version: FrappeVersion,
+    /// `realtime_max_connections_per_site`, `…_per_ip`, `…_per_user`: off unless set.
+    pub connection_caps: Caps,
+    /// `realtime_user_info_cache_seconds`: remember positive `get_user_info` answers this
+    /// long (off unless set; see [`crate::answer_cache`] for the trade-off).
+    pub user_info_cache_ttl: Option<Duration>,
+    /// `realtime_slow_client_timeout` (seconds): a websocket whose connection takes no bytes
+    /// for this long while the server has some to send is disconnected as a slow consumer.
+    pub slow_client_timeout: Duration,
+    /// `realtime_slow_client_max_bytes`: a websocket that takes no bytes while publications
+    /// worth more than this are queued for it is disconnected as a slow consumer.
+    pub slow_client_max_bytes: u64,
 }
 
 /// A configuration value that must never be printed; `Debug` shows `<redacted>`.
@@ -332,6 +349,19 @@ impl Config {
                 .seconds("realtime_reconnect_window")?
                 .unwrap_or(DEFAULT_RECONNECT_WINDOW),
             frappe_version: frappe_version(bench_dir, layered)?,
+            connection_caps: connection_caps(layered)?,
+            user_info_cache_ttl: layered.seconds("realtime_user_info_cache_seconds")?,
+            slow_client_timeout: layered
+                .seconds("realtime_slow_client_timeout")?
+                .unwrap_or(DEFAULT_SLOW_CLIENT_TIMEOUT),
+            slow_client_max_bytes: layered
+                .typed("realtime_slow_client_max_bytes", |value| {
+                    value
+                        .as_u64()
+                        .filter(|n| *n >= 1024)
+                        .ok_or_else(|| "must be a whole number of bytes, at least 1024".to_owned())
+                })?
+                .unwrap_or(DEFAULT_SLOW_CLIENT_MAX_BYTES),
         })
     }
 
@@ -364,6 +394,25 @@ fn limits(layered: &Layered) -> Result<Limits, ConfigError> {
                     .ok_or_else(|| "must be a whole number of at least 4".to_owned())
             })?
             .unwrap_or(defaults.max_rooms),
+    })
+}
+
+fn connection_caps(layered: &Layered) -> Result<Caps, ConfigError> {
+    let cap = |key: &'static str| {
+        layered.typed(key, |value| {
+            value
+                .as_u64()
+                .and_then(|n| usize::try_from(n).ok())
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| {
+                    "must be a whole number of at least 1 (leave it out for no cap)".to_owned()
+                })
+        })
+    };
+    Ok(Caps {
+        per_site: cap("realtime_max_connections_per_site")?,
+        per_ip: cap("realtime_max_connections_per_ip")?,
+        per_user: cap("realtime_max_connections_per_user")?,
     })
 }
 

@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use axum::extract::ConnectInfo;
 use serde::de::{Deserialize, Deserializer, SeqAccess, Visitor};
 use serde_json::Value;
 use socketioxide::extract::{Event, Extension, SocketRef, State, TryData};
@@ -14,6 +15,7 @@ use ::metrics::{counter, histogram};
 
 use crate::app::App;
 use crate::auth::Subject;
+use crate::connection::Peer;
 use crate::handshake::{self, Refusal};
 use crate::limits::Verdict;
 use crate::metrics;
@@ -34,7 +36,15 @@ pub async fn authenticate(socket: SocketRef, State(app): State<Arc<App>>) -> Res
             .frappe
             .get_user_info(&site, accepted)
             .await
-            .map_err(Refusal::Unauthorized),
+            .map_err(Refusal::Unauthorized)
+            .and_then(|session| {
+                let peer = socket.req_parts().extensions.get::<ConnectInfo<Peer>>();
+                let ip = handshake::client_ip(peer.and_then(|info| info.0.ip), headers);
+                app.seats
+                    .take(&settings.config.connection_caps, &site, ip, &session.user)
+                    .map(|seat| (session, seat))
+                    .map_err(Refusal::TooManyConnections)
+            }),
         Err(refusal) => Err(refusal),
     };
     let label = match &outcome {
@@ -43,8 +53,12 @@ pub async fn authenticate(socket: SocketRef, State(app): State<Arc<App>>) -> Res
     };
     counter!(metrics::HANDSHAKES, "site" => site.clone(), "outcome" => label).increment(1);
     match outcome {
-        Ok(session) => {
-            admit(&socket, ClientState::new(session, &settings.config.limits));
+        Ok((session, seat)) => {
+            admit(
+                &socket,
+                &app,
+                ClientState::new(session, seat, &settings.config.limits),
+            );
             Ok(())
         }
         Err(refusal) => {
@@ -61,8 +75,9 @@ pub async fn authenticate(socket: SocketRef, State(app): State<Arc<App>>) -> Res
 /// the connect handler only *after* the ack, so rooms joined there would miss events published
 /// the instant the client sees `connect`, and events the client emits right away (its buffered
 /// `doc_subscribe`s) could arrive before their listener exists.
-fn admit(socket: &SocketRef, client: Arc<ClientState>) {
+fn admit(socket: &SocketRef, app: &App, client: Arc<ClientState>) {
     let session = &client.session;
+    watch_if_websocket(socket, app);
     socket.join(rooms::user(&session.user));
     socket.join(rooms::WEBSITE);
     if session.is_system_user() {
@@ -73,6 +88,16 @@ fn admit(socket: &SocketRef, client: Arc<ClientState>) {
     socket.on_fallback(on_event);
     socket.on_disconnect(on_disconnect);
     socket.extensions.insert(client);
+}
+
+/// A socket that opened straight on websocket has its own request's connection to watch for
+/// slow consumption (upgraded sockets are registered when their upgrade request arrives).
+fn watch_if_websocket(socket: &SocketRef, app: &App) {
+    if socket.transport_type() == socketioxide::TransportType::Websocket
+        && let Some(ConnectInfo(peer)) = socket.req_parts().extensions.get::<ConnectInfo<Peer>>()
+    {
+        app.slow.track(socket.id, peer.meter.clone());
+    }
 }
 
 /// Runs once the socket is acknowledged; everything it needs was set up by [`admit`].
@@ -341,7 +366,9 @@ async fn on_disconnect(
     for (doctype, docname) in client.take_open() {
         rooms::announce_viewers(&socket, &client, &doctype, &docname, Presence::Departing).await;
     }
+    let cut_as_slow = app.slow.forget(socket.id);
     let reason = match (reason, socket.extensions.get::<ServerCause>()) {
+        _ if cut_as_slow => "slow_consumer",
         (DisconnectReason::ServerNSDisconnect, Some(ServerCause(cause))) => cause,
         (reason, _) => disconnect_label(reason),
     };

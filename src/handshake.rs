@@ -4,25 +4,30 @@
 //! session and either names the credential to validate or says why the client is refused.
 
 use std::fmt;
+use std::net::IpAddr;
 
 use http::header::{AUTHORIZATION, COOKIE, HOST, HeaderName, ORIGIN, SEC_WEBSOCKET_KEY};
 use http::{HeaderMap, HeaderValue, Request};
 
 use crate::auth::AuthFailure;
+use crate::caps::CapExceeded;
 
 /// `X-Frappe-Site-Name`, set by bench's nginx.
 const SITE_NAME: HeaderName = HeaderName::from_static("x-frappe-site-name");
+/// Set by a proxy on this machine that forwards the client's address (see [`client_ip`]).
+const FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// The headers an engine.io session keeps from the request that opened it: the ones
-/// [`check`] and [`resolve_site`] read, and `Sec-WebSocket-Key`, which engine.io reads from
-/// that same request to answer a websocket upgrade. Reading another header from
-/// `socket.req_parts()` means adding it here.
-pub const SESSION_HEADERS: [HeaderName; 6] = [
+/// [`check`], [`resolve_site`] and [`client_ip`] read, and `Sec-WebSocket-Key`, which
+/// engine.io reads from that same request to answer a websocket upgrade. Reading another
+/// header from `socket.req_parts()` means adding it here.
+pub const SESSION_HEADERS: [HeaderName; 7] = [
     HOST,
     ORIGIN,
     COOKIE,
     AUTHORIZATION,
     SITE_NAME,
+    FORWARDED_FOR,
     SEC_WEBSOCKET_KEY,
 ];
 
@@ -35,6 +40,8 @@ pub enum Refusal {
     NoAuthenticationMethod,
     /// The site did not vouch for the credential (or could not be asked).
     Unauthorized(AuthFailure),
+    /// A `realtime_max_connections_per_*` cap is full.
+    TooManyConnections(CapExceeded),
 }
 
 impl Refusal {
@@ -46,6 +53,7 @@ impl Refusal {
             Self::MissingCredentials => "missing_credentials",
             Self::NoAuthenticationMethod => "no_authentication_method",
             Self::Unauthorized(failure) => failure.kind.as_str(),
+            Self::TooManyConnections(cap) => cap.label(),
         }
     }
 }
@@ -62,6 +70,15 @@ impl fmt::Display for Refusal {
                 f.write_str("No authentication method used. Use cookie or authorization header.")
             }
             Self::Unauthorized(failure) => write!(f, "Unauthorized: {}", failure.detail),
+            Self::TooManyConnections(cap) => write!(
+                f,
+                "Too many connections for this {}",
+                match cap {
+                    CapExceeded::Site => "site",
+                    CapExceeded::Ip => "address",
+                    CapExceeded::User => "user",
+                }
+            ),
         }
     }
 }
@@ -90,6 +107,25 @@ pub struct Accepted {
     pub credential: Credential,
     /// The `Origin` header, the default base of callbacks to Frappe (spec §4.3).
     pub origin: String,
+}
+
+/// The client's address for per-address caps: the connection's peer, or, when the peer is a
+/// proxy on this machine, the address that proxy appended last to `X-Forwarded-For` (earlier
+/// entries come from the client and could be anything). Bench's nginx sets no such header, so
+/// behind it every client is the loopback address.
+pub fn client_ip(peer: Option<IpAddr>, headers: &HeaderMap) -> Option<IpAddr> {
+    let peer = peer?;
+    if !peer.is_loopback() {
+        return Some(peer);
+    }
+    let forwarded = headers
+        .get_all(&FORWARDED_FOR)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .last()
+        .and_then(|last| last.trim().parse::<IpAddr>().ok());
+    Some(forwarded.unwrap_or(peer))
 }
 
 /// Run the checks of spec §3.3 in Frappe's order; the first failure wins and nothing after it
@@ -374,5 +410,29 @@ mod tests {
             "Unauthorized: Frappe answered HTTP 500"
         );
         assert!(!format!("{:?}", Credential::Sid("secret".into())).contains("secret"));
+    }
+
+    #[test]
+    fn the_client_address_is_the_peer_or_what_a_local_proxy_appended_last() {
+        let remote: IpAddr = "203.0.113.9".parse().expect("ip");
+        let local: IpAddr = "127.0.0.1".parse().expect("ip");
+        let mut headers = HeaderMap::new();
+        assert_eq!(client_ip(Some(local), &headers), Some(local));
+        headers.insert(
+            "x-forwarded-for",
+            "10.0.0.1, 198.51.100.7".parse().expect("header"),
+        );
+        assert_eq!(
+            client_ip(Some(local), &headers),
+            "198.51.100.7".parse().ok()
+        );
+        assert_eq!(
+            client_ip(Some(remote), &headers),
+            Some(remote),
+            "a remote peer cannot claim another address"
+        );
+        headers.insert("x-forwarded-for", "not an address".parse().expect("header"));
+        assert_eq!(client_ip(Some(local), &headers), Some(local));
+        assert_eq!(client_ip(None, &headers), None);
     }
 }

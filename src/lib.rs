@@ -6,11 +6,14 @@
 //! and tracks who views a document, [`bridge`] delivers Frappe's Redis events, and [`server`]
 //! ties them together.
 
+pub mod answer_cache;
 pub mod app;
 pub mod auth;
 pub mod bridge;
+pub mod caps;
 pub mod coalesce;
 pub mod config;
+pub mod connection;
 pub mod handlers;
 pub mod handshake;
 pub mod limits;
@@ -22,3 +25,4 @@ pub mod revoke;
 pub mod rooms;
 pub mod server;
 pub mod sites;
+pub mod slow;

@@ -33,6 +33,8 @@ pub const DELIVERY_DURATION: &str = "frappe_realtime_delivery_duration_seconds";
 pub const REDIS_CONNECTED: &str = "frappe_realtime_redis_connected";
 pub const REDIS_RECONNECTS: &str = "frappe_realtime_redis_reconnects_total";
 pub const REDIS_LAST_MESSAGE: &str = "frappe_realtime_redis_last_message_timestamp_seconds";
+pub const USER_INFO_CACHE_HITS: &str = "frappe_realtime_user_info_cache_hits_total";
+pub const SLOW_CONSUMERS: &str = "frappe_realtime_slow_consumers_disconnected_total";
 pub const UPTIME: &str = "frappe_realtime_uptime_seconds";
 pub const BUILD_INFO: &str = "frappe_realtime_build_info";
 
@@ -164,6 +166,14 @@ fn describe() {
     describe_counter!(
         SEND_DROPPED,
         "Packets not queued because a socket's send queue was full"
+    );
+    describe_counter!(
+        SLOW_CONSUMERS,
+        "Websocket connections cut because the client stopped taking bytes"
+    );
+    describe_counter!(
+        USER_INFO_CACHE_HITS,
+        "Handshakes answered from remembered get_user_info answers"
     );
     describe_histogram!(
         DELIVERY_DURATION,

@@ -98,6 +98,7 @@ async fn disconnect_user(
             Json(json!({"error": "a valid Bearer token is required"})),
         );
     }
-    let disconnected = revoke::disconnect_user(&ops.io, &revocation.site, &revocation.user);
+    let disconnected =
+        revoke::disconnect_user(&ops.io, &ops.app, &revocation.site, &revocation.user);
     (StatusCode::OK, Json(json!({"disconnected": disconnected})))
 }

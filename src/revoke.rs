@@ -11,6 +11,7 @@ use serde::Deserialize;
 use socketioxide::SocketIo;
 use socketioxide::adapter::LocalAdapter;
 
+use crate::app::App;
 use crate::rooms;
 
 /// The Redis channel (on `redis_queue`) that carries revocations.
@@ -28,8 +29,10 @@ pub struct Revocation {
     pub user: String,
 }
 
-/// Disconnect every socket of `user` on `site`; returns how many there were.
-pub fn disconnect_user(io: &SocketIo<LocalAdapter>, site: &str, user: &str) -> usize {
+/// Disconnect every socket of `user` on `site` and forget their remembered `get_user_info`
+/// answers, so they cannot reconnect without Frappe's say; returns how many sockets there were.
+pub fn disconnect_user(io: &SocketIo<LocalAdapter>, app: &App, site: &str, user: &str) -> usize {
+    app.settings().frappe.forget_user(site, user);
     let Some(namespace) = io.of(format!("/{site}")) else {
         return 0;
     };
@@ -46,10 +49,10 @@ pub fn disconnect_user(io: &SocketIo<LocalAdapter>, site: &str, user: &str) -> u
 
 /// Handle one message from [`CHANNEL`]; a malformed one is logged (without its payload) and
 /// dropped.
-pub fn handle(io: &SocketIo<LocalAdapter>, payload: &[u8]) {
+pub fn handle(io: &SocketIo<LocalAdapter>, app: &App, payload: &[u8]) {
     match serde_json::from_slice::<Revocation>(payload) {
         Ok(revocation) => {
-            disconnect_user(io, &revocation.site, &revocation.user);
+            disconnect_user(io, app, &revocation.site, &revocation.user);
         }
         Err(_) => tracing::warn!(
             channel = CHANNEL,

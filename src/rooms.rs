@@ -9,6 +9,7 @@ use serde::Serialize;
 use socketioxide::extract::SocketRef;
 
 use crate::auth::Session;
+use crate::caps::Seat;
 use crate::limits::{EventBudget, Limits, Verdict};
 
 pub const WEBSITE: &str = "website";
@@ -41,14 +42,17 @@ pub struct ClientState {
     pub session: Session,
     open_docs: Mutex<BTreeSet<(String, String)>>,
     budget: Mutex<EventBudget>,
+    /// Held for the socket's lifetime; dropping the state frees the connection's place.
+    _seat: Seat,
 }
 
 impl ClientState {
-    pub fn new(session: Session, limits: &Limits) -> Arc<Self> {
+    pub fn new(session: Session, seat: Seat, limits: &Limits) -> Arc<Self> {
         Arc::new(Self {
             session,
             open_docs: Mutex::new(BTreeSet::new()),
             budget: Mutex::new(EventBudget::new(limits)),
+            _seat: seat,
         })
     }
 

@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
+use axum::extract::ConnectInfo;
+use axum::extract::connect_info::Connected;
 use axum::http::StatusCode;
-use axum::serve::Listener;
+use axum::serve::{IncomingStream, Listener};
 use futures_util::FutureExt;
 use socketioxide::SocketIo;
 use socketioxide::adapter::LocalAdapter;
@@ -21,10 +23,12 @@ use ::metrics::counter;
 use crate::app::App;
 use crate::bridge::{self, Subscription};
 use crate::config::{Config, Listen, Overrides};
+use crate::connection::{MeteredListener, Peer};
 use crate::handshake;
 use crate::metrics::{self, Metrics};
 use crate::ops::{self, Ops};
 use crate::sites::SiteRegistry;
+use crate::slow::SlowConsumers;
 
 /// Node's `maxHttpBufferSize` default, which Frappe's clients expect (socketioxide: 100 KB).
 const MAX_PAYLOAD: u64 = 1_000_000;
@@ -82,7 +86,12 @@ pub async fn run(
     }
     let watcher = tokio::spawn(registry.watch());
     let subscription = Subscription::default();
-    let subscriber = tokio::spawn(bridge::run(io.clone(), redis, subscription.clone()));
+    let subscriber = tokio::spawn(bridge::run(
+        io.clone(),
+        app.clone(),
+        redis,
+        subscription.clone(),
+    ));
     let ops = ops::router(Arc::new(Ops {
         app: app.clone(),
         io: io.clone(),
@@ -105,7 +114,8 @@ pub async fn run(
         let _ = stopping_tx.send(true);
     });
 
-    let service = http_service(layer, ops);
+    let slow_consumers = tokio::spawn(app.slow.clone().run(app.clone()));
+    let service = http_service(layer, ops, app.slow.clone());
     let result = match &listen {
         Listen::Port(port) => {
             let listener = bind_tcp(options.host, *port).await?;
@@ -121,6 +131,7 @@ pub async fn run(
     };
     watcher.abort();
     subscriber.abort();
+    slow_consumers.abort();
     reloader.abort();
     if let Some(listener) = metrics_listener {
         listener.abort();
@@ -183,14 +194,37 @@ async fn reload_on_hangup(app: Arc<App>, overrides: Overrides) {
 /// The Socket.IO layer must wrap the router *once*: `Router::layer` applies a layer to each
 /// route separately, and every application builds its own engine.io session table (a session
 /// opened by a polling GET would then be unknown to the POST that follows).
-fn http_service(layer: socketioxide::layer::SocketIoLayer, ops: Router) -> Router {
+fn http_service(
+    layer: socketioxide::layer::SocketIoLayer,
+    ops: Router,
+    slow: Arc<SlowConsumers>,
+) -> Router {
     let rest = ops.fallback(|| async { (StatusCode::NOT_FOUND, "Not Found\n") });
     let socket_io = ServiceBuilder::new()
         .map_request(count_engine_session)
+        .map_request(move |request| track_upgrade(&slow, request))
         .layer(CorsLayer::very_permissive())
         .layer(layer)
         .service(rest);
     Router::new().fallback_service(socket_io)
+}
+
+/// Watch the connection of a polling session upgrading to websocket (`transport=websocket`
+/// with the session's `sid`): the socket's own request is the polling one, on another
+/// connection.
+fn track_upgrade<B>(
+    slow: &SlowConsumers,
+    request: axum::http::Request<B>,
+) -> axum::http::Request<B> {
+    if let Some(query) = request.uri().query()
+        && query.split('&').any(|pair| pair == "transport=websocket")
+        && let Some(sid) = query.split('&').find_map(|pair| pair.strip_prefix("sid="))
+        && let Ok(sid) = sid.parse()
+        && let Some(ConnectInfo(peer)) = request.extensions().get::<ConnectInfo<Peer>>()
+    {
+        slow.track(sid, peer.meter.clone());
+    }
+    request
 }
 
 /// Count engine.io sessions as they open: a `/socket.io/` request without a `sid`.
@@ -271,12 +305,15 @@ async fn serve<L>(
 where
     L: Listener,
     L::Addr: std::fmt::Debug,
+    Peer: for<'a> Connected<IncomingStream<'a, MeteredListener<L>>>,
 {
     let stopped = |mut stopping: watch::Receiver<bool>| async move {
         let _ = stopping.wait_for(|stopped| *stopped).await;
     };
     let deadline = stopped(stopping.clone()).then(|()| tokio::time::sleep(SHUTDOWN_GRACE));
-    let server = axum::serve(listener, service).with_graceful_shutdown(stopped(stopping));
+    let service = service.into_make_service_with_connect_info::<Peer>();
+    let server =
+        axum::serve(MeteredListener(listener), service).with_graceful_shutdown(stopped(stopping));
     tokio::select! {
         result = server => result.context("serving HTTP"),
         () = deadline => Ok(()),

@@ -13,7 +13,8 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use notify::event::{AccessKind, AccessMode};
+use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use socketioxide::SocketIo;
 use socketioxide::adapter::LocalAdapter;
 use socketioxide::handler::ConnectHandler;
@@ -36,6 +37,17 @@ pub fn scan(sites_dir: &Path) -> BTreeSet<String> {
             is_site_name(name) && sites_dir.join(name).join("site_config.json").is_file()
         })
         .collect()
+}
+
+/// Whether a watch event can mean a site appeared or went. Reads are not: the rescan itself
+/// opens these folders, so reacting to them would rescan in a loop and burn a core. A file
+/// closed after writing is (a `site_config.json` just written).
+fn changes_sites(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    }
 }
 
 /// A folder name usable as a namespace: not hidden, no path separators.
@@ -95,9 +107,11 @@ impl SiteRegistry {
     /// Re-sync whenever something changes under `sites/`, until the task is dropped.
     pub async fn watch(mut self) {
         let (tx, mut changes) = mpsc::channel::<()>(1);
-        let watcher = notify::recommended_watcher(move |_event| {
+        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
             // A full channel means a rescan is already pending; that one will see this change.
-            let _ = tx.try_send(());
+            if event.is_ok_and(|event| changes_sites(&event.kind)) {
+                let _ = tx.try_send(());
+            }
         });
         let mut watcher = match watcher {
             Ok(watcher) => Some(watcher),
@@ -159,5 +173,21 @@ mod tests {
         std::fs::write(dir.path().join("common_site_config.json"), "{}").expect("w");
         assert_eq!(scan(dir.path()), BTreeSet::from(["a.local".to_owned()]));
         assert!(scan(&dir.path().join("missing")).is_empty());
+    }
+
+    #[test]
+    fn reading_the_folders_is_not_a_change() {
+        use notify::event::{CreateKind, RemoveKind};
+        assert!(!changes_sites(&EventKind::Access(AccessKind::Open(
+            AccessMode::Any
+        ))));
+        assert!(!changes_sites(&EventKind::Access(AccessKind::Close(
+            AccessMode::Read
+        ))));
+        assert!(changes_sites(&EventKind::Access(AccessKind::Close(
+            AccessMode::Write
+        ))));
+        assert!(changes_sites(&EventKind::Create(CreateKind::Folder)));
+        assert!(changes_sites(&EventKind::Remove(RemoveKind::File)));
     }
 }

@@ -54,6 +54,11 @@ export class FakeFrappe {
     this.secretsIssued.add(sid);
   }
 
+  /** A logout: `sid` stops being a session (Frappe then answers Guest). */
+  removeSession(site, sid) {
+    this.#site(site).sessions.delete(sid);
+  }
+
   /** An API credential: the whole Authorization header value (`token k:s`, `Basic …`, `Bearer …`). */
   addToken(site, authorization, user, userType = "System User") {
     this.#site(site).tokens.set(authorization, { user, userType });

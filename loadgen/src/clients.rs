@@ -1,0 +1,431 @@
+//! The simulated browser tabs: one tokio task per connection, each holding its websocket,
+//! answering pings, stamping the receive time of every event, and — while a reconnect storm
+//! is under way — coming back after its connection drops, as socket.io-client does.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::engineio::{self, ConnectError, Frame, Socket, Target};
+use crate::identity::Identities;
+use crate::recorder::{Clock, Percentiles, Recorder, micros_histogram, record_duration};
+
+/// socket.io-client's reconnection backoff (`reconnectionDelay`, `reconnectionDelayMax`,
+/// `randomizationFactor`; Frappe's client keeps the defaults 1000 ms, 5000 ms, 0.5): the n-th
+/// retry (from 0) waits `delay · 2ⁿ` ± `jitter` of it, capped at `max`. The first retry thus
+/// comes 0.5–1.5 s after the drop.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    pub delay: Duration,
+    pub max: Duration,
+    pub jitter: f64,
+    /// Give up after this many failed retries (0: never). Frappe's client gives up after 3;
+    /// a storm measurement wants every client back, so the default is 0.
+    pub attempts: u32,
+}
+
+impl Backoff {
+    pub fn wait(&self, retry: u32) -> Duration {
+        let base = self.delay.as_secs_f64() * 2f64.powi(retry.min(30) as i32);
+        let deviation = base * self.jitter * fastrand::f64();
+        // As backo2: the deviation is added or subtracted with equal chance.
+        let jittered = if fastrand::bool() {
+            base + deviation
+        } else {
+            base - deviation
+        };
+        Duration::from_secs_f64(jittered.clamp(0.0, self.max.as_secs_f64()))
+    }
+}
+
+/// Failure counts by kind, plus the last message of each kind (to explain them).
+#[derive(Debug, Default)]
+pub struct Failures {
+    counts: Mutex<BTreeMap<&'static str, (u64, String)>>,
+}
+
+impl Failures {
+    fn add(&self, error: &ConnectError) {
+        let mut counts = self
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let entry = counts.entry(error.kind()).or_default();
+        entry.0 += 1;
+        entry.1 = error.to_string();
+    }
+
+    fn add_timeout(&self) {
+        let mut counts = self
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let entry = counts.entry("timeout").or_default();
+        entry.0 += 1;
+        entry.1 = "no namespace CONNECT within the connect timeout".into();
+    }
+
+    /// Counts by kind since the previous call, which starts a new count.
+    pub fn take(&self) -> BTreeMap<String, (u64, String)> {
+        let mut counts = self
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        std::mem::take(&mut *counts)
+            .into_iter()
+            .map(|(kind, entry)| (kind.to_owned(), entry))
+            .collect()
+    }
+}
+
+/// What every client task shares.
+pub struct Shared {
+    pub target: Target,
+    pub identities: Identities,
+    pub clock: Clock,
+    pub recorder: Recorder,
+    pub connect_timeout: Duration,
+    pub backoff: Backoff,
+    /// Sockets currently joined to the namespace.
+    pub connected: AtomicUsize,
+    /// Whether a dropped client comes back (only during a reconnect storm).
+    pub reconnect: AtomicBool,
+    /// Successful reconnections since the flag was last raised.
+    pub reconnections: AtomicU64,
+    /// Connection attempts of any kind that failed.
+    pub failures: Failures,
+    /// Events other than the load generator's (counted, not measured).
+    pub other_events: AtomicU64,
+}
+
+/// One client's first connection: its latency, or why it failed.
+type FirstResult = Result<Duration, Option<ConnectError>>;
+
+struct Client {
+    task: JoinHandle<()>,
+    alive: Arc<AtomicBool>,
+    user: usize,
+}
+
+/// The figures of one [`Pool::grow`].
+#[derive(Debug)]
+pub struct GrowOutcome {
+    pub attempted: usize,
+    pub connected: usize,
+    pub wall: Duration,
+    pub latency: Percentiles,
+    pub failures: BTreeMap<String, (u64, String)>,
+}
+
+/// A set of clients; `tabs_per_sid` clients share each sid (the tabs of one browser).
+pub struct Pool {
+    shared: Arc<Shared>,
+    clients: Vec<Client>,
+    tabs_per_sid: usize,
+}
+
+impl Pool {
+    pub fn new(shared: Arc<Shared>, tabs_per_sid: usize) -> Self {
+        Self {
+            shared,
+            clients: Vec::new(),
+            tabs_per_sid: tabs_per_sid.max(1),
+        }
+    }
+
+    /// Distinct sids among the clients.
+    pub fn credentials(&self) -> usize {
+        self.clients.len().div_ceil(self.tabs_per_sid)
+    }
+
+    /// Clients joined to the namespace right now.
+    pub fn alive(&self) -> usize {
+        self.clients
+            .iter()
+            .filter(|c| c.alive.load(Ordering::Relaxed))
+            .count()
+    }
+
+    /// The user of a random client that is connected now.
+    pub fn random_alive_user(&self) -> Option<usize> {
+        if self.clients.is_empty() {
+            return None;
+        }
+        for _ in 0..64 {
+            let client = &self.clients[fastrand::usize(..self.clients.len())];
+            if client.alive.load(Ordering::Relaxed) {
+                return Some(client.user);
+            }
+        }
+        self.clients
+            .iter()
+            .find(|c| c.alive.load(Ordering::Relaxed))
+            .map(|c| c.user)
+    }
+
+    /// How many connected clients are logged in as `user` (the tabs sharing its sid).
+    pub fn tabs_of(&self, user: usize) -> usize {
+        let first = user * self.tabs_per_sid;
+        self.clients
+            .iter()
+            .skip(first)
+            .take(self.tabs_per_sid)
+            .filter(|c| c.alive.load(Ordering::Relaxed))
+            .count()
+    }
+
+    /// Add clients until there are `total`, at most `concurrency` connecting at once, and
+    /// wait (until `deadline` at most) for each first attempt to end. A client whose first
+    /// attempt fails is gone; the outcome counts it.
+    pub async fn grow(
+        &mut self,
+        total: usize,
+        concurrency: usize,
+        deadline: Instant,
+    ) -> GrowOutcome {
+        let started = Instant::now();
+        let before = self.clients.len();
+        let permits = Arc::new(Semaphore::new(concurrency.max(1)));
+        let (results, mut results_rx) = mpsc::unbounded_channel::<FirstResult>();
+        self.shared.failures.take();
+        for index in before..total {
+            let user = index / self.tabs_per_sid;
+            let sid = self.shared.identities.sid(user);
+            let alive = Arc::new(AtomicBool::new(false));
+            let task = tokio::spawn(run_client(
+                self.shared.clone(),
+                sid,
+                alive.clone(),
+                permits.clone(),
+                results.clone(),
+            ));
+            self.clients.push(Client { task, alive, user });
+        }
+        drop(results);
+        let attempted = total.saturating_sub(before);
+        let mut latencies: Histogram<u64> = micros_histogram();
+        let mut connected = 0;
+        let mut ended = 0;
+        while ended < attempted {
+            let Ok(Some(result)) =
+                tokio::time::timeout_at(deadline.into(), results_rx.recv()).await
+            else {
+                break;
+            };
+            ended += 1;
+            if let Ok(latency) = result {
+                connected += 1;
+                record_duration(&mut latencies, latency);
+            }
+        }
+        let mut failures = self.shared.failures.take();
+        if ended < attempted {
+            failures.insert(
+                "unfinished".into(),
+                (
+                    (attempted - ended) as u64,
+                    "still connecting when the phase's time ran out".into(),
+                ),
+            );
+        }
+        GrowOutcome {
+            attempted,
+            connected,
+            wall: started.elapsed(),
+            latency: Percentiles::of_micros(&latencies),
+            failures,
+        }
+    }
+
+    /// Disconnect every client (their tasks end; the kernel closes the sockets).
+    pub fn close(&mut self) {
+        for client in self.clients.drain(..) {
+            client.task.abort();
+            if client.alive.swap(false, Ordering::Relaxed) {
+                self.shared.connected.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// Marks a client connected for as long as it lives, and disconnected when dropped — also
+/// when the task is aborted mid-session.
+struct Joined<'a> {
+    shared: &'a Shared,
+    alive: &'a AtomicBool,
+}
+
+impl<'a> Joined<'a> {
+    fn new(shared: &'a Shared, alive: &'a AtomicBool) -> Self {
+        alive.store(true, Ordering::Relaxed);
+        shared.connected.fetch_add(1, Ordering::Relaxed);
+        Self { shared, alive }
+    }
+}
+
+impl Drop for Joined<'_> {
+    fn drop(&mut self) {
+        if self.alive.swap(false, Ordering::Relaxed) {
+            self.shared.connected.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+async fn attempt(shared: &Shared, sid: &str) -> Result<Socket, Option<ConnectError>> {
+    match tokio::time::timeout(
+        shared.connect_timeout,
+        engineio::connect(&shared.target, sid),
+    )
+    .await
+    {
+        Ok(Ok(socket)) => Ok(socket),
+        Ok(Err(error)) => {
+            shared.failures.add(&error);
+            Err(Some(error))
+        }
+        Err(_) => {
+            shared.failures.add_timeout();
+            Err(None)
+        }
+    }
+}
+
+async fn run_client(
+    shared: Arc<Shared>,
+    sid: String,
+    alive: Arc<AtomicBool>,
+    permits: Arc<Semaphore>,
+    first: mpsc::UnboundedSender<FirstResult>,
+) {
+    let started = Instant::now();
+    let socket = {
+        let Ok(_permit) = permits.acquire().await else {
+            return;
+        };
+        attempt(&shared, &sid).await
+    };
+    let mut socket = match socket {
+        Ok(socket) => {
+            let _ = first.send(Ok(started.elapsed()));
+            socket
+        }
+        Err(error) => {
+            let _ = first.send(Err(error));
+            return;
+        }
+    };
+    drop(first);
+    loop {
+        {
+            let _joined = Joined::new(&shared, &alive);
+            // The session owns the socket and closes it when it ends: a client holding its
+            // dead connection while it reconnects would need two descriptors, and 19.5k
+            // clients would run out of them mid-storm.
+            session(&shared, socket).await;
+        }
+        match reconnect(&shared, &sid).await {
+            Some(again) => {
+                shared.reconnections.fetch_add(1, Ordering::Relaxed);
+                socket = again;
+            }
+            None => return,
+        }
+    }
+}
+
+/// After a drop: wait and retry with backoff while reconnecting is on. `None` when the
+/// client gives up — reconnecting is off, it ran out of attempts, or the server refused the
+/// namespace (socket.io-client does not retry a CONNECT_ERROR either).
+async fn reconnect(shared: &Shared, sid: &str) -> Option<Socket> {
+    let mut retry = 0;
+    loop {
+        if !shared.reconnect.load(Ordering::Relaxed) {
+            return None;
+        }
+        tokio::time::sleep(shared.backoff.wait(retry)).await;
+        if !shared.reconnect.load(Ordering::Relaxed) {
+            return None;
+        }
+        match attempt(shared, sid).await {
+            Ok(socket) => return Some(socket),
+            Err(Some(ConnectError::Refused(_))) => return None,
+            Err(_) => {
+                retry += 1;
+                if shared.backoff.attempts != 0 && retry >= shared.backoff.attempts {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// Read until the connection ends, answering pings and stamping events; then close it.
+async fn session(shared: &Shared, mut socket: Socket) {
+    while let Some(message) = socket.next().await {
+        let text = match message {
+            Ok(Message::Text(text)) => text,
+            Ok(Message::Close(_)) | Err(_) => return,
+            Ok(_) => continue,
+        };
+        match engineio::classify(&text) {
+            Frame::Stamped(stamp) => {
+                shared
+                    .recorder
+                    .record(stamp.step, stamp.sent_ns, shared.clock.now_ns());
+            }
+            Frame::Ping => {
+                if socket.send(Message::text("3")).await.is_err() {
+                    return;
+                }
+            }
+            Frame::Event => {
+                shared.other_events.fetch_add(1, Ordering::Relaxed);
+            }
+            Frame::Disconnect => return,
+            Frame::Other => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_follows_socket_io_client() {
+        let backoff = Backoff {
+            delay: Duration::from_millis(1000),
+            max: Duration::from_millis(5000),
+            jitter: 0.5,
+            attempts: 0,
+        };
+        for _ in 0..200 {
+            let first = backoff.wait(0);
+            assert!(first >= Duration::from_millis(500) && first <= Duration::from_millis(1500));
+            let second = backoff.wait(1);
+            assert!(second >= Duration::from_millis(1000) && second <= Duration::from_millis(3000));
+            assert!(backoff.wait(10) <= Duration::from_millis(5000));
+        }
+        let uniform = Backoff {
+            delay: Duration::from_millis(500),
+            jitter: 1.0,
+            ..backoff
+        };
+        for _ in 0..200 {
+            assert!(uniform.wait(0) <= Duration::from_millis(1000));
+        }
+    }
+}

@@ -1,0 +1,500 @@
+//! The measurements, run against one server in a fixed order: connect, idle memory,
+//! broadcast steps, user-room steps, reconnect storms, scale. Each is bounded in time and
+//! count; a failing one stops the run and the report keeps what was measured before it.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::cli::{Args, Phase};
+use crate::clients::Pool;
+use crate::identity::Identities;
+use crate::procs::ServerCommand;
+use crate::report::{
+    ConnectReport, IdleReport, RunReport, ScaleStep, StepReport, StepsReport, StormReport, Verdict,
+};
+use crate::stack::Stack;
+use crate::system::own_cpu;
+
+/// Most events published in one Redis round trip.
+const MAX_BATCH: u64 = 1000;
+/// How long deliveries must have stopped before a step starts.
+const QUIET: Duration = Duration::from_millis(250);
+/// Longest wait for the previous step's stragglers.
+const DRAIN_LIMIT: Duration = Duration::from_secs(5);
+
+/// Run every selected phase against `command`; errors end up in the report.
+pub async fn run_server(
+    args: &Args,
+    label: &str,
+    command: ServerCommand,
+    server_core: Option<usize>,
+    max_clients: usize,
+) -> RunReport {
+    let mut report = RunReport {
+        label: label.to_owned(),
+        command: command.describe(),
+        frappe_version: args.frappe_version,
+        clients: args.clients,
+        ..RunReport::default()
+    };
+    eprintln!("loadgen: measuring {label}: {}", report.command);
+    if let Err(error) = run_phases(args, command, server_core, max_clients, &mut report).await {
+        eprintln!("loadgen: {label}: {error:#}");
+        report.error = Some(format!("{error:#}"));
+    }
+    report
+}
+
+async fn run_phases(
+    args: &Args,
+    command: ServerCommand,
+    server_core: Option<usize>,
+    max_clients: usize,
+    report: &mut RunReport,
+) -> Result<()> {
+    let mut stack = Stack::start(args, command, server_core).await?;
+    report.server_rss_baseline_kib = stack.server_usage()?.rss_kib;
+    let mut runner = Runner {
+        args,
+        stack: &mut stack,
+    };
+
+    let needs_clients = [
+        Phase::Connect,
+        Phase::Idle,
+        Phase::Broadcast,
+        Phase::User,
+        Phase::Storm,
+    ]
+    .iter()
+    .any(|p| args.has(*p));
+    let mut pool = Pool::new(runner.stack.shared.clone(), 1);
+    if needs_clients {
+        progress("connect", args.clients);
+        let connect = runner.connect(&mut pool, args.clients).await?;
+        if connect.connected == 0 {
+            report.connect = Some(connect);
+            bail!("no client could connect");
+        }
+        if args.has(Phase::Connect) {
+            report.connect = Some(connect);
+        }
+    }
+    if args.has(Phase::Idle) {
+        progress("idle", pool.alive());
+        report.idle = Some(runner.idle(&pool, report.server_rss_baseline_kib).await?);
+    }
+    if args.has(Phase::Broadcast) {
+        progress("broadcast", pool.alive());
+        report.broadcast = Some(
+            runner
+                .steps(&pool, Fanout::Broadcast, &args.broadcast_rates)
+                .await?,
+        );
+    }
+    if args.has(Phase::User) {
+        progress("user", pool.alive());
+        report.user_room = Some(runner.steps(&pool, Fanout::User, &args.user_rates).await?);
+    }
+    if args.has(Phase::Storm) {
+        progress("storm", pool.alive());
+        report.storms.push(runner.storm(&pool, "distinct").await?);
+    }
+    pool.close();
+    if args.has(Phase::StormShared) {
+        // Let the server see the previous clients go before the next ones come.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut shared = Pool::new(runner.stack.shared.clone(), args.storm_tabs);
+        progress("storm-shared: connect", args.clients);
+        let connect = runner.connect(&mut shared, args.clients).await?;
+        if connect.connected == 0 {
+            bail!("no client could connect for the shared-sid storm");
+        }
+        progress("storm-shared", shared.alive());
+        report.storms.push(runner.storm(&shared, "shared").await?);
+        shared.close();
+    }
+    if args.has(Phase::Scale) {
+        report.scale = runner.scale(max_clients).await?;
+    }
+    stack.shutdown().await
+}
+
+fn progress(phase: &str, clients: usize) {
+    eprintln!("loadgen:   {phase} ({clients} clients)");
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fanout {
+    /// Every event to room `all` (every client is a System User).
+    Broadcast,
+    /// Every event to `user:<email>` of one random connected client.
+    User,
+}
+
+struct Runner<'a> {
+    args: &'a Args,
+    stack: &'a mut Stack,
+}
+
+/// CPU time of the server and of this process, and the wall clock, at one moment.
+struct CpuMark {
+    server: Duration,
+    own: Duration,
+    at: Instant,
+}
+
+impl CpuMark {
+    fn take(stack: &Stack) -> Result<Self> {
+        Ok(Self {
+            server: stack.server_usage()?.cpu,
+            own: own_cpu(),
+            at: Instant::now(),
+        })
+    }
+
+    /// CPU used by the server and by this process, and the wall time, since this mark.
+    fn since(&self, stack: &Stack) -> Result<Spent> {
+        let now = Self::take(stack)?;
+        Ok(Spent {
+            server: now.server.saturating_sub(self.server),
+            own: now.own.saturating_sub(self.own),
+            wall: now.at - self.at,
+        })
+    }
+}
+
+struct Spent {
+    server: Duration,
+    own: Duration,
+    wall: Duration,
+}
+
+impl Spent {
+    fn own_percent(&self) -> f64 {
+        percent(self.own, self.wall)
+    }
+}
+
+fn percent(part: Duration, whole: Duration) -> f64 {
+    if whole.is_zero() {
+        0.0
+    } else {
+        part.as_secs_f64() / whole.as_secs_f64() * 100.0
+    }
+}
+
+fn per_second(count: f64, wall: Duration) -> f64 {
+    if wall.is_zero() {
+        0.0
+    } else {
+        count / wall.as_secs_f64()
+    }
+}
+
+fn micros_each(total: Duration, count: u64) -> f64 {
+    if count == 0 {
+        0.0
+    } else {
+        total.as_secs_f64() * 1e6 / count as f64
+    }
+}
+
+impl Runner<'_> {
+    /// A generous bound on connecting `n` clients: every batch of `--concurrency` may take a
+    /// whole connect timeout, but never more than 10 minutes.
+    fn connect_deadline(&self, n: usize) -> Instant {
+        let batches = n.div_ceil(self.args.concurrency.max(1)) as u32;
+        let bound = (self.args.connect_timeout() * batches.max(1))
+            .min(Duration::from_secs(600))
+            .max(self.args.connect_timeout() + Duration::from_secs(5));
+        Instant::now() + bound
+    }
+
+    async fn connect(&mut self, pool: &mut Pool, n: usize) -> Result<ConnectReport> {
+        self.stack.frappe.take_counts().await?;
+        let mark = CpuMark::take(self.stack)?;
+        let outcome = pool
+            .grow(n, self.args.concurrency, self.connect_deadline(n))
+            .await;
+        let spent = mark.since(self.stack)?;
+        self.stack.server.check_alive()?;
+        Ok(ConnectReport {
+            clients: outcome.attempted,
+            concurrency: self.args.concurrency,
+            connected: outcome.connected,
+            failures: outcome.failures,
+            wall_ms: outcome.wall.as_secs_f64() * 1000.0,
+            per_s: per_second(outcome.connected as f64, outcome.wall),
+            latency: outcome.latency,
+            auth: self.stack.frappe.take_counts().await?,
+            server_cpu_ms: spent.server.as_secs_f64() * 1000.0,
+            server_cpu_us_per_handshake: micros_each(spent.server, outcome.connected as u64),
+            loadgen_cpu_pct: spent.own_percent(),
+        })
+    }
+
+    async fn idle(&mut self, pool: &Pool, baseline_kib: u64) -> Result<IdleReport> {
+        let mark = CpuMark::take(self.stack)?;
+        tokio::time::sleep(self.args.idle()).await;
+        let usage = self.stack.server_usage()?;
+        let spent = mark.since(self.stack)?;
+        let connections = pool.alive();
+        Ok(IdleReport {
+            connections,
+            idle_secs: self.args.idle_secs,
+            rss_baseline_kib: baseline_kib,
+            rss_kib: usage.rss_kib,
+            kib_per_connection: usage.rss_kib.saturating_sub(baseline_kib) as f64
+                / connections.max(1) as f64,
+            server_cpu_pct_idle: percent(spent.server, spent.wall),
+        })
+    }
+
+    async fn steps(&mut self, pool: &Pool, fanout: Fanout, rates: &[f64]) -> Result<StepsReport> {
+        let mut steps = Vec::new();
+        for &rate in rates {
+            let step = self.step(pool, fanout, rate).await?;
+            eprintln!(
+                "loadgen:     {rate} ev/s: {:.0} deliveries/s, p99 {:.1} ms, {:?}",
+                step.delivered_per_s, step.latency.p99_ms, step.verdict
+            );
+            let saturated = !step.verdict.is_ok();
+            steps.push(step);
+            if saturated {
+                break;
+            }
+        }
+        let kind = match fanout {
+            Fanout::Broadcast => "broadcast",
+            Fanout::User => "user",
+        };
+        Ok(StepsReport::new(kind, pool.alive(), steps))
+    }
+
+    /// Wait until deliveries have stopped for a moment (bounded), so a backlog of the
+    /// previous step does not load this one.
+    async fn drain(&self) {
+        let limit = Instant::now() + DRAIN_LIMIT;
+        let recorder = &self.stack.shared.recorder;
+        loop {
+            let before = recorder.seen();
+            tokio::time::sleep(QUIET).await;
+            if recorder.seen() == before || Instant::now() > limit {
+                return;
+            }
+        }
+    }
+
+    /// Publish at `rate` for the step's duration, wait for stragglers, and judge the step.
+    async fn step(&mut self, pool: &Pool, fanout: Fanout, rate: f64) -> Result<StepReport> {
+        self.drain().await;
+        self.stack.server.check_alive()?;
+        if self.stack.publisher.subscribers().await? == 0 {
+            // Redis drops a subscriber whose output buffer overflows; the server re-subscribes.
+            self.stack.wait_ready(self.args.ready_timeout()).await?;
+        }
+        let args = self.args;
+        let duration = args
+            .step()
+            .max(Duration::from_secs_f64(args.min_events as f64 / rate));
+        let planned = (rate * duration.as_secs_f64()).ceil().max(1.0) as u64;
+        let shared = self.stack.shared.clone();
+        let step_id = next_step_id();
+        shared.recorder.begin(step_id);
+        let mark = CpuMark::take(self.stack)?;
+        let start = Instant::now();
+        let start_ns = shared.clock.now_ns();
+        let give_up = start + duration.mul_f64(1.5) + Duration::from_secs(1);
+        let mut ticker = tokio::time::interval(Duration::from_millis(1));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut published = 0u64;
+        let mut expected = 0u64;
+        let mut rooms: Vec<String> = Vec::new();
+        while published < planned && Instant::now() < give_up {
+            let due = ((start.elapsed().as_secs_f64() * rate).floor() as u64 + 1).min(planned);
+            let batch = due.saturating_sub(published).min(MAX_BATCH);
+            if batch == 0 {
+                ticker.tick().await;
+                continue;
+            }
+            rooms.clear();
+            for _ in 0..batch {
+                match fanout {
+                    Fanout::Broadcast => {
+                        rooms.push("all".to_owned());
+                        // The counter, not a walk over 20k clients per event.
+                        expected += shared.connected.load(Ordering::Relaxed) as u64;
+                    }
+                    Fanout::User => {
+                        let user = pool.random_alive_user().context("no client is connected")?;
+                        rooms.push(Identities::user_room(user));
+                        expected += pool.tabs_of(user) as u64;
+                    }
+                }
+            }
+            published += self
+                .stack
+                .publisher
+                .publish(step_id, rooms.iter().map(String::as_str), &shared.clock)
+                .await?;
+        }
+        tokio::time::sleep_until((start + duration).into()).await;
+        let grace_end = Instant::now() + args.grace();
+        while shared.recorder.delivered() < expected && Instant::now() < grace_end {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let window = shared.recorder.end();
+        let spent = mark.since(self.stack)?;
+        let span_ns = window
+            .last_ns
+            .map_or(0, |last| last.saturating_sub(start_ns))
+            .max(u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX));
+        let span = Duration::from_nanos(span_ns);
+        let delivered_per_s = per_second(window.delivered as f64, span);
+        let offered_per_s = per_second(expected as f64, duration);
+        let verdict = if window.delivered < expected {
+            Verdict::Loss
+        } else if window.latency.p99_ms > args.lag_ms {
+            Verdict::Lag
+        } else if published < planned {
+            Verdict::PublisherBound
+        } else if delivered_per_s < 0.9 * offered_per_s {
+            Verdict::Behind
+        } else {
+            Verdict::Ok
+        };
+        Ok(StepReport {
+            rate,
+            secs: duration.as_secs_f64(),
+            published,
+            expected,
+            delivered: window.delivered,
+            lost: expected.saturating_sub(window.delivered),
+            stale: window.stale,
+            offered_per_s,
+            delivered_per_s,
+            latency: window.latency,
+            server_cpu_pct: percent(spent.server, spent.wall),
+            server_cpu_us_per_delivery: micros_each(spent.server, window.delivered),
+            loadgen_cpu_pct: spent.own_percent(),
+            loadgen_cpu_us_per_delivery: micros_each(spent.own, window.delivered),
+            verdict,
+        })
+    }
+
+    /// Stop the server under the pool's clients, start it again at once, and time how long
+    /// until every client that was connected is connected again.
+    async fn storm(&mut self, pool: &Pool, variant: &str) -> Result<StormReport> {
+        let args = self.args;
+        let shared = self.stack.shared.clone();
+        let clients = pool.alive();
+        shared.failures.take();
+        shared.reconnect.store(true, Ordering::Relaxed);
+        let own_before = own_cpu();
+        let signalled = Instant::now();
+        let result = async {
+            self.stack.server.stop(args.storm_signal.number()).await?;
+            let stopped = Instant::now();
+            self.stack.frappe.take_counts().await?;
+            self.stack.server.start()?;
+            let deadline = stopped + args.storm_timeout();
+            let back_at = loop {
+                if shared.connected.load(Ordering::Relaxed) >= clients {
+                    break Some(Instant::now());
+                }
+                if Instant::now() > deadline {
+                    break None;
+                }
+                self.stack.server.check_alive()?;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            };
+            Ok::<_, anyhow::Error>((stopped, back_at))
+        }
+        .await;
+        shared.reconnect.store(false, Ordering::Relaxed);
+        let (stopped, back_at) = result?;
+        let loadgen_cpu_pct = percent(own_cpu().saturating_sub(own_before), signalled.elapsed());
+        let auth = self.stack.frappe.take_counts().await?;
+        let server_cpu = self.stack.server_usage()?.cpu;
+        let back = pool.alive();
+        self.stack.wait_ready(args.ready_timeout()).await?;
+        let credentials = pool.credentials();
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        Ok(StormReport {
+            variant: variant.to_owned(),
+            clients,
+            credentials,
+            signal: args.storm_signal.name().to_owned(),
+            stop_ms: ms(stopped - signalled),
+            all_back_ms: back_at.map(|at| ms(at - stopped)),
+            all_back_from_signal_ms: back_at.map(|at| ms(at - signalled)),
+            back,
+            failures: shared.failures.take(),
+            calls_per_connection: auth.calls as f64 / clients.max(1) as f64,
+            calls_per_credential: auth.calls as f64 / credentials.max(1) as f64,
+            auth,
+            server_cpu_ms: ms(server_cpu),
+            loadgen_cpu_pct,
+        })
+    }
+
+    /// A fresh server, then connections in steps: memory per connection and CPU per delivery
+    /// of a fixed broadcast rate at each.
+    async fn scale(&mut self, max_clients: usize) -> Result<Vec<ScaleStep>> {
+        let args = self.args;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        self.stack.restart_server(args.ready_timeout()).await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let baseline = self.stack.server_usage()?.rss_kib;
+        let mut pool = Pool::new(self.stack.shared.clone(), 1);
+        let mut rows = Vec::new();
+        let mut targets: Vec<usize> = args
+            .scale_steps
+            .iter()
+            .map(|n| (*n).min(max_clients))
+            .collect();
+        targets.dedup();
+        for n in targets {
+            progress("scale", n);
+            let outcome = pool
+                .grow(n, args.concurrency, self.connect_deadline(n))
+                .await;
+            self.stack.server.check_alive()?;
+            tokio::time::sleep(args.idle()).await;
+            let rss = self.stack.server_usage()?.rss_kib;
+            let connected = pool.alive();
+            let step = self.step(&pool, Fanout::Broadcast, args.scale_rate).await?;
+            rows.push(ScaleStep {
+                clients: n,
+                connected,
+                connect_per_s: per_second(outcome.connected as f64, outcome.wall),
+                rss_kib: rss,
+                kib_per_connection: rss.saturating_sub(baseline) as f64 / connected.max(1) as f64,
+                rate: args.scale_rate,
+                delivered_per_s: step.delivered_per_s,
+                lost: step.lost,
+                latency: step.latency,
+                server_cpu_us_per_delivery: step.server_cpu_us_per_delivery,
+            });
+            if connected < n {
+                eprintln!(
+                    "loadgen:   scale stops at {n}: only {connected} connected ({:?})",
+                    outcome.failures
+                );
+                break;
+            }
+        }
+        pool.close();
+        Ok(rows)
+    }
+}
+
+/// Step ids are unique within the process, so a straggler from any earlier step (or run)
+/// is never counted as current.
+fn next_step_id() -> u32 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
