@@ -4,8 +4,9 @@
 // namespace (as alice, a System User: 3 rooms each), waits for them to settle, reads VmRSS
 // again, optionally once more after a ping cycle, and prints (after - before) / N.
 //
-// Usage: scripts/bench-memory [clients=2000] [websocket|polling] [hold_s=0]
-//   polling = Frappe's default: polling first, then the upgrade to websocket.
+// Usage: scripts/bench-memory [clients=2000] [websocket|polling|polling-only] [hold_s=0]
+//   polling = Frappe's default: polling first, then the upgrade to websocket;
+//   polling-only = clients that never upgrade (each holds a pending long-poll GET).
 //   hold_s  = also read RSS again after this many seconds (25 s = one ping interval).
 // Environment: HEAPTRACK=<file prefix> runs the server under heaptrack and SIGKILLs it once
 //   measured, so heaptrack_print's "leaked" figures are the live heap with N clients;
@@ -93,7 +94,8 @@ try {
   for (let i = 0; i < clients; i += BATCH) {
     const batch = [];
     for (let j = i; j < Math.min(clients, i + BATCH); j++) {
-      const s = stack.socket({ sid: "sid-alice", headers: browserHeaders, transports: transport === "polling" ? ["polling", "websocket"] : ["websocket"] });
+      const s = stack.socket({ sid: "sid-alice", headers: browserHeaders, transports: {
+        polling: ["polling", "websocket"], "polling-only": ["polling"], websocket: ["websocket"] }[transport] });
       sockets.push(s);
       batch.push(new Promise((resolve, reject) => {
         s.once("connect", resolve);
@@ -143,6 +145,9 @@ try {
     await waitFor(() => stack.server.proc.exitCode !== null || stack.server.proc.signalCode !== null,
       { timeoutMs: 120000, what: "heaptrack to finish" });
   }
+} catch (err) {
+  console.error(`bench/memory.mjs: ${err.message} (${sockets.filter((s) => s.connected).length} connected)`);
+  process.exitCode = 1;
 } finally {
   for (const s of sockets) s.disconnect();
   await stack.stop();
