@@ -83,8 +83,6 @@ fn admit(socket: &SocketRef, app: &App, client: Arc<ClientState>) {
     if session.is_system_user() {
         socket.join(rooms::ALL);
     }
-    // One fallback handler rather than one `socket.on` per event: socketioxide keeps the
-    // handlers of each socket in a map of its own, ~670 bytes per connection for these 11.
     socket.on_fallback(on_event);
     socket.on_disconnect(on_disconnect);
     socket.extensions.insert(client);
@@ -118,26 +116,48 @@ pub async fn on_connect(
     }
 }
 
-/// Every client event, by name. Unknown events are ignored without touching the budget, as
-/// they were when each event had a handler of its own.
+/// The client events Frappe's service handles (spec §5.2).
+const HANDLED_EVENTS: [&str; 11] = [
+    "ping",
+    "doctype_subscribe",
+    "doctype_unsubscribe",
+    "doc_subscribe",
+    "doc_unsubscribe",
+    "task_subscribe",
+    "progress_subscribe",
+    "task_unsubscribe",
+    "doc_open",
+    "doc_close",
+    "open_in_editor",
+];
+
+/// Every client event, by name: one handler per socket rather than one `socket.on` per event
+/// (socketioxide keeps each socket's handlers in a map of its own, ~670 bytes per connection
+/// for these 11). A known event first spends the socket's budget; unknown events are ignored
+/// without spending it.
 async fn on_event(
     socket: SocketRef,
-    app: State<Arc<App>>,
-    client: Extension<Arc<ClientState>>,
+    State(app): State<Arc<App>>,
+    Extension(client): Extension<Arc<ClientState>>,
     Event(event): Event,
-    args: TryData<EventArgs>,
+    TryData(args): TryData<EventArgs>,
 ) {
-    match event.as_str() {
-        "ping" => on_ping(socket, app, client).await,
+    let event = event.as_str();
+    if !HANDLED_EVENTS.contains(&event) || !within_budget(&socket, &app, &client) {
+        return;
+    }
+    let (socket, app, client, args) = (&socket, app.as_ref(), client.as_ref(), args.ok());
+    match event {
+        "ping" => on_ping(socket),
         "doctype_subscribe" => doctype_subscribe(socket, app, client, args).await,
-        "doctype_unsubscribe" => doctype_unsubscribe(socket, app, client, args).await,
+        "doctype_unsubscribe" => doctype_unsubscribe(socket, args),
         "doc_subscribe" => doc_subscribe(socket, app, client, args).await,
-        "doc_unsubscribe" => doc_unsubscribe(socket, app, client, args).await,
+        "doc_unsubscribe" => doc_unsubscribe(socket, args),
         "task_subscribe" | "progress_subscribe" => task_subscribe(socket, app, client, args).await,
-        "task_unsubscribe" => task_unsubscribe(socket, app, client, args).await,
+        "task_unsubscribe" => task_unsubscribe(socket, args),
         "doc_open" => doc_open(socket, app, client, args).await,
-        "doc_close" => doc_close(socket, app, client, args).await,
-        "open_in_editor" => open_in_editor(socket, app, client, args).await,
+        "doc_close" => doc_close(socket, client, args).await,
+        "open_in_editor" => open_in_editor(app, client, args).await,
         _ => {}
     }
 }
@@ -149,27 +169,18 @@ fn transport(socket: &SocketRef) -> &'static str {
     }
 }
 
-async fn on_ping(
-    socket: SocketRef,
-    State(app): State<Arc<App>>,
-    Extension(client): Extension<Arc<ClientState>>,
-) {
-    if within_budget(&socket, &app, &client) {
-        // A full queue only means this client is far behind; it will not miss a pong it can see.
-        let _ = socket.emit("pong", &NO_ARGS);
-    }
+fn on_ping(socket: &SocketRef) {
+    // A full queue only means this client is far behind; it will not miss a pong it can see.
+    let _ = socket.emit("pong", &NO_ARGS);
 }
 
 async fn doctype_subscribe(
-    socket: SocketRef,
-    State(app): State<Arc<App>>,
-    Extension(client): Extension<Arc<ClientState>>,
-    TryData(args): TryData<EventArgs>,
+    socket: &SocketRef,
+    app: &App,
+    client: &ClientState,
+    args: Option<EventArgs>,
 ) {
-    if !within_budget(&socket, &app, &client) {
-        return;
-    }
-    let Some(doctype) = args.ok().and_then(|a| a.text(0).map(str::to_owned)) else {
+    let Some(doctype) = args.and_then(|a| a.text(0).map(str::to_owned)) else {
         return;
     };
     let frappe = &app.settings().frappe;
@@ -177,34 +188,23 @@ async fn doctype_subscribe(
         .may_subscribe(&client.session, Subject::Doctype(&doctype))
         .await
     {
-        join_within_limit(&socket, &app, &client, rooms::doctype(&doctype));
+        join_within_limit(socket, app, client, rooms::doctype(&doctype));
     }
 }
 
-async fn doctype_unsubscribe(
-    socket: SocketRef,
-    State(app): State<Arc<App>>,
-    Extension(client): Extension<Arc<ClientState>>,
-    TryData(args): TryData<EventArgs>,
-) {
-    if !within_budget(&socket, &app, &client) {
-        return;
-    }
-    if let Some(doctype) = args.ok().as_ref().and_then(|a| a.text(0)) {
+fn doctype_unsubscribe(socket: &SocketRef, args: Option<EventArgs>) {
+    if let Some(doctype) = args.as_ref().and_then(|a| a.text(0)) {
         socket.leave(rooms::doctype(doctype));
     }
 }
 
 async fn doc_subscribe(
-    socket: SocketRef,
-    State(app): State<Arc<App>>,
-    Extension(client): Extension<Arc<ClientState>>,
-    TryData(args): TryData<EventArgs>,
+    socket: &SocketRef,
+    app: &App,
+    client: &ClientState,
+    args: Option<EventArgs>,
 ) {
-    if !within_budget(&socket, &app, &client) {
-        return;
-    }
-    let Some((doctype, docname)) = args.ok().and_then(|a| a.doc()) else {
+    let Some((doctype, docname)) = args.and_then(|a| a.doc()) else {
         return;
     };
     let frappe = &app.settings().frappe;
@@ -212,91 +212,56 @@ async fn doc_subscribe(
         .may_subscribe(&client.session, Subject::Doc(&doctype, &docname))
         .await
     {
-        join_within_limit(&socket, &app, &client, rooms::doc(&doctype, &docname));
+        join_within_limit(socket, app, client, rooms::doc(&doctype, &docname));
     }
 }
 
-async fn doc_unsubscribe(
-    socket: SocketRef,
-    State(app): State<Arc<App>>,
-    Extension(client): Extension<Arc<ClientState>>,
-    TryData(args): TryData<EventArgs>,
-) {
-    if !within_budget(&socket, &app, &client) {
-        return;
-    }
-    if let Some((doctype, docname)) = args.ok().and_then(|a| a.doc()) {
+fn doc_unsubscribe(socket: &SocketRef, args: Option<EventArgs>) {
+    if let Some((doctype, docname)) = args.and_then(|a| a.doc()) {
         socket.leave(rooms::doc(&doctype, &docname));
     }
 }
 
 async fn task_subscribe(
-    socket: SocketRef,
-    State(app): State<Arc<App>>,
-    Extension(client): Extension<Arc<ClientState>>,
-    TryData(args): TryData<EventArgs>,
+    socket: &SocketRef,
+    app: &App,
+    client: &ClientState,
+    args: Option<EventArgs>,
 ) {
-    if !within_budget(&socket, &app, &client) {
-        return;
-    }
-    if let Some(task_id) = args.ok().as_ref().and_then(|a| a.text(0)) {
-        join_within_limit(&socket, &app, &client, rooms::task(task_id));
+    if let Some(task_id) = args.as_ref().and_then(|a| a.text(0)) {
+        join_within_limit(socket, app, client, rooms::task(task_id));
     }
 }
 
-async fn task_unsubscribe(
-    socket: SocketRef,
-    State(app): State<Arc<App>>,
-    Extension(client): Extension<Arc<ClientState>>,
-    TryData(args): TryData<EventArgs>,
-) {
-    if !within_budget(&socket, &app, &client) {
-        return;
-    }
-    if let Some(task_id) = args.ok().as_ref().and_then(|a| a.text(0)) {
+fn task_unsubscribe(socket: &SocketRef, args: Option<EventArgs>) {
+    if let Some(task_id) = args.as_ref().and_then(|a| a.text(0)) {
         socket.leave(rooms::task(task_id));
     }
 }
 
-async fn doc_open(
-    socket: SocketRef,
-    State(app): State<Arc<App>>,
-    Extension(client): Extension<Arc<ClientState>>,
-    TryData(args): TryData<EventArgs>,
-) {
-    if !within_budget(&socket, &app, &client) {
-        return;
-    }
-    let Some((doctype, docname)) = args.ok().and_then(|a| a.doc()) else {
+async fn doc_open(socket: &SocketRef, app: &App, client: &ClientState, args: Option<EventArgs>) {
+    let Some((doctype, docname)) = args.and_then(|a| a.doc()) else {
         return;
     };
     let frappe = &app.settings().frappe;
     if !frappe
         .may_subscribe(&client.session, Subject::Doc(&doctype, &docname))
         .await
-        || !join_within_limit(&socket, &app, &client, rooms::open_doc(&doctype, &docname))
+        || !join_within_limit(socket, app, client, rooms::open_doc(&doctype, &docname))
     {
         return;
     }
     client.remember_open(&doctype, &docname);
-    rooms::announce_viewers(&socket, &client, &doctype, &docname, Presence::Staying).await;
+    rooms::announce_viewers(socket, client, &doctype, &docname, Presence::Staying).await;
 }
 
-async fn doc_close(
-    socket: SocketRef,
-    State(app): State<Arc<App>>,
-    Extension(client): Extension<Arc<ClientState>>,
-    TryData(args): TryData<EventArgs>,
-) {
-    if !within_budget(&socket, &app, &client) {
-        return;
-    }
-    let Some((doctype, docname)) = args.ok().and_then(|a| a.doc()) else {
+async fn doc_close(socket: &SocketRef, client: &ClientState, args: Option<EventArgs>) {
+    let Some((doctype, docname)) = args.and_then(|a| a.doc()) else {
         return;
     };
     socket.leave(rooms::open_doc(&doctype, &docname));
     client.forget_open(&doctype, &docname);
-    rooms::announce_viewers(&socket, &client, &doctype, &docname, Presence::Staying).await;
+    rooms::announce_viewers(socket, client, &doctype, &docname, Presence::Staying).await;
 }
 
 /// Spend one event from the socket's budget; `false` means the event is ignored. A client
@@ -335,19 +300,11 @@ fn join_within_limit(socket: &SocketRef, app: &App, client: &ClientState, room: 
 
 /// Publishes the build overlay's "open this file" request for `bench watch`. Frappe's Python
 /// service allows it only in developer mode and never for Guest; so do we.
-async fn open_in_editor(
-    socket: SocketRef,
-    State(app): State<Arc<App>>,
-    Extension(client): Extension<Arc<ClientState>>,
-    TryData(args): TryData<EventArgs>,
-) {
-    if !within_budget(&socket, &app, &client) {
-        return;
-    }
+async fn open_in_editor(app: &App, client: &ClientState, args: Option<EventArgs>) {
     if !app.settings().config.developer_mode || client.session.is_guest() {
         return;
     }
-    let Some(Value::Object(request)) = args.ok().and_then(|a| a.0.into_iter().next()) else {
+    let Some(Value::Object(request)) = args.and_then(|a| a.0.into_iter().next()) else {
         return;
     };
     let payload = Value::Object(request).to_string();
