@@ -117,19 +117,38 @@ pub async fn on_connect(
 }
 
 /// The client events Frappe's service handles (spec §5.2).
-const HANDLED_EVENTS: [&str; 11] = [
-    "ping",
-    "doctype_subscribe",
-    "doctype_unsubscribe",
-    "doc_subscribe",
-    "doc_unsubscribe",
-    "task_subscribe",
-    "progress_subscribe",
-    "task_unsubscribe",
-    "doc_open",
-    "doc_close",
-    "open_in_editor",
-];
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClientEvent {
+    Ping,
+    DoctypeSubscribe,
+    DoctypeUnsubscribe,
+    DocSubscribe,
+    DocUnsubscribe,
+    /// `task_subscribe`, and its older name `progress_subscribe`.
+    TaskSubscribe,
+    TaskUnsubscribe,
+    DocOpen,
+    DocClose,
+    OpenInEditor,
+}
+
+impl ClientEvent {
+    fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "ping" => Self::Ping,
+            "doctype_subscribe" => Self::DoctypeSubscribe,
+            "doctype_unsubscribe" => Self::DoctypeUnsubscribe,
+            "doc_subscribe" => Self::DocSubscribe,
+            "doc_unsubscribe" => Self::DocUnsubscribe,
+            "task_subscribe" | "progress_subscribe" => Self::TaskSubscribe,
+            "task_unsubscribe" => Self::TaskUnsubscribe,
+            "doc_open" => Self::DocOpen,
+            "doc_close" => Self::DocClose,
+            "open_in_editor" => Self::OpenInEditor,
+            _ => return None,
+        })
+    }
+}
 
 /// Every client event, by name: one handler per socket rather than one `socket.on` per event
 /// (socketioxide keeps each socket's handlers in a map of its own, ~670 bytes per connection
@@ -142,23 +161,24 @@ async fn on_event(
     Event(event): Event,
     TryData(args): TryData<EventArgs>,
 ) {
-    let event = event.as_str();
-    if !HANDLED_EVENTS.contains(&event) || !within_budget(&socket, &app, &client) {
+    let Some(event) = ClientEvent::from_name(event.as_str()) else {
+        return;
+    };
+    if !within_budget(&socket, &app, &client) {
         return;
     }
     let (socket, app, client, args) = (&socket, app.as_ref(), client.as_ref(), args.ok());
     match event {
-        "ping" => on_ping(socket),
-        "doctype_subscribe" => doctype_subscribe(socket, app, client, args).await,
-        "doctype_unsubscribe" => doctype_unsubscribe(socket, args),
-        "doc_subscribe" => doc_subscribe(socket, app, client, args).await,
-        "doc_unsubscribe" => doc_unsubscribe(socket, args),
-        "task_subscribe" | "progress_subscribe" => task_subscribe(socket, app, client, args).await,
-        "task_unsubscribe" => task_unsubscribe(socket, args),
-        "doc_open" => doc_open(socket, app, client, args).await,
-        "doc_close" => doc_close(socket, client, args).await,
-        "open_in_editor" => open_in_editor(app, client, args).await,
-        _ => {}
+        ClientEvent::Ping => on_ping(socket),
+        ClientEvent::DoctypeSubscribe => doctype_subscribe(socket, app, client, args).await,
+        ClientEvent::DoctypeUnsubscribe => doctype_unsubscribe(socket, args),
+        ClientEvent::DocSubscribe => doc_subscribe(socket, app, client, args).await,
+        ClientEvent::DocUnsubscribe => doc_unsubscribe(socket, args),
+        ClientEvent::TaskSubscribe => task_subscribe(socket, app, client, args).await,
+        ClientEvent::TaskUnsubscribe => task_unsubscribe(socket, args),
+        ClientEvent::DocOpen => doc_open(socket, app, client, args).await,
+        ClientEvent::DocClose => doc_close(socket, client, args).await,
+        ClientEvent::OpenInEditor => open_in_editor(app, client, args).await,
     }
 }
 
