@@ -31,7 +31,10 @@ test("a flood of events: the burst is handled, the rest dropped, then the client
   const disconnected = nextEvent(socket, "disconnect");
   for (let i = 0; i < 20; i += 1) socket.emit("ping");
   const [reason] = await disconnected;
-  assert.equal(reason, "io server disconnect");
+  // The server sends DISCONNECT and then closes the transport; on a busy machine the close
+  // sometimes reaches socket.io-client first (a race inside socketioxide, seen in CI), so the
+  // client may report either. The server-side reason is asserted exactly below.
+  assert.ok(["io server disconnect", "transport close"].includes(reason), reason);
   // Each event's handler runs as a task of its own, so on a busy machine the handler that
   // disconnects can run before earlier, admitted ones have sent their pong: only the upper
   // bound is exact (the burst of 5, plus at most one token earned meanwhile).
