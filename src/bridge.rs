@@ -122,7 +122,6 @@ pub fn parse(payload: &[u8]) -> Result<Publication, Malformed> {
 pub async fn deliver(
     io: &SocketIo<LocalAdapter>,
     slow: &SlowConsumers,
-    max_backlog: u64,
     publication: &Publication,
     size: usize,
 ) -> usize {
@@ -145,7 +144,7 @@ pub async fn deliver(
                 return 0;
             }
             let result = audience.emit(event, message).await;
-            slow.charge(&namespace, Some(room), size, max_backlog);
+            slow.charge(&namespace, Some(room), size);
             record_sent(site, recipients, size, result)
         }
         Target::EverySite => {
@@ -157,7 +156,7 @@ pub async fn deliver(
                     continue;
                 }
                 let result = namespace.clone().emit(event, message).await;
-                slow.charge(&namespace, None, size, max_backlog);
+                slow.charge(&namespace, None, size);
                 dropped += record_sent(&site, recipients, size, result);
             }
             dropped
@@ -306,8 +305,7 @@ async fn handle(io: &SocketIo<LocalAdapter>, app: &App, payload: &[u8]) -> usize
     gauge!(metrics::REDIS_LAST_MESSAGE).set(metrics::unix_now());
     match parse(payload) {
         Ok(publication) => {
-            let max_backlog = app.settings().config.slow_client_max_bytes;
-            let dropped = deliver(io, &app.slow, max_backlog, &publication, payload.len()).await;
+            let dropped = deliver(io, &app.slow, &publication, payload.len()).await;
             histogram!(metrics::DELIVERY_DURATION).record(received.elapsed());
             dropped
         }

@@ -14,7 +14,7 @@
 //! between polls, and one that stops polling is ended by engine.io's heartbeat.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -44,6 +44,9 @@ pub struct SlowConsumers {
     /// The connections stalled at the last sweep: the only ones publications are charged to.
     stalled: Mutex<Meters>,
     any_stalled: AtomicBool,
+    /// `realtime_slow_client_max_bytes`, refreshed by every sweep, so that delivery never
+    /// reads the settings for a bound that only applies once some socket is stalled.
+    max_backlog: AtomicU64,
     overflowed: Notify,
 }
 
@@ -73,17 +76,17 @@ impl SlowConsumers {
     }
 
     /// Charge a publication of `bytes` sent to `room` (every socket when `None`) of
-    /// `namespace` to the stalled sockets it went to; cut those past `max_bytes`.
+    /// `namespace` to the stalled sockets it went to; cut those past the byte bound.
     pub fn charge(
         &self,
         namespace: &BroadcastOperators<LocalAdapter>,
         room: Option<&str>,
         bytes: usize,
-        max_bytes: u64,
     ) {
         if !self.any_stalled.load(Ordering::Relaxed) {
             return;
         }
+        let max_bytes = self.max_backlog.load(Ordering::Relaxed);
         let stalled = lock(&self.stalled);
         for (sid, meter) in stalled.iter() {
             let Some(socket) = namespace.get_socket(*sid) else {
@@ -106,9 +109,13 @@ impl SlowConsumers {
     /// Cut slow connections until the task is aborted.
     pub async fn run(self: Arc<Self>, app: Arc<App>) {
         loop {
+            let config = &app.settings().config;
+            self.max_backlog
+                .store(config.slow_client_max_bytes, Ordering::Relaxed);
+            let timeout = config.slow_client_timeout;
             let (threshold, why) = tokio::select! {
                 () = tokio::time::sleep(SWEEP_EVERY) => (
-                    app.settings().config.slow_client_timeout,
+                    timeout,
                     "took no bytes for realtime_slow_client_timeout",
                 ),
                 () = self.overflowed.notified() => {
