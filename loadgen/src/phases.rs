@@ -254,6 +254,7 @@ impl Runner<'_> {
     }
 
     async fn steps(&mut self, pool: &Pool, fanout: Fanout, rates: &[f64]) -> Result<StepsReport> {
+        let clients = pool.alive();
         let mut steps = Vec::new();
         for &rate in rates {
             let step = self.step(pool, fanout, rate).await?;
@@ -271,7 +272,7 @@ impl Runner<'_> {
             Fanout::Broadcast => "broadcast",
             Fanout::User => "user",
         };
-        Ok(StepsReport::new(kind, pool.alive(), steps))
+        Ok(StepsReport::new(kind, clients, steps))
     }
 
     /// Wait until deliveries have stopped for a moment (bounded), so a backlog of the
@@ -304,6 +305,7 @@ impl Runner<'_> {
         let shared = self.stack.shared.clone();
         let step_id = next_step_id();
         shared.recorder.begin(step_id);
+        let clients_before = shared.connected.load(Ordering::Relaxed);
         let mark = CpuMark::take(self.stack)?;
         let start = Instant::now();
         let start_ns = shared.clock.now_ns();
@@ -381,6 +383,8 @@ impl Runner<'_> {
             server_cpu_us_per_delivery: micros_each(spent.server, window.delivered),
             loadgen_cpu_pct: spent.own_percent(),
             loadgen_cpu_us_per_delivery: micros_each(spent.own, window.delivered),
+            clients_before,
+            clients_after: shared.connected.load(Ordering::Relaxed),
             verdict,
         })
     }
@@ -391,6 +395,7 @@ impl Runner<'_> {
         let args = self.args;
         let shared = self.stack.shared.clone();
         let clients = pool.alive();
+        let credentials = pool.credentials();
         shared.failures.take();
         shared.reconnect.store(true, Ordering::Relaxed);
         let own_before = own_cpu();
@@ -421,7 +426,6 @@ impl Runner<'_> {
         let server_cpu = self.stack.server_usage()?.cpu;
         let back = pool.alive();
         self.stack.wait_ready(args.ready_timeout()).await?;
-        let credentials = pool.credentials();
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         Ok(StormReport {
             variant: variant.to_owned(),

@@ -121,6 +121,10 @@ pub struct StepReport {
     /// stand-in is another process): what its one core costs, and a floor under fan-out
     /// latencies, since it reads a broadcast's frames one client after another.
     pub loadgen_cpu_us_per_delivery: f64,
+    /// Clients connected when the step began and when it was judged: the server may drop
+    /// clients it cannot keep up with.
+    pub clients_before: usize,
+    pub clients_after: usize,
     pub verdict: Verdict,
 }
 
@@ -488,6 +492,7 @@ fn render_steps(steps: &StepsReport, out: &mut String) {
     );
     let mut t = Table::new(&[
         "ev/s",
+        "clients",
         "published",
         "delivered",
         "lost",
@@ -506,6 +511,7 @@ fn render_steps(steps: &StepsReport, out: &mut String) {
     for s in &steps.steps {
         t.row(vec![
             num(s.rate),
+            thousands(s.clients_before as f64),
             thousands(s.published as f64),
             thousands(s.delivered as f64),
             thousands(s.lost as f64),
@@ -529,6 +535,18 @@ fn render_steps(steps: &StepsReport, out: &mut String) {
         thousands(steps.sustained_per_s),
         thousands(steps.peak_per_s)
     );
+    for s in steps
+        .steps
+        .iter()
+        .filter(|s| s.clients_after < s.clients_before)
+    {
+        let _ = writeln!(
+            out,
+            "  note: {} clients were disconnected during the {} ev/s step",
+            thousands((s.clients_before - s.clients_after) as f64),
+            num(s.rate)
+        );
+    }
     if steps.steps.iter().any(|s| s.loadgen_cpu_pct >= 90.0) {
         let _ = writeln!(
             out,
