@@ -121,6 +121,9 @@ pub struct StepReport {
     /// stand-in is another process): what its one core costs, and a floor under fan-out
     /// latencies, since it reads a broadcast's frames one client after another.
     pub loadgen_cpu_us_per_delivery: f64,
+    /// How busy the load core was as a whole (None when not pinned): near 100% the step
+    /// measured the load generator's core, not the server.
+    pub load_core_busy_pct: Option<f64>,
     /// Clients connected when the step began and when it was judged: the server may drop
     /// clients it cannot keep up with.
     pub clients_before: usize,
@@ -506,6 +509,7 @@ fn render_steps(steps: &StepsReport, out: &mut String) {
         "server µs/delivery",
         "loadgen cpu %",
         "loadgen µs/delivery",
+        "load core %",
         "verdict",
     ]);
     for s in &steps.steps {
@@ -525,6 +529,8 @@ fn render_steps(steps: &StepsReport, out: &mut String) {
             num(s.server_cpu_us_per_delivery),
             format!("{:.0}", s.loadgen_cpu_pct),
             num(s.loadgen_cpu_us_per_delivery),
+            s.load_core_busy_pct
+                .map_or_else(|| "-".into(), |b| format!("{b:.0}")),
             s.verdict.label().into(),
         ]);
     }
@@ -547,11 +553,15 @@ fn render_steps(steps: &StepsReport, out: &mut String) {
             num(s.rate)
         );
     }
-    if steps.steps.iter().any(|s| s.loadgen_cpu_pct >= 90.0) {
+    if steps
+        .steps
+        .iter()
+        .any(|s| s.loadgen_cpu_pct >= 90.0 || s.load_core_busy_pct.is_some_and(|b| b >= 90.0))
+    {
         let _ = writeln!(
             out,
-            "  note: the load generator's core was ≥ 90% busy in some steps; their latencies \
-             include its own queueing and their rates are a floor of the server's"
+            "  note: the load core was ≥ 90% busy in some steps; their latencies include the \
+             load generator's own queueing and their rates are a floor of the server's"
         );
     }
 }
