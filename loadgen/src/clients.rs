@@ -140,9 +140,14 @@ impl Pool {
         }
     }
 
-    /// Distinct sids among the clients.
+    /// Distinct sids among the clients connected now.
     pub fn credentials(&self) -> usize {
-        self.clients.len().div_ceil(self.tabs_per_sid)
+        self.clients
+            .iter()
+            .filter(|c| c.alive.load(Ordering::Relaxed))
+            .map(|c| c.user)
+            .collect::<std::collections::HashSet<_>>()
+            .len()
     }
 
     /// Clients joined to the namespace right now.

@@ -15,7 +15,7 @@ use crate::report::{
     ConnectReport, IdleReport, RunReport, ScaleStep, StepReport, StepsReport, StormReport, Verdict,
 };
 use crate::stack::Stack;
-use crate::system::own_cpu;
+use crate::system::{self, own_cpu};
 
 /// Most events published in one Redis round trip.
 const MAX_BATCH: u64 = 1000;
@@ -59,6 +59,7 @@ async fn run_phases(
     let mut runner = Runner {
         args,
         stack: &mut stack,
+        load_core: server_core.map(|_| args.load_core),
     };
 
     let needs_clients = [
@@ -137,30 +138,40 @@ enum Fanout {
 struct Runner<'a> {
     args: &'a Args,
     stack: &'a mut Stack,
+    /// The load generator's core, when pinned.
+    load_core: Option<usize>,
 }
 
 /// CPU time of the server and of this process, and the wall clock, at one moment.
 struct CpuMark {
     server: Duration,
     own: Duration,
+    load_core: Option<(u64, u64)>,
     at: Instant,
 }
 
 impl CpuMark {
-    fn take(stack: &Stack) -> Result<Self> {
+    fn take(stack: &Stack, load_core: Option<usize>) -> Result<Self> {
         Ok(Self {
             server: stack.server_usage()?.cpu,
             own: own_cpu(),
+            load_core: load_core.and_then(system::core_times),
             at: Instant::now(),
         })
     }
 
-    /// CPU used by the server and by this process, and the wall time, since this mark.
-    fn since(&self, stack: &Stack) -> Result<Spent> {
-        let now = Self::take(stack)?;
+    /// CPU used by the server and by this process, how busy the load core was (everything
+    /// on it: clients, publisher, redis-server, the web stand-in, anything else), and the
+    /// wall time, since this mark.
+    fn since(&self, stack: &Stack, load_core: Option<usize>) -> Result<Spent> {
+        let now = Self::take(stack, load_core)?;
         Ok(Spent {
             server: now.server.saturating_sub(self.server),
             own: now.own.saturating_sub(self.own),
+            load_core_busy: self
+                .load_core
+                .zip(now.load_core)
+                .and_then(|(before, after)| system::busy_between(before, after)),
             wall: now.at - self.at,
         })
     }
@@ -169,6 +180,7 @@ impl CpuMark {
 struct Spent {
     server: Duration,
     own: Duration,
+    load_core_busy: Option<f64>,
     wall: Duration,
 }
 
@@ -215,11 +227,11 @@ impl Runner<'_> {
 
     async fn connect(&mut self, pool: &mut Pool, n: usize) -> Result<ConnectReport> {
         self.stack.frappe.take_counts().await?;
-        let mark = CpuMark::take(self.stack)?;
+        let mark = CpuMark::take(self.stack, self.load_core)?;
         let outcome = pool
             .grow(n, self.args.concurrency, self.connect_deadline(n))
             .await;
-        let spent = mark.since(self.stack)?;
+        let spent = mark.since(self.stack, self.load_core)?;
         self.stack.server.check_alive()?;
         Ok(ConnectReport {
             clients: outcome.attempted,
@@ -237,10 +249,10 @@ impl Runner<'_> {
     }
 
     async fn idle(&mut self, pool: &Pool, baseline_kib: u64) -> Result<IdleReport> {
-        let mark = CpuMark::take(self.stack)?;
+        let mark = CpuMark::take(self.stack, self.load_core)?;
         tokio::time::sleep(self.args.idle()).await;
         let usage = self.stack.server_usage()?;
-        let spent = mark.since(self.stack)?;
+        let spent = mark.since(self.stack, self.load_core)?;
         let connections = pool.alive();
         Ok(IdleReport {
             connections,
@@ -254,6 +266,7 @@ impl Runner<'_> {
     }
 
     async fn steps(&mut self, pool: &Pool, fanout: Fanout, rates: &[f64]) -> Result<StepsReport> {
+        let clients = pool.alive();
         let mut steps = Vec::new();
         for &rate in rates {
             let step = self.step(pool, fanout, rate).await?;
@@ -271,7 +284,7 @@ impl Runner<'_> {
             Fanout::Broadcast => "broadcast",
             Fanout::User => "user",
         };
-        Ok(StepsReport::new(kind, pool.alive(), steps))
+        Ok(StepsReport::new(kind, clients, steps))
     }
 
     /// Wait until deliveries have stopped for a moment (bounded), so a backlog of the
@@ -304,7 +317,8 @@ impl Runner<'_> {
         let shared = self.stack.shared.clone();
         let step_id = next_step_id();
         shared.recorder.begin(step_id);
-        let mark = CpuMark::take(self.stack)?;
+        let clients_before = shared.connected.load(Ordering::Relaxed);
+        let mark = CpuMark::take(self.stack, self.load_core)?;
         let start = Instant::now();
         let start_ns = shared.clock.now_ns();
         let give_up = start + duration.mul_f64(1.5) + Duration::from_secs(1);
@@ -347,7 +361,7 @@ impl Runner<'_> {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let window = shared.recorder.end();
-        let spent = mark.since(self.stack)?;
+        let spent = mark.since(self.stack, self.load_core)?;
         let span_ns = window
             .last_ns
             .map_or(0, |last| last.saturating_sub(start_ns))
@@ -381,6 +395,9 @@ impl Runner<'_> {
             server_cpu_us_per_delivery: micros_each(spent.server, window.delivered),
             loadgen_cpu_pct: spent.own_percent(),
             loadgen_cpu_us_per_delivery: micros_each(spent.own, window.delivered),
+            load_core_busy_pct: spent.load_core_busy,
+            clients_before,
+            clients_after: shared.connected.load(Ordering::Relaxed),
             verdict,
         })
     }
@@ -391,6 +408,7 @@ impl Runner<'_> {
         let args = self.args;
         let shared = self.stack.shared.clone();
         let clients = pool.alive();
+        let credentials = pool.credentials();
         shared.failures.take();
         shared.reconnect.store(true, Ordering::Relaxed);
         let own_before = own_cpu();
@@ -421,7 +439,6 @@ impl Runner<'_> {
         let server_cpu = self.stack.server_usage()?.cpu;
         let back = pool.alive();
         self.stack.wait_ready(args.ready_timeout()).await?;
-        let credentials = pool.credentials();
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         Ok(StormReport {
             variant: variant.to_owned(),

@@ -121,6 +121,13 @@ pub struct StepReport {
     /// stand-in is another process): what its one core costs, and a floor under fan-out
     /// latencies, since it reads a broadcast's frames one client after another.
     pub loadgen_cpu_us_per_delivery: f64,
+    /// How busy the load core was as a whole (None when not pinned): near 100% the step
+    /// measured the load generator's core, not the server.
+    pub load_core_busy_pct: Option<f64>,
+    /// Clients connected when the step began and when it was judged: the server may drop
+    /// clients it cannot keep up with.
+    pub clients_before: usize,
+    pub clients_after: usize,
     pub verdict: Verdict,
 }
 
@@ -488,6 +495,7 @@ fn render_steps(steps: &StepsReport, out: &mut String) {
     );
     let mut t = Table::new(&[
         "ev/s",
+        "clients",
         "published",
         "delivered",
         "lost",
@@ -501,11 +509,13 @@ fn render_steps(steps: &StepsReport, out: &mut String) {
         "server µs/delivery",
         "loadgen cpu %",
         "loadgen µs/delivery",
+        "load core %",
         "verdict",
     ]);
     for s in &steps.steps {
         t.row(vec![
             num(s.rate),
+            thousands(s.clients_before as f64),
             thousands(s.published as f64),
             thousands(s.delivered as f64),
             thousands(s.lost as f64),
@@ -519,6 +529,8 @@ fn render_steps(steps: &StepsReport, out: &mut String) {
             num(s.server_cpu_us_per_delivery),
             format!("{:.0}", s.loadgen_cpu_pct),
             num(s.loadgen_cpu_us_per_delivery),
+            s.load_core_busy_pct
+                .map_or_else(|| "-".into(), |b| format!("{b:.0}")),
             s.verdict.label().into(),
         ]);
     }
@@ -529,11 +541,27 @@ fn render_steps(steps: &StepsReport, out: &mut String) {
         thousands(steps.sustained_per_s),
         thousands(steps.peak_per_s)
     );
-    if steps.steps.iter().any(|s| s.loadgen_cpu_pct >= 90.0) {
+    for s in steps
+        .steps
+        .iter()
+        .filter(|s| s.clients_after < s.clients_before)
+    {
         let _ = writeln!(
             out,
-            "  note: the load generator's core was ≥ 90% busy in some steps; their latencies \
-             include its own queueing and their rates are a floor of the server's"
+            "  note: {} clients were disconnected during the {} ev/s step",
+            thousands((s.clients_before - s.clients_after) as f64),
+            num(s.rate)
+        );
+    }
+    if steps
+        .steps
+        .iter()
+        .any(|s| s.loadgen_cpu_pct >= 90.0 || s.load_core_busy_pct.is_some_and(|b| b >= 90.0))
+    {
+        let _ = writeln!(
+            out,
+            "  note: the load core was ≥ 90% busy in some steps; their latencies include the \
+             load generator's own queueing and their rates are a floor of the server's"
         );
     }
 }

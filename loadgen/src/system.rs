@@ -119,12 +119,26 @@ pub fn machine_busy_percent(window: Duration) -> Option<f64> {
 /// (all, idle + iowait) jiffies of the `cpu` line of /proc/stat.
 fn cpu_totals() -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    parse_cpu_line(stat.lines().next()?)
+    parse_cpu_line(stat.lines().next()?, "cpu ")
 }
 
-fn parse_cpu_line(line: &str) -> Option<(u64, u64)> {
+/// (all, idle + iowait) jiffies of one core, for how busy it was between two readings.
+pub fn core_times(core: usize) -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let prefix = format!("cpu{core} ");
+    stat.lines().find_map(|line| parse_cpu_line(line, &prefix))
+}
+
+/// Percent busy between two [`core_times`] readings.
+pub fn busy_between(before: (u64, u64), after: (u64, u64)) -> Option<f64> {
+    let total = after.0.checked_sub(before.0)?;
+    let idle = after.1.checked_sub(before.1)?;
+    (total > 0).then(|| total.saturating_sub(idle) as f64 / total as f64 * 100.0)
+}
+
+fn parse_cpu_line(line: &str, prefix: &str) -> Option<(u64, u64)> {
     let values: Vec<u64> = line
-        .strip_prefix("cpu ")?
+        .strip_prefix(prefix)?
         .split_whitespace()
         .filter_map(|v| v.parse().ok())
         .collect();
@@ -262,8 +276,11 @@ mod tests {
     #[test]
     fn the_cpu_line_of_proc_stat_parses() {
         let line = "cpu  100 5 50 800 40 1 4 0 0 0";
-        assert_eq!(parse_cpu_line(line), Some((1000, 840)));
-        assert_eq!(parse_cpu_line("cpu0 1 2 3 4"), None);
+        assert_eq!(parse_cpu_line(line, "cpu "), Some((1000, 840)));
+        assert_eq!(parse_cpu_line("cpu0 1 2 3 4", "cpu "), None);
+        assert_eq!(parse_cpu_line("cpu1 1 2 3 4", "cpu1 "), Some((10, 4)));
+        assert_eq!(busy_between((1000, 840), (1100, 890)), Some(50.0));
+        assert!(core_times(0).is_some());
     }
 
     #[test]
