@@ -23,7 +23,7 @@ use ::metrics::counter;
 use crate::app::App;
 use crate::bridge::{self, Subscription};
 use crate::config::{Config, Listen, Overrides};
-use crate::connection::{MeteredListener, Peer};
+use crate::connection::{self, ListenerClosing, MeteredListener, Peer};
 use crate::handshake;
 use crate::metrics::{self, Metrics};
 use crate::ops::{self, Ops};
@@ -103,15 +103,20 @@ pub async fn run(
         None => None,
     };
 
-    // Flips to true once the shutdown signal came and every socket was told to close.
+    // Flips to true when the shutdown signal comes: the listener closes at once.
     let (stopping_tx, stopping) = watch::channel(false);
+    let (listener_closing, listener_closed) = connection::listener_closed();
     tokio::spawn(async move {
         shutdown.await;
         tracing::info!("shutting down");
+        // Stop listening before telling anyone to go. Closed clients reconnect at once, and
+        // `close()` drops the namespaces first: a client let in now would be refused with
+        // `Invalid namespace`, which socket.io-client never retries. A closed port it retries.
+        let _ = stopping_tx.send(true);
+        listener_closed.wait().await;
         note_shutdown_disconnects(&io);
         // Closes every transport (not a Socket.IO disconnect), so clients reconnect later.
         io.close().await;
-        let _ = stopping_tx.send(true);
     });
 
     let slow_consumers = tokio::spawn(app.slow.clone().run(app.clone()));
@@ -121,12 +126,12 @@ pub async fn run(
             let listener = bind_tcp(options.host, *port).await?;
             let local = listener.local_addr().context("reading the bound address")?;
             tracing::info!("Realtime service listening on: ws://{local}");
-            serve(listener, service, stopping).await
+            serve(listener, listener_closing, service, stopping).await
         }
         Listen::Unix(path) => {
             let listener = bind_unix(path)?;
             tracing::info!("Realtime service listening on UDS: {}", path.display());
-            serve(listener, service, stopping).await
+            serve(listener, listener_closing, service, stopping).await
         }
     };
     watcher.abort();
@@ -296,9 +301,11 @@ fn socket_io_layer(app: Arc<App>) -> (socketioxide::layer::SocketIoLayer, Socket
         .build_layer()
 }
 
-/// Serve until `stopping` turns true, then give open connections [`SHUTDOWN_GRACE`] to end.
+/// Serve until `stopping` turns true, then give open connections [`SHUTDOWN_GRACE`] to end
+/// (they are being closed meanwhile).
 async fn serve<L>(
     listener: L,
+    closing: ListenerClosing,
     service: Router,
     stopping: watch::Receiver<bool>,
 ) -> anyhow::Result<()>
@@ -312,8 +319,8 @@ where
     };
     let deadline = stopped(stopping.clone()).then(|()| tokio::time::sleep(SHUTDOWN_GRACE));
     let service = service.into_make_service_with_connect_info::<Peer>();
-    let server =
-        axum::serve(MeteredListener(listener), service).with_graceful_shutdown(stopped(stopping));
+    let server = axum::serve(MeteredListener::new(listener, closing), service)
+        .with_graceful_shutdown(stopped(stopping));
     tokio::select! {
         result = server => result.context("serving HTTP"),
         () = deadline => Ok(()),
