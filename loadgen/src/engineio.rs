@@ -7,17 +7,19 @@
 //! timestamp is read without parsing its JSON.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use futures_util::{SinkExt, StreamExt};
-use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{WebSocketStream, client_async_with_config};
 
+use crate::ports::{LeasedStream, SourcePorts};
+
 /// An open websocket whose namespace CONNECT was acknowledged.
-pub type Socket = WebSocketStream<TcpStream>;
+pub type Socket = WebSocketStream<LeasedStream>;
 
 /// Where the clients connect and how they present themselves.
 #[derive(Debug, Clone)]
@@ -27,6 +29,8 @@ pub struct Target {
     pub site: String,
     /// The `Origin` header: the site's web server, where the realtime service calls back.
     pub origin: String,
+    /// Where the clients' source ports come from.
+    pub source_ports: Arc<SourcePorts>,
 }
 
 impl Target {
@@ -90,7 +94,9 @@ fn websocket_config() -> WebSocketConfig {
 /// Open a websocket as a Frappe tab with `sid`, and join the site's namespace. The caller
 /// bounds the time.
 pub async fn connect(target: &Target, sid: &str) -> Result<Socket, ConnectError> {
-    let stream = TcpStream::connect(target.addr)
+    let stream = target
+        .source_ports
+        .connect(target.addr)
         .await
         .map_err(ConnectError::Tcp)?;
     stream.set_nodelay(true).map_err(ConnectError::Tcp)?;
@@ -316,6 +322,7 @@ mod tests {
             addr: "127.0.0.1:9000".parse().expect("addr"),
             site: "a.local".into(),
             origin: "http://127.0.0.1:8000".into(),
+            source_ports: SourcePorts::below_ephemeral_range(),
         };
         assert_eq!(target.connect_packet(), "40/a.local,");
         assert_eq!(

@@ -9,6 +9,7 @@ mod engineio;
 mod frappe;
 mod identity;
 mod phases;
+mod ports;
 mod procs;
 mod publish;
 mod recorder;

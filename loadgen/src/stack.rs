@@ -14,6 +14,7 @@ use crate::clients::{Failures, Shared};
 use crate::engineio::Target;
 use crate::frappe::FrappeStandIn;
 use crate::identity::Identities;
+use crate::ports::SourcePorts;
 use crate::procs::{RedisServer, Server, ServerCommand, free_port};
 use crate::publish::Publisher;
 use crate::recorder::{Clock, Recorder};
@@ -81,6 +82,7 @@ impl Stack {
                 addr: SocketAddr::from((Ipv4Addr::LOCALHOST, socketio_port)),
                 site: args.site.clone(),
                 origin: frappe.url(),
+                source_ports: SourcePorts::below_ephemeral_range(),
             },
             identities,
             clock: Clock::new(),
