@@ -81,11 +81,15 @@ fn main() -> ExitCode {
         no_metrics: cli.no_metrics,
         overrides,
     };
-    match runtime.block_on(frappe_realtime::server::run(
+    let result = runtime.block_on(frappe_realtime::server::run(
         config,
         options,
         shutdown_signal(),
-    )) {
+    ));
+    // Leave the connections and their memory to the process's exit: dropping tens of thousands
+    // of sessions one by one only delays the restart the clients are waiting for.
+    runtime.shutdown_background();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("frappe-realtime: {e:#}");
