@@ -50,6 +50,7 @@ fn main() -> ExitCode {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().init(),
     }
+    raise_open_files_limit();
     let overrides = Overrides {
         frappe_version: cli.frappe_version,
     };
@@ -95,6 +96,17 @@ fn main() -> ExitCode {
             eprintln!("frappe-realtime: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Every connection holds a file descriptor, and supervisord and systemd start services with a
+/// soft limit far below the hard one (systemd: 1,024 soft, 524,288 hard): the service would
+/// refuse clients past the first thousand or so. Raise the soft limit to the hard one, as nginx
+/// (`worker_rlimit_nofile`) and the Go runtime do; the hard limit stays the operator's.
+fn raise_open_files_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::info!(limit, "open files limit (one per connection)"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open files limit"),
     }
 }
 

@@ -607,6 +607,24 @@ describe("§2.1/§1.4 protocol: open packet, transports, CORS, 404, maxHttpBuffe
 // §9.1: supervisor / systemd stop the service with SIGTERM
 // ---------------------------------------------------------------------------------------------
 
+// Each connection holds a descriptor; supervisord and systemd hand services a low soft limit.
+test("the open files limit is raised to the hard limit at start", async (t) => {
+  const redis = await Redis.start();
+  t.after(() => redis.stop());
+  const bench = makeBench({ common: { socketio_port: await freePort(), redis_queue: redis.url } });
+  t.after(() => fs.rmSync(bench, { recursive: true, force: true }));
+  const server = await Server.start({
+    bench, launcher: ["prlimit", "--nofile=256:4096", "--"], env: { RUST_LOG: "info" },
+  });
+  t.after(() => server.stop());
+
+  const limits = fs.readFileSync(`/proc/${server.proc.pid}/limits`, "utf8");
+  const [, soft, hard] = /Max open files\s+(\d+)\s+(\d+)/.exec(limits);
+  assert.equal(Number(hard), 4096, "the hard limit is the operator's and stays");
+  assert.equal(Number(soft), 4096, "the soft limit is raised to it");
+  assert.match(server.output, /open files limit.*limit=4096/);
+});
+
 describe("§9.1 SIGTERM: clean, prompt exit", () => {
   test("the server exits 0 within a few seconds and clients see a disconnect", async () => {
     const stack = await startStack();

@@ -112,13 +112,17 @@ export function addSite(benchDir, site) {
   fs.writeFileSync(path.join(benchDir, "sites", site, "site_config.json"), "{}");
 }
 
-/** The binary, started in `bench` with no arguments beyond `args`; its output is kept. */
+/**
+ * The binary, started in `bench` with no arguments beyond `args`; its output is kept.
+ * `launcher` is a command that execs it (e.g. `["prlimit", "--nofile=256:4096", "--"]`).
+ */
 export class Server {
-  static async start({ bench, port, args = ["--host", "127.0.0.1"], env = {}, waitListening = true }) {
+  static async start({ bench, port, args = ["--host", "127.0.0.1"], env = {}, waitListening = true, launcher = [] }) {
     const server = new Server();
     server.port = port;
     server.output = "";
-    server.proc = spawn(BINARY, args, {
+    const [command, ...argv] = [...launcher, BINARY, ...args];
+    server.proc = spawn(command, argv, {
       cwd: bench,
       env: { ...process.env, RUST_LOG: "info", ...env },
       stdio: ["ignore", "pipe", "pipe"],
