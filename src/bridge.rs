@@ -170,22 +170,29 @@ fn drop_event(reason: &'static str) {
 
 /// Count what a broadcast to `recipients` sockets of `site` queued. A broadcast still reaches
 /// every other socket when some sockets' queues are full; those are counted, and returned, as
-/// dropped.
+/// dropped. Sockets already closing (cut as slow, disconnecting) are neither sent to nor
+/// dropped: their disconnect is counted where it happens.
 fn record_sent(
     site: &str,
     recipients: usize,
     size: usize,
     result: Result<(), socketioxide::BroadcastError>,
 ) -> usize {
-    let dropped = match result {
-        Ok(()) => 0,
-        Err(socketioxide::BroadcastError::Socket(failed)) => failed.len(),
+    let (dropped, closing) = match result {
+        Ok(()) => (0, 0),
+        Err(socketioxide::BroadcastError::Socket(failed)) => {
+            let full = failed
+                .iter()
+                .filter(|e| matches!(e, socketioxide::SocketError::InternalChannelFull))
+                .count();
+            (full, failed.len() - full)
+        }
         Err(error) => {
             tracing::warn!(%site, %error, "broadcast failed");
-            recipients
+            (recipients, 0)
         }
     };
-    let sent = recipients.saturating_sub(dropped) as u64;
+    let sent = recipients.saturating_sub(dropped + closing) as u64;
     let site = site.to_owned();
     counter!(metrics::EVENTS_ROUTED, "site" => site.clone()).increment(1);
     counter!(metrics::PACKETS_SENT, "site" => site.clone()).increment(sent);
@@ -326,6 +333,20 @@ async fn handle(io: &SocketIo<LocalAdapter>, app: &App, payload: &[u8]) -> usize
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn only_full_queues_count_as_dropped_not_sockets_already_closing() {
+        use socketioxide::{BroadcastError, SocketError};
+        let failed = BroadcastError::Socket(vec![
+            SocketError::InternalChannelFull,
+            SocketError::Closed,
+            SocketError::InternalChannelFull,
+        ]);
+        assert_eq!(record_sent("a.local", 10, 64, Err(failed)), 2);
+        let closing = BroadcastError::Socket(vec![SocketError::Closed]);
+        assert_eq!(record_sent("a.local", 10, 64, Err(closing)), 0);
+        assert_eq!(record_sent("a.local", 10, 64, Ok(())), 0);
+    }
 
     fn parsed(value: Value) -> Result<Publication, Malformed> {
         parse(value.to_string().as_bytes())
