@@ -89,10 +89,17 @@ fn admit(socket: &SocketRef, app: &App, client: Arc<ClientState>) {
 }
 
 /// A socket that opened straight on websocket has its own request's connection to watch for
-/// slow consumption (upgraded sockets are registered when their upgrade request arrives).
+/// slow consumption. Upgraded sockets are registered when their upgrade request arrives; one
+/// may already be on websocket here (the upgrade can finish while the join waits for Frappe),
+/// but the request it keeps is the polling one, on a connection that is not its websocket.
 fn watch_if_websocket(socket: &SocketRef, app: &App) {
-    if socket.transport_type() == socketioxide::TransportType::Websocket
-        && let Some(ConnectInfo(peer)) = socket.req_parts().extensions.get::<ConnectInfo<Peer>>()
+    let request = socket.req_parts();
+    let opened_on_websocket = request
+        .uri
+        .query()
+        .is_some_and(|query| query.split('&').any(|pair| pair == "transport=websocket"));
+    if opened_on_websocket
+        && let Some(ConnectInfo(peer)) = request.extensions.get::<ConnectInfo<Peer>>()
     {
         app.slow.track(socket.id, peer.meter.clone());
     }

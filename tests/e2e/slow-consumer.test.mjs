@@ -16,14 +16,18 @@ const BIG = "x".repeat(256 * 1024);
 /**
  * A client of bob's (a System User, so in room `all`) that stops reading once connected:
  * straight over websocket, or (`upgrade`) as Frappe's client does, polling then upgrading.
+ * `joinAfterUpgrade` sends the namespace CONNECT only once on websocket (the upgrade can
+ * finish before the namespace is joined: the join waits for a call to Frappe).
  */
-async function stalledClient(stack, { upgrade = false } = {}) {
+async function stalledClient(stack, { upgrade = false, joinAfterUpgrade = false } = {}) {
   const headers = { origin: stack.frappe.url, cookie: "sid=sid-bob", "x-frappe-site-name": SITE };
   const base = `127.0.0.1:${stack.port}/socket.io/?EIO=4`;
   let sid;
   if (upgrade) {
     const open = await (await fetch(`http://${base}&transport=polling`, { headers })).text();
     sid = JSON.parse(open.slice(1)).sid;
+  }
+  if (upgrade && !joinAfterUpgrade) {
     await fetch(`http://${base}&transport=polling&sid=${sid}`, { method: "POST", headers, body: `40/${SITE},` });
     let polled = "";
     for (let poll = 0; poll < 5 && !polled.includes(`40/${SITE},`); poll += 1) {
@@ -38,7 +42,8 @@ async function stalledClient(stack, { upgrade = false } = {}) {
     ws.on("open", () => { if (upgrade) ws.send("2probe"); });
     ws.on("message", (data) => {
       const text = data.toString();
-      if (text === "3probe") { ws.send("5"); clearTimeout(timer); resolve(); }
+      if (text === "3probe" && joinAfterUpgrade) { ws.send("5"); ws.send(`40/${SITE},`); }
+      if (text === "3probe" && !joinAfterUpgrade) { ws.send("5"); clearTimeout(timer); resolve(); }
       if (text.startsWith("0")) ws.send(`40/${SITE},`);
       if (text.startsWith(`40/${SITE},`)) { clearTimeout(timer); resolve(); }
     });
@@ -95,6 +100,17 @@ describe("a client that stops reading, with realtime_slow_client_timeout 2 s", (
     await publishAndRead(stack, reader, "big2", 60, BIG);
     await waitFor(async () => (await metric(stack, "frappe_realtime_disconnects_total",
       { site: SITE, reason: "slow_consumer" })) === 2, { timeoutMs: 10000, what: "the upgraded slow consumer to be cut" });
+    slow.terminate();
+  });
+
+  // The socket is admitted when it is already on websocket, but the request it keeps is the
+  // polling one: its websocket connection is the one to watch, not the polling connection.
+  test("a client that upgraded before joining the namespace is cut the same way", async () => {
+    const reader = await stack.connect({ sid: "sid-alice", transports: ["websocket"] });
+    const slow = await stalledClient(stack, { upgrade: true, joinAfterUpgrade: true });
+    await publishAndRead(stack, reader, "big3", 60, BIG);
+    await waitFor(async () => (await metric(stack, "frappe_realtime_disconnects_total",
+      { site: SITE, reason: "slow_consumer" })) === 3, { timeoutMs: 10000, what: "the slow consumer to be cut" });
     slow.terminate();
   });
 });
