@@ -232,7 +232,8 @@ pub struct ListenerClosing(oneshot::Sender<()>);
 /// Resolves once the listener is gone: from then on the port refuses connections.
 pub struct ListenerClosed(oneshot::Receiver<()>);
 
-/// A pair for a listener not made yet, so that a shutdown task can wait for its closing.
+/// A pair: the [`MeteredListener`] holds the first, and the second resolves when it is
+/// dropped (which is how to know the port is closed, not just that closing was asked for).
 pub fn listener_closed() -> (ListenerClosing, ListenerClosed) {
     let (closing, closed) = oneshot::channel();
     (ListenerClosing(closing), ListenerClosed(closed))

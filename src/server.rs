@@ -288,7 +288,7 @@ fn socket_io_layer(app: Arc<App>) -> (socketioxide::layer::SocketIoLayer, Socket
 }
 
 /// Serve until `shutdown` resolves and the listener is closed, then return at once, leaving
-/// the open connections to be dropped with the runtime.
+/// the open connections to go with the process (see `main`).
 ///
 /// Why not close each client's transport first, or wait for requests in flight: a client
 /// cannot tell a websocket close frame from the TCP close of an exiting process (socket.io-client
