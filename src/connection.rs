@@ -19,7 +19,6 @@ use axum::extract::connect_info::Connected;
 use axum::serve::{IncomingStream, Listener};
 use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::oneshot;
 
 /// Shared by a connection's stream and whoever watches it.
 #[derive(Debug)]
@@ -194,55 +193,21 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for MeteredStream<S> {
     }
 }
 
-/// A listener whose connections are [`MeteredStream`]s. Dropping it closes the port and
-/// resolves the [`ListenerClosed`] made with it.
-pub struct MeteredListener<L> {
-    inner: L,
-    /// Never sent on: dropping it is the signal.
-    _closed: oneshot::Sender<()>,
-}
-
-impl<L> MeteredListener<L> {
-    pub fn new(inner: L, closed: ListenerClosing) -> Self {
-        Self {
-            inner,
-            _closed: closed.0,
-        }
-    }
-}
+/// A listener whose connections are [`MeteredStream`]s.
+pub struct MeteredListener<L>(pub L);
 
 impl<L: Listener> Listener for MeteredListener<L> {
     type Io = MeteredStream<L::Io>;
     type Addr = L::Addr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        let (inner, address) = self.inner.accept().await;
+        let (inner, address) = self.0.accept().await;
         let meter = Arc::new(WriteMeter::new());
         (MeteredStream { inner, meter }, address)
     }
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.inner.local_addr()
-    }
-}
-
-/// Given to the [`MeteredListener`] whose closing [`ListenerClosed`] waits for.
-pub struct ListenerClosing(oneshot::Sender<()>);
-
-/// Resolves once the listener is gone: from then on the port refuses connections.
-pub struct ListenerClosed(oneshot::Receiver<()>);
-
-/// A pair: the [`MeteredListener`] holds the first, and the second resolves when it is
-/// dropped (which is how to know the port is closed, not just that closing was asked for).
-pub fn listener_closed() -> (ListenerClosing, ListenerClosed) {
-    let (closing, closed) = oneshot::channel();
-    (ListenerClosing(closing), ListenerClosed(closed))
-}
-
-impl ListenerClosed {
-    pub async fn wait(self) {
-        // Nothing is ever sent: the only outcome is the sender being dropped.
-        let _ = self.0.await;
+        self.0.local_addr()
     }
 }
 

@@ -21,7 +21,7 @@ use ::metrics::counter;
 use crate::app::App;
 use crate::bridge::{self, Subscription};
 use crate::config::{Config, Listen, Overrides};
-use crate::connection::{self, MeteredListener, Peer};
+use crate::connection::{MeteredListener, Peer};
 use crate::handshake;
 use crate::metrics::{self, Metrics};
 use crate::ops::{self, Ops};
@@ -60,7 +60,7 @@ pub struct Options {
 pub async fn run(
     config: Config,
     options: Options,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let metrics = if options.no_metrics {
         None
@@ -287,8 +287,9 @@ fn socket_io_layer(app: Arc<App>) -> (socketioxide::layer::SocketIoLayer, Socket
         .build_layer()
 }
 
-/// Serve until `shutdown` resolves and the listener is closed, then return at once, leaving
-/// the open connections to go with the process (see `main`).
+/// Serve until `shutdown` resolves, then return at once. Dropping the server future drops
+/// its listener, so the port is closed before this returns; the open connections go with the
+/// process (see `main`).
 ///
 /// Why not close each client's transport first, or wait for requests in flight: a client
 /// cannot tell a websocket close frame from the TCP close of an exiting process (socket.io-client
@@ -300,20 +301,17 @@ fn socket_io_layer(app: Arc<App>) -> (socketioxide::layer::SocketIoLayer, Socket
 async fn serve<L>(
     listener: L,
     service: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()>
 where
     L: Listener,
     L::Addr: std::fmt::Debug,
     Peer: for<'a> Connected<IncomingStream<'a, MeteredListener<L>>>,
 {
-    let (closing, closed) = connection::listener_closed();
     let service = service.into_make_service_with_connect_info::<Peer>();
-    let server = axum::serve(MeteredListener::new(listener, closing), service)
-        .with_graceful_shutdown(shutdown);
     tokio::select! {
-        result = server => result.context("serving HTTP"),
-        () = closed.wait() => Ok(()),
+        result = axum::serve(MeteredListener(listener), service) => result.context("serving HTTP"),
+        () = shutdown => Ok(()),
     }
 }
 
