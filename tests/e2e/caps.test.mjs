@@ -20,12 +20,7 @@ after(async () => { await stack?.stop(); });
 
 const from = (ip) => ({ "x-forwarded-for": `10.9.9.9, ${ip}` });
 
-async function handshakes(outcome) {
-  const text = await (await fetch(`http://127.0.0.1:${stack.port}/metrics`)).text();
-  const line = text.split("\n").find((l) => l.startsWith("frappe_realtime_handshakes_total{")
-    && l.includes(`outcome="${outcome}"`) && l.includes(`site="${SITES[0]}"`));
-  return line ? Number(line.split(" ").pop()) : 0;
-}
+const handshakes = (outcome) => stack.metric("frappe_realtime_handshakes_total", { outcome, site: SITES[0] });
 
 test("each cap refuses the connection past it, and a departure frees a place", async () => {
   const alice = [];

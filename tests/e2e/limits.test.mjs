@@ -17,13 +17,6 @@ before(async () => {
 });
 after(async () => { await stack?.stop(); });
 
-async function metric(name, labels) {
-  const text = await (await fetch(`http://127.0.0.1:${stack.port}/metrics`)).text();
-  const line = text.split("\n").find((l) => l.startsWith(`${name}{`)
-    && Object.entries(labels).every(([k, v]) => l.includes(`${k}="${v}"`)));
-  return line ? Number(line.split(" ").pop()) : 0;
-}
-
 test("a flood of events: the burst is handled, the rest dropped, then the client is disconnected", async () => {
   const socket = await stack.connect({ sid: "sid-alice", transports: ["websocket"] });
   let pongs = 0;
@@ -39,8 +32,8 @@ test("a flood of events: the burst is handled, the rest dropped, then the client
   // disconnects can run before earlier, admitted ones have sent their pong: only the upper
   // bound is exact (the burst of 5, plus at most one token earned meanwhile).
   assert.ok(pongs <= 6, `${pongs} pongs for a burst of 5 at 1/s`);
-  assert.ok(await metric("frappe_realtime_client_events_dropped_total", { reason: "rate_limited" }) >= 4);
-  await waitFor(async () => (await metric("frappe_realtime_disconnects_total", { reason: "rate_limited" })) === 1,
+  assert.ok(await stack.metric("frappe_realtime_client_events_dropped_total", { reason: "rate_limited" }) >= 4);
+  await waitFor(async () => (await stack.metric("frappe_realtime_disconnects_total", { reason: "rate_limited" })) === 1,
     { what: "the rate_limited disconnect counted" });
 });
 
@@ -52,7 +45,7 @@ test("subscriptions beyond realtime_max_rooms_per_socket are ignored", async () 
     await stack.publishUntilReceived(socket, `task_progress:${task}`);
   }
   socket.emit("task_subscribe", "third");
-  await waitFor(async () => (await metric("frappe_realtime_client_events_dropped_total", { reason: "room_limit" })) === 1,
+  await waitFor(async () => (await stack.metric("frappe_realtime_client_events_dropped_total", { reason: "room_limit" })) === 1,
     { what: "the refused subscription counted" });
   await stack.publish("task_progress", { refused: true }, { room: "task_progress:third" });
   await stack.flush(socket, { userRoom: "user:carol@example.com" });

@@ -52,13 +52,6 @@ async function stalledClient(stack, { upgrade = false, joinAfterUpgrade = false 
   return ws;
 }
 
-async function metric(stack, name, labels = {}) {
-  const text = await (await fetch(`http://127.0.0.1:${stack.port}/metrics`)).text();
-  const line = text.split("\n").find((l) => (l.startsWith(`${name}{`) || l.startsWith(`${name} `))
-    && Object.entries(labels).every(([k, v]) => l.includes(`${k}="${v}"`)));
-  return line ? Number(line.split(" ").pop()) : 0;
-}
-
 /** Publish `count` events of `payload` to `all`; resolve once `reader` has them all, in order. */
 async function publishAndRead(stack, reader, event, count, payload) {
   for (let seq = 0; seq < count; seq += 1) await stack.publish(event, { seq, payload }, { room: "all" });
@@ -83,9 +76,9 @@ describe("a client that stops reading, with realtime_slow_client_timeout 2 s", (
     // 60 × 256 KiB = 15 MiB: more than loopback's socket buffers, so the slow client's
     // connection stops taking bytes.
     await publishAndRead(stack, reader, "big", 60, BIG);
-    await waitFor(async () => (await metric(stack, "frappe_realtime_disconnects_total",
+    await waitFor(async () => (await stack.metric("frappe_realtime_disconnects_total",
       { site: SITE, reason: "slow_consumer" })) === 1, { timeoutMs: 10000, what: "the slow consumer to be cut" });
-    assert.equal(await metric(stack, "frappe_realtime_slow_consumers_disconnected_total"), 1);
+    assert.equal(await stack.metric("frappe_realtime_slow_consumers_disconnected_total"), 1);
     assert.match(stack.server.output, /cutting a slow consumer.*took no bytes for realtime_slow_client_timeout/);
     assert.match(stack.server.output, /client disconnected.*reason="?slow_consumer/);
     assert.ok(reader.connected, "the reading client stays connected");
@@ -98,7 +91,7 @@ describe("a client that stops reading, with realtime_slow_client_timeout 2 s", (
     const reader = await stack.connect({ sid: "sid-alice", transports: ["websocket"] });
     const slow = await stalledClient(stack, { upgrade: true });
     await publishAndRead(stack, reader, "big2", 60, BIG);
-    await waitFor(async () => (await metric(stack, "frappe_realtime_disconnects_total",
+    await waitFor(async () => (await stack.metric("frappe_realtime_disconnects_total",
       { site: SITE, reason: "slow_consumer" })) === 2, { timeoutMs: 10000, what: "the upgraded slow consumer to be cut" });
     slow.terminate();
   });
@@ -109,7 +102,7 @@ describe("a client that stops reading, with realtime_slow_client_timeout 2 s", (
     const reader = await stack.connect({ sid: "sid-alice", transports: ["websocket"] });
     const slow = await stalledClient(stack, { upgrade: true, joinAfterUpgrade: true });
     await publishAndRead(stack, reader, "big3", 60, BIG);
-    await waitFor(async () => (await metric(stack, "frappe_realtime_disconnects_total",
+    await waitFor(async () => (await stack.metric("frappe_realtime_disconnects_total",
       { site: SITE, reason: "slow_consumer" })) === 3, { timeoutMs: 10000, what: "the slow consumer to be cut" });
     slow.terminate();
   });
@@ -128,9 +121,9 @@ describe("a client that stops reading while its queue overflows", () => {
     const slow = await stalledClient(stack);
     await publishAndRead(stack, reader, "big", 60, BIG);
     await publishAndRead(stack, reader, "small", 1200, "y");
-    await waitFor(async () => (await metric(stack, "frappe_realtime_socket_send_dropped_total", { site: SITE })) > 0,
+    await waitFor(async () => (await stack.metric("frappe_realtime_socket_send_dropped_total", { site: SITE })) > 0,
       { what: "sends to the full queue to be dropped and counted" });
-    await waitFor(async () => (await metric(stack, "frappe_realtime_disconnects_total",
+    await waitFor(async () => (await stack.metric("frappe_realtime_disconnects_total",
       { site: SITE, reason: "slow_consumer" })) === 1, { timeoutMs: 10000, what: "the overflowing consumer to be cut" });
     assert.match(stack.server.output, /cutting a slow consumer.*its send queue overflowed/);
     assert.ok(reader.connected);
@@ -151,7 +144,7 @@ describe("a client that stops reading while bytes pile up for it", () => {
   test("is cut once more than realtime_slow_client_max_bytes were queued for it", async () => {
     const reader = await stack.connect({ sid: "sid-alice", transports: ["websocket"] });
     const slow = await stalledClient(stack);
-    const cutCount = () => metric(stack, "frappe_realtime_disconnects_total", { site: SITE, reason: "slow_consumer" });
+    const cutCount = () => stack.metric("frappe_realtime_disconnects_total", { site: SITE, reason: "slow_consumer" });
     let published = 0;
     // Keep publishing 256 KiB events (at most 300, well under the 1024-packet queue) until
     // the slow client is cut: first the kernel buffers fill, then 2 MiB queue up.
@@ -164,7 +157,7 @@ describe("a client that stops reading while bytes pile up for it", () => {
     assert.match(stack.server.output, /more bytes queued than realtime_slow_client_max_bytes/);
     await waitFor(() => reader.received.filter((r) => r.event === "big").length === published,
       { timeoutMs: 20000, what: "the reading client to get every event" });
-    assert.equal(await metric(stack, "frappe_realtime_socket_send_dropped_total", { site: SITE }), 0);
+    assert.equal(await stack.metric("frappe_realtime_socket_send_dropped_total", { site: SITE }), 0);
     slow.terminate();
   });
 });

@@ -208,6 +208,17 @@ export class Stack {
     this.sockets = [];
   }
 
+  /**
+   * The value of one series on the server's `/metrics`: `name` with every label in `labels`
+   * (other labels may be there too); 0 while the series does not exist yet.
+   */
+  async metric(name, labels = {}) {
+    const text = await (await fetch(`http://127.0.0.1:${this.port}/metrics`)).text();
+    const line = text.split("\n").find((l) => (l.startsWith(`${name}{`) || l.startsWith(`${name} `))
+      && Object.entries(labels).every(([k, v]) => l.includes(`${k}="${v}"`)));
+    return line ? Number(line.split(" ").pop()) : 0;
+  }
+
   async waitSubscribed() {
     await waitFor(() => this.redis.subscribers().then((n) => n >= 1).catch(() => false),
       { timeoutMs: 10000, what: "the server to subscribe to events" });
