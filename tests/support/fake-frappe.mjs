@@ -31,7 +31,13 @@ export class FakeFrappe {
     this.redis = createClient({ url: this.redisUrl });
     this.redis.on("error", () => {});
     await this.redis.connect();
-    await new Promise((resolve) => this.server.listen(port, "127.0.0.1", resolve));
+    await new Promise((resolve, reject) => {
+      this.server.once("error", reject); // e.g. EADDRINUSE: say so instead of waiting forever
+      this.server.listen(port, "127.0.0.1", () => {
+        this.server.off("error", reject);
+        resolve();
+      });
+    });
     this.port = this.server.address().port;
     this.url = `http://127.0.0.1:${this.port}`;
     return this;
