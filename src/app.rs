@@ -7,6 +7,7 @@ use crate::caps::Seats;
 use crate::config::{Config, Listen};
 use crate::queue_redis::QueueRedis;
 use crate::reconnects::ReconnectTracker;
+use crate::sites::SiteTable;
 use crate::slow::SlowConsumers;
 
 pub struct App {
@@ -17,6 +18,8 @@ pub struct App {
     /// Connection counts for `realtime_max_connections_per_*`.
     pub seats: Arc<Seats>,
     pub slow: Arc<SlowConsumers>,
+    /// The bench's sites, kept current by the site registry.
+    pub sites: Arc<SiteTable>,
 }
 
 /// The configuration and what is built from it that can change without a restart.
@@ -36,6 +39,7 @@ impl App {
             redis,
             seats: Arc::default(),
             slow: Arc::default(),
+            sites: Arc::default(),
         })
     }
 

@@ -1,8 +1,8 @@
 //! Calls to the Frappe site that vouch for a client: `get_user_info` at handshake time and the
 //! permission checks behind `doc_subscribe` and friends (spec §4, §5.2).
 //!
-//! Frappe 15 and 16 differ in how the credential travels and which endpoints exist; this
-//! module is the only place that knows. Every call is bounded by `realtime_callback_timeout`,
+//! Frappe 13 to 15 and Frappe 16 differ in how the credential travels and which endpoints
+//! exist; this module is the only place that knows. Every call is bounded by `realtime_callback_timeout`,
 //! and no credential or secret ever appears in an error text or log line.
 
 use std::fmt::Write as _;
@@ -30,6 +30,10 @@ const METHOD_PREFIX: &str = "/api/method/frappe.realtime.";
 const USER_INFO_ENDPOINT: &str = "get_user_info";
 const SECRET_KEY: &str = "socketio_auth_secret";
 const SECRET_HEADER: &str = "x-frappe-socket-secret";
+/// Why a client without the site's own `Origin` cannot be validated, and what the operator
+/// can do.
+const NO_CALLBACK_TARGET: &str = "the client sent no Origin of the site's own to call the site back at; \
+    set realtime_callback_url (or webserver_host and webserver_port) in sites/common_site_config.json";
 
 /// Why a handshake's credential was not accepted. `detail` is shown to the client after
 /// `Unauthorized: ` and never contains the credential or the callback URL.
@@ -47,15 +51,20 @@ pub enum FailureKind {
     Error,
     /// The site did not answer within `realtime_callback_timeout`.
     Timeout,
+    /// The site cannot be called back: the client sent no `Origin` and no web server is
+    /// configured.
+    NoCallbackTarget,
 }
 
 impl FailureKind {
-    /// The label of metrics and logs: `unauthorized`, `auth_error` or `timeout`.
+    /// The label of metrics and logs: `unauthorized`, `auth_error`, `timeout` or
+    /// `no_callback_target`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Denied => "unauthorized",
             Self::Error => "auth_error",
             Self::Timeout => "timeout",
+            Self::NoCallbackTarget => "no_callback_target",
         }
     }
 }
@@ -164,14 +173,9 @@ impl FrappeClient {
     }
 
     /// Ask the site who holds `accepted`'s credential.
-    pub async fn get_user_info(
-        &self,
-        site: &str,
-        accepted: Accepted,
-    ) -> Result<Session, AuthFailure> {
-        let base = self
-            .callback_base(&accepted.origin)
-            .map_err(AuthFailure::error)?;
+    pub async fn get_user_info(&self, accepted: Accepted) -> Result<Session, AuthFailure> {
+        let site = accepted.site.as_str();
+        let base = self.callback_base(accepted.callback_origin.as_deref())?;
         let url = base
             .join(&format!("{METHOD_PREFIX}{USER_INFO_ENDPOINT}"))
             .map_err(|e| AuthFailure::error(format!("bad callback URL: {e}")))?;
@@ -280,7 +284,7 @@ impl FrappeClient {
                 return Err(AuthFailure::error(format!("Frappe answered HTTP {status}")));
             }
             match self.version {
-                FrappeVersion::V15 => Ok(true),
+                FrappeVersion::V13 | FrappeVersion::V14 | FrappeVersion::V15 => Ok(true),
                 FrappeVersion::V16 => {
                     let body: Value = response.json().await.map_err(|e| self.failure(e))?;
                     Ok(body.get("message").is_some_and(is_truthy))
@@ -302,18 +306,23 @@ impl FrappeClient {
         }
     }
 
-    fn callback_base(&self, origin: &str) -> Result<Url, String> {
-        match &self.target {
-            CallbackTarget::Fixed(url) => Ok(url.clone()),
-            CallbackTarget::Origin { developer_port } => {
-                let mut url =
-                    Url::parse(origin).map_err(|_| "the Origin header is not a URL".to_owned())?;
+    /// Where to call the site back for a client from `origin` (spec §4.3).
+    fn callback_base(&self, origin: Option<&str>) -> Result<Url, AuthFailure> {
+        match (&self.target, origin) {
+            (CallbackTarget::Fixed(url), _) => Ok(url.clone()),
+            (CallbackTarget::Origin { developer_port }, Some(origin)) => {
+                let mut url = Url::parse(origin)
+                    .map_err(|_| AuthFailure::error("the Origin header is not a URL".into()))?;
                 if let Some(port) = developer_port {
                     url.set_port(Some(*port))
-                        .map_err(|()| "the Origin header has no host".to_owned())?;
+                        .map_err(|()| AuthFailure::error("the Origin header has no host".into()))?;
                 }
                 Ok(url)
             }
+            (CallbackTarget::Origin { .. }, None) => Err(AuthFailure {
+                kind: FailureKind::NoCallbackTarget,
+                detail: NO_CALLBACK_TARGET.to_owned(),
+            }),
         }
     }
 
@@ -365,7 +374,10 @@ impl FrappeClient {
             (Credential::Authorization(value), _) => {
                 request.header(AUTHORIZATION, sensitive(value))
             }
-            (Credential::Sid(sid), FrappeVersion::V15) => request.query(&[("sid", sid)]),
+            (
+                Credential::Sid(sid),
+                FrappeVersion::V13 | FrappeVersion::V14 | FrappeVersion::V15,
+            ) => request.query(&[("sid", sid)]),
             (Credential::Sid(sid), FrappeVersion::V16) => {
                 request.header(COOKIE, sensitive(&format!("sid={sid}")))
             }
@@ -460,11 +472,17 @@ fn permission_request(
     subject: &Subject<'_>,
 ) -> (&'static str, Vec<(&'static str, String)>) {
     match (version, subject) {
-        (FrappeVersion::V15, Subject::Doctype(doctype)) => (
+        (
+            FrappeVersion::V13 | FrappeVersion::V14 | FrappeVersion::V15,
+            Subject::Doctype(doctype),
+        ) => (
             "can_subscribe_doctype",
             vec![("doctype", doctype.to_string())],
         ),
-        (FrappeVersion::V15, Subject::Doc(doctype, docname)) => (
+        (
+            FrappeVersion::V13 | FrappeVersion::V14 | FrappeVersion::V15,
+            Subject::Doc(doctype, docname),
+        ) => (
             "can_subscribe_doc",
             vec![
                 ("doctype", doctype.to_string()),

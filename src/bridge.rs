@@ -1,5 +1,6 @@
 //! Frappe → clients: the subscriber on Redis channel `events` and the routing of each
-//! publication to its site namespace and room (spec §6).
+//! publication to its site's room, in the site's namespace and in `/` (spec §6; see
+//! [`crate::audience`]).
 //!
 //! One task reads the channel and delivers in arrival order, so events from one publisher
 //! reach a client in the order they were published. Pub/sub keeps nothing for a subscriber
@@ -19,9 +20,10 @@ use socketioxide::adapter::LocalAdapter;
 use ::metrics::{counter, gauge, histogram};
 
 use crate::app::App;
-use crate::config::is_truthy;
+use crate::config::{FrappeVersion, is_truthy};
+use crate::sites::SiteTable;
 use crate::slow::SlowConsumers;
-use crate::{metrics, revoke};
+use crate::{audience, metrics, revoke, rooms};
 
 /// The channel `frappe.publish_realtime` publishes on.
 pub const CHANNEL: &str = "events";
@@ -50,11 +52,9 @@ pub struct Publication {
 
 #[derive(Debug, PartialEq)]
 pub enum Target {
-    Room {
-        site: String,
-        room: String,
-    },
-    /// No room (e.g. `build_event` from `bench watch`): every site namespace.
+    /// Room `room` of `site`, as Frappe 15 names rooms (without the site).
+    Room { site: String, room: String },
+    /// No room (e.g. `build_event` from `bench watch`): every socket of every site.
     EverySite,
 }
 
@@ -82,8 +82,10 @@ impl Malformed {
     }
 }
 
-/// Read a message as Frappe v15+ publishes it: `{"event", "message", "namespace", "room"}`.
-pub fn parse(payload: &[u8]) -> Result<Publication, Malformed> {
+/// Read a message as Frappe publishes it: `{"event", "message", "namespace", "room"}` from
+/// Frappe 15 on; Frappe 13 and 14 send no namespace and put the site in front of the room
+/// (`{"room": "erp.example.com:doctype:ToDo"}`), which `version` says to expect.
+pub fn parse(payload: &[u8], version: FrappeVersion) -> Result<Publication, Malformed> {
     let value: Value = serde_json::from_slice(payload).map_err(|_| Malformed::NotJson)?;
     let Value::Object(mut object) = value else {
         return Err(Malformed::NotAnObject);
@@ -106,6 +108,7 @@ pub fn parse(payload: &[u8]) -> Result<Publication, Malformed> {
         None => Target::EverySite,
         Some(room) => match object.remove("namespace") {
             Some(Value::String(site)) if !site.is_empty() => Target::Room { site, room },
+            _ if !version.has_site_namespaces() => split_prefixed_room(&room)?,
             _ => return Err(Malformed::RoomWithoutNamespace),
         },
     };
@@ -116,52 +119,78 @@ pub fn parse(payload: &[u8]) -> Result<Publication, Malformed> {
     })
 }
 
+/// Frappe 13 and 14's `<site>:<room>` as the site and the room.
+fn split_prefixed_room(room: &str) -> Result<Target, Malformed> {
+    let site = audience::site_of_prefixed_room(room).ok_or(Malformed::RoomWithoutNamespace)?;
+    Ok(Target::Room {
+        site: site.to_owned(),
+        room: room[site.len() + 1..].to_owned(),
+    })
+}
+
 /// Send a publication to its audience on this node. `size` is the publication's size on
 /// Redis, for the bytes-sent metric and the slow-consumer byte bound. Returns how many
 /// sockets' queues were too full to take it.
 pub async fn deliver(
     io: &SocketIo<LocalAdapter>,
+    sites: &SiteTable,
     slow: &SlowConsumers,
     publication: &Publication,
     size: usize,
 ) -> usize {
-    let Publication {
-        event,
-        message,
-        target,
-    } = publication;
-    match target {
+    match &publication.target {
         Target::Room { site, room } => {
-            let Some(namespace) = io.of(format!("/{site}")) else {
+            if !sites.contains(site) {
                 drop_event("unknown_site");
-                tracing::debug!(%site, %event, "event for a site this bench does not serve");
-                return 0;
-            };
-            let audience = namespace.clone().to(room.clone());
-            let recipients = audience.clone().sockets().len();
-            if recipients == 0 {
-                drop_event("no_listeners");
+                tracing::debug!(%site, event = %publication.event, "event for a site this bench does not serve");
                 return 0;
             }
-            let result = audience.emit(event, message).await;
-            slow.charge(&namespace, Some(room), size);
-            record_sent(site, recipients, size, result)
+            let sent = deliver_to_room(io, slow, publication, site, room, size).await;
+            if sent.is_none() {
+                drop_event("no_listeners");
+            }
+            sent.unwrap_or(0)
         }
+        // Every socket joins its site's `website` room when it connects and never leaves it,
+        // so that room is "every socket of the site", in either namespace.
         Target::EverySite => {
             let mut dropped = 0;
-            for namespace in io.nsps() {
-                let site = namespace.ns_path().trim_start_matches('/').to_owned();
-                let recipients = namespace.clone().sockets().len();
-                if recipients == 0 {
-                    continue;
-                }
-                let result = namespace.clone().emit(event, message).await;
-                slow.charge(&namespace, None, size);
-                dropped += record_sent(&site, recipients, size, result);
+            for site in sites.names() {
+                let sent = deliver_to_room(io, slow, publication, &site, rooms::WEBSITE, size);
+                dropped += sent.await.unwrap_or(0);
             }
             dropped
         }
     }
+}
+
+/// Emit to room `room` of `site` in each namespace it has members in; returns how many
+/// sockets' queues were full, or `None` if the room had no members anywhere.
+async fn deliver_to_room(
+    io: &SocketIo<LocalAdapter>,
+    slow: &SlowConsumers,
+    publication: &Publication,
+    site: &str,
+    room: &str,
+    size: usize,
+) -> Option<usize> {
+    let mut dropped = None;
+    for (namespace, name) in audience::room_of_site(io, site, room) {
+        let audience = namespace.clone().to(name.clone());
+        let recipients = audience.clone().sockets().len();
+        if recipients == 0 {
+            continue;
+        }
+        if dropped.is_none() {
+            counter!(metrics::EVENTS_ROUTED, "site" => site.to_owned()).increment(1);
+        }
+        let result = audience
+            .emit(&publication.event, &publication.message)
+            .await;
+        slow.charge(&namespace, Some(&name), size);
+        *dropped.get_or_insert(0) += record_sent(site, recipients, size, result);
+    }
+    dropped
 }
 
 fn drop_event(reason: &'static str) {
@@ -194,7 +223,6 @@ fn record_sent(
     };
     let sent = recipients.saturating_sub(dropped + closing) as u64;
     let site = site.to_owned();
-    counter!(metrics::EVENTS_ROUTED, "site" => site.clone()).increment(1);
     counter!(metrics::PACKETS_SENT, "site" => site.clone()).increment(sent);
     counter!(metrics::SENT_BYTES, "site" => site.clone()).increment(sent * size as u64);
     if dropped > 0 {
@@ -310,9 +338,9 @@ async fn handle(io: &SocketIo<LocalAdapter>, app: &App, payload: &[u8]) -> usize
     let received = Instant::now();
     counter!(metrics::REDIS_MESSAGES).increment(1);
     gauge!(metrics::REDIS_LAST_MESSAGE).set(metrics::unix_now());
-    match parse(payload) {
+    match parse(payload, app.settings().config.frappe_version) {
         Ok(publication) => {
-            let dropped = deliver(io, &app.slow, &publication, payload.len()).await;
+            let dropped = deliver(io, &app.sites, &app.slow, &publication, payload.len()).await;
             histogram!(metrics::DELIVERY_DURATION).record(received.elapsed());
             dropped
         }
@@ -349,7 +377,36 @@ mod tests {
     }
 
     fn parsed(value: Value) -> Result<Publication, Malformed> {
-        parse(value.to_string().as_bytes())
+        parse(value.to_string().as_bytes(), FrappeVersion::V16)
+    }
+
+    #[test]
+    fn frappe_14_rooms_carry_their_site() {
+        let v14 = |value: Value| parse(value.to_string().as_bytes(), FrappeVersion::V14);
+        let publication = v14(json!({"event": "list_update", "message": {},
+            "room": "erp.example.com:doctype:ToDo"}))
+        .expect("valid");
+        assert_eq!(
+            publication.target,
+            Target::Room {
+                site: "erp.example.com".into(),
+                room: "doctype:ToDo".into()
+            }
+        );
+        assert_eq!(
+            v14(json!({"event": "x", "room": "no-site-here"})).err(),
+            Some(Malformed::RoomWithoutNamespace)
+        );
+        // A Frappe 15 message still routes on a bench said to be 14.
+        assert!(matches!(
+            v14(json!({"event": "x", "room": "user:a", "namespace": "s"})).map(|p| p.target),
+            Ok(Target::Room { site, room }) if site == "s" && room == "user:a"
+        ));
+        // And a Frappe 14 message on a Frappe 15 bench is malformed, as before.
+        assert_eq!(
+            parsed(json!({"event": "x", "room": "s:user:a"})).err(),
+            Some(Malformed::RoomWithoutNamespace)
+        );
     }
 
     #[test]
@@ -383,14 +440,17 @@ mod tests {
     fn numbers_are_forwarded_exactly() {
         // Without serde_json's float_roundtrip this came out as ...407 -> ...408.
         let payload = br#"{"event":"x","message":981821831.3959407,"room":""}"#;
-        let publication = parse(payload).expect("valid");
+        let publication = parse(payload, FrappeVersion::V16).expect("valid");
         assert_eq!(publication.message.to_string(), "981821831.3959407");
     }
 
     #[test]
     fn malformed_messages_are_named() {
-        assert_eq!(parse(b"{oops"), Err(Malformed::NotJson));
-        assert_eq!(parse(b"null"), Err(Malformed::NotAnObject));
+        assert_eq!(parse(b"{oops", FrappeVersion::V16), Err(Malformed::NotJson));
+        assert_eq!(
+            parse(b"null", FrappeVersion::V16),
+            Err(Malformed::NotAnObject)
+        );
         assert_eq!(parsed(json!({"event": 3})), Err(Malformed::NoEvent));
         assert_eq!(parsed(json!({"message": {}})), Err(Malformed::NoEvent));
         assert_eq!(

@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use crate::caps::Caps;
+use crate::cors::AllowCors;
 use crate::limits::Limits;
 use url::Url;
 
@@ -27,6 +28,11 @@ const ENV_OVERRIDES: [(&str, &str); 5] = [
 ];
 
 const DEFAULT_SOCKETIO_PORT: u16 = 9000;
+/// Frappe 13 and 14's default port.
+const LEGACY_SOCKETIO_PORT: u16 = 3000;
+/// Frappe 13 and 14's Redis for events when neither `redis_socketio` nor
+/// `redis_async_broker_port` is set.
+const LEGACY_EVENTS_REDIS: &str = "redis://localhost:12311";
 const DEFAULT_CALLBACK_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_RECONNECT_WINDOW: Duration = Duration::from_secs(60);
 /// Well inside engine.io's heartbeat (25 s + 20 s), which would end such a client anyway.
@@ -37,10 +43,16 @@ const DEFAULT_SLOW_CLIENT_MAX_BYTES: u64 = 8 * 1024 * 1024;
 /// Enough to keep a bench's gunicorn workers busy without queueing hundreds behind them.
 const DEFAULT_CALLBACK_CONCURRENCY: usize = 16;
 
-/// Which Frappe protocol the bench speaks towards its realtime service (spec §4.2, §5.2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which Frappe protocol the bench speaks towards its realtime service (spec §0, §4.2, §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum FrappeVersion {
-    /// `sid` as a query parameter, `can_subscribe_doc` / `can_subscribe_doctype`.
+    /// As Frappe 14, over Engine.IO 3 too (socket.io-client 2.x).
+    V13,
+    /// One namespace `/` with site-prefixed rooms, `redis_socketio`, port 3000, `sid` as a
+    /// query parameter, `can_subscribe_doc` / `can_subscribe_doctype`, typing indicators.
+    V14,
+    /// A namespace per site, `redis_queue`, `sid` as a query parameter,
+    /// `can_subscribe_doc` / `can_subscribe_doctype`.
     V15,
     /// `Cookie: sid=…`, `X-Frappe-Socket-Secret`, `has_permission`, `installed_apps`.
     V16,
@@ -48,13 +60,26 @@ pub enum FrappeVersion {
 
 impl FrappeVersion {
     fn from_major(major: u32) -> Self {
-        if major >= 16 { Self::V16 } else { Self::V15 }
+        match major {
+            ..=13 => Self::V13,
+            14 => Self::V14,
+            15 => Self::V15,
+            _ => Self::V16,
+        }
+    }
+
+    /// Frappe 15 on serves each site in a namespace `/<site>`; before, every client used `/`
+    /// and rooms carried the site as a prefix (spec §3.1, §5.4).
+    pub fn has_site_namespaces(self) -> bool {
+        self >= Self::V15
     }
 }
 
 impl fmt::Display for FrappeVersion {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
+            Self::V13 => "13",
+            Self::V14 => "14",
             Self::V15 => "15",
             Self::V16 => "16",
         })
@@ -73,7 +98,8 @@ pub enum Listen {
 pub struct Config {
     pub bench_dir: PathBuf,
     pub listen: Listen,
-    /// Redis carrying Frappe's `events` channel, the socket secret and `open_in_editor`.
+    /// Redis carrying Frappe's `events` channel, the socket secret and `open_in_editor`:
+    /// `redis_queue` from Frappe 15 on, `redis_socketio` before (see [`legacy_events_redis`]).
     pub redis_queue: String,
     /// Read for parity with Frappe (apps' handlers use it); the core service does not.
     pub redis_cache: Option<String>,
@@ -84,6 +110,9 @@ pub struct Config {
     pub webserver_host: Option<String>,
     /// `realtime_callback_url`: send every Frappe callback here instead of the client's Origin.
     pub callback_url: Option<Url>,
+    /// `allow_cors` of `common_site_config.json`: the sites' default, as in Frappe (a site's
+    /// own `allow_cors` wins; see [`crate::sites`]).
+    pub allow_cors: AllowCors,
     /// `realtime_callback_timeout` (seconds): bound on every call to Frappe.
     pub callback_timeout: Duration,
     /// Per-socket limits (`realtime_client_events_per_second`, `realtime_client_event_burst`,
@@ -306,28 +335,41 @@ impl Config {
     }
 
     fn from_layered(bench_dir: &Path, layered: &Layered) -> Result<Self, ConfigError> {
+        let frappe_version = frappe_version(bench_dir, layered)?;
+        let legacy = !frappe_version.has_site_namespaces();
         let listen = match layered.string("socketio_uds")? {
             Some(path) => Listen::Unix(PathBuf::from(path)),
-            None => Listen::Port(
-                layered
-                    .port("socketio_port")?
-                    .unwrap_or(DEFAULT_SOCKETIO_PORT),
-            ),
+            None => Listen::Port(layered.port("socketio_port")?.unwrap_or(if legacy {
+                LEGACY_SOCKETIO_PORT
+            } else {
+                DEFAULT_SOCKETIO_PORT
+            })),
         };
-        let redis_queue = layered
-            .typed("redis_queue", parse_redis_url)?
-            .ok_or(ConfigError::MissingRedisQueue)?;
+        let redis_queue = if legacy {
+            legacy_events_redis(layered)?
+        } else {
+            layered
+                .typed("redis_queue", parse_redis_url)?
+                .ok_or(ConfigError::MissingRedisQueue)?
+        };
+        let default_site = match legacy {
+            true => current_site(bench_dir).or(layered.string("default_site")?),
+            false => layered.string("default_site")?,
+        };
         let callback_url = layered.typed("realtime_callback_url", parse_http_url)?;
         Ok(Self {
             bench_dir: bench_dir.to_path_buf(),
             listen,
             redis_queue,
             redis_cache: layered.string("redis_cache")?,
-            default_site: layered.string("default_site")?,
+            default_site,
             developer_mode: layered.flag("developer_mode"),
             webserver_port: layered.port("webserver_port")?,
             webserver_host: layered.string("webserver_host")?,
             callback_url,
+            allow_cors: layered
+                .typed("allow_cors", AllowCors::from_value)?
+                .unwrap_or_default(),
             callback_timeout: layered
                 .seconds("realtime_callback_timeout")?
                 .unwrap_or(DEFAULT_CALLBACK_TIMEOUT),
@@ -348,7 +390,7 @@ impl Config {
             reconnect_window: layered
                 .seconds("realtime_reconnect_window")?
                 .unwrap_or(DEFAULT_RECONNECT_WINDOW),
-            frappe_version: frappe_version(bench_dir, layered)?,
+            frappe_version,
             connection_caps: connection_caps(layered)?,
             user_info_cache_ttl: layered.seconds("realtime_user_info_cache_seconds")?,
             slow_client_timeout: layered
@@ -457,6 +499,30 @@ fn parse_http_url(value: &Value) -> Result<Url, String> {
     }
 }
 
+/// Frappe 13 and 14's Redis for events: `redis_socketio`, else `redis_async_broker_port` (a
+/// URL, or a port on localhost as early Frappe 13 wrote it), else Frappe's own default.
+fn legacy_events_redis(layered: &Layered) -> Result<String, ConfigError> {
+    if let Some(url) = layered.typed("redis_socketio", parse_redis_url)? {
+        return Ok(url);
+    }
+    let broker = layered.typed("redis_async_broker_port", |value| match value {
+        Value::Number(port) => port
+            .as_u64()
+            .filter(|port| (1..=65535).contains(port))
+            .map(|port| format!("redis://localhost:{port}"))
+            .ok_or_else(|| "must be a port number or a redis:// URL".to_owned()),
+        other => parse_redis_url(other),
+    })?;
+    Ok(broker.unwrap_or_else(|| LEGACY_EVENTS_REDIS.to_owned()))
+}
+
+/// `sites/currentsite.txt`, which Frappe 13 and 14 take as the default site over
+/// `default_site` and `FRAPPE_SITE` (spec §1.2).
+fn current_site(bench_dir: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(bench_dir.join("sites/currentsite.txt")).ok()?;
+    Some(text.trim().to_owned()).filter(|site| !site.is_empty())
+}
+
 /// The Frappe protocol to speak: `realtime_frappe_version` if set, else the version of
 /// `apps/frappe`, else the newest one (with a warning, since guessing can break auth).
 fn frappe_version(bench_dir: &Path, layered: &Layered) -> Result<FrappeVersion, ConfigError> {
@@ -467,8 +533,8 @@ fn frappe_version(bench_dir: &Path, layered: &Layered) -> Result<FrappeVersion, 
             _ => None,
         };
         match major.and_then(|m| u32::try_from(m).ok()) {
-            Some(m @ 15..) => Ok(FrappeVersion::from_major(m)),
-            _ => Err("must be 15 or 16".to_owned()),
+            Some(m @ 13..) => Ok(FrappeVersion::from_major(m)),
+            _ => Err("must be 13, 14, 15 or 16".to_owned()),
         }
     })?;
     if let Some(version) = configured {

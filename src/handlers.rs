@@ -8,15 +8,17 @@ use std::sync::Arc;
 use axum::extract::ConnectInfo;
 use serde::de::{Deserialize, Deserializer, SeqAccess, Visitor};
 use serde_json::Value;
+use socketioxide::SocketIo;
 use socketioxide::extract::{Event, Extension, SocketRef, State, TryData};
 use socketioxide::socket::DisconnectReason;
 
 use ::metrics::{counter, histogram};
 
 use crate::app::App;
+use crate::audience::{self, Scope};
 use crate::auth::Subject;
 use crate::connection::Peer;
-use crate::handshake::{self, Refusal};
+use crate::handshake::{self, Namespace, Policy, Refusal};
 use crate::limits::Verdict;
 use crate::metrics;
 use crate::revoke::ServerCause;
@@ -27,14 +29,32 @@ const NO_ARGS: [(); 0] = [];
 
 /// Connect middleware: the local checks, then one call to the site. On `Err` the client gets
 /// `connect_error` with the refusal's text and nothing else happens.
-pub async fn authenticate(socket: SocketRef, State(app): State<Arc<App>>) -> Result<(), Refusal> {
-    let site = socket.ns().trim_start_matches('/').to_owned();
+pub async fn authenticate(
+    socket: SocketRef,
+    State(app): State<Arc<App>>,
+    TryData(auth): TryData<Value>,
+) -> Result<(), Refusal> {
+    let namespace = Namespace::from_path(socket.ns());
     let headers = &socket.req_parts().headers;
     let settings = app.settings();
-    let outcome = match handshake::check(&site, headers, settings.config.default_site.as_deref()) {
+    let policy = Policy {
+        default_site: settings.config.default_site.as_deref(),
+        sites: &app.sites,
+        common_allow_cors: &settings.config.allow_cors,
+        version: settings.config.frappe_version,
+    };
+    let checked = handshake::check(namespace, headers, auth.ok().as_ref(), &policy);
+    // The metrics' site: the one checked, else the namespace's (`/` when the root namespace
+    // names no site this bench has: never a name taken from the headers).
+    let site = match (&checked, namespace) {
+        (Ok(accepted), _) => accepted.site.clone(),
+        (Err(_), Namespace::Site(site)) => site.to_owned(),
+        (Err(_), Namespace::Root) => audience::ROOT.to_owned(),
+    };
+    let outcome = match checked {
         Ok(accepted) => settings
             .frappe
-            .get_user_info(&site, accepted)
+            .get_user_info(accepted)
             .await
             .map_err(Refusal::Unauthorized)
             .and_then(|session| {
@@ -54,16 +74,14 @@ pub async fn authenticate(socket: SocketRef, State(app): State<Arc<App>>) -> Res
     counter!(metrics::HANDSHAKES, "site" => site.clone(), "outcome" => label).increment(1);
     match outcome {
         Ok((session, seat)) => {
-            admit(
-                &socket,
-                &app,
-                ClientState::new(session, seat, &settings.config.limits),
-            );
+            let scope = Scope::new(socket.ns(), &session.site);
+            let client = ClientState::new(session, seat, &settings.config.limits, scope);
+            admit(&socket, &app, client);
             Ok(())
         }
         Err(refusal) => {
-            tracing::info!(%site, reason = label, transport = transport(&socket),
-                refusal = %refusal, "handshake refused");
+            tracing::info!(%site, namespace = socket.ns(), reason = label,
+                transport = transport(&socket), refusal = %refusal, "handshake refused");
             Err(refusal)
         }
     }
@@ -78,10 +96,10 @@ pub async fn authenticate(socket: SocketRef, State(app): State<Arc<App>>) -> Res
 fn admit(socket: &SocketRef, app: &App, client: Arc<ClientState>) {
     let session = &client.session;
     watch_if_websocket(socket, app);
-    socket.join(rooms::user(&session.user));
-    socket.join(rooms::WEBSITE);
+    socket.join(client.room(rooms::user(&session.user)));
+    socket.join(client.room(rooms::WEBSITE.to_owned()));
     if session.is_system_user() {
-        socket.join(rooms::ALL);
+        socket.join(client.room(rooms::ALL.to_owned()));
     }
     socket.on_fallback(on_event);
     socket.on_disconnect(on_disconnect);
@@ -112,7 +130,7 @@ pub async fn on_connect(
     Extension(client): Extension<Arc<ClientState>>,
 ) {
     let session = &client.session;
-    tracing::info!(site = %session.site, user = %session.user,
+    tracing::info!(site = %session.site, user = %session.user, namespace = socket.ns(),
         transport = transport(&socket), "client connected");
     if session.is_guest() {
         return;
@@ -136,6 +154,9 @@ enum ClientEvent {
     TaskUnsubscribe,
     DocOpen,
     DocClose,
+    /// Frappe 13 and 14 only: typing indicators.
+    DocTyping,
+    DocTypingStopped,
     OpenInEditor,
 }
 
@@ -151,6 +172,8 @@ impl ClientEvent {
             "task_unsubscribe" => Self::TaskUnsubscribe,
             "doc_open" => Self::DocOpen,
             "doc_close" => Self::DocClose,
+            "doc_typing" => Self::DocTyping,
+            "doc_typing_stopped" => Self::DocTypingStopped,
             "open_in_editor" => Self::OpenInEditor,
             _ => return None,
         })
@@ -163,6 +186,7 @@ impl ClientEvent {
 /// without spending it.
 async fn on_event(
     socket: SocketRef,
+    io: SocketIo,
     State(app): State<Arc<App>>,
     Extension(client): Extension<Arc<ClientState>>,
     Event(event): Event,
@@ -174,18 +198,73 @@ async fn on_event(
     if !within_budget(&socket, &app, &client) {
         return;
     }
-    let (socket, app, client, args) = (&socket, app.as_ref(), client.as_ref(), args.ok());
+    let here = Here {
+        socket: &socket,
+        io: &io,
+        app: app.as_ref(),
+        client: client.as_ref(),
+    };
+    let args = args.ok();
     match event {
-        ClientEvent::Ping => on_ping(socket),
-        ClientEvent::DoctypeSubscribe => doctype_subscribe(socket, app, client, args).await,
-        ClientEvent::DoctypeUnsubscribe => doctype_unsubscribe(socket, args),
-        ClientEvent::DocSubscribe => doc_subscribe(socket, app, client, args).await,
-        ClientEvent::DocUnsubscribe => doc_unsubscribe(socket, args),
-        ClientEvent::TaskSubscribe => task_subscribe(socket, app, client, args).await,
-        ClientEvent::TaskUnsubscribe => task_unsubscribe(socket, args),
-        ClientEvent::DocOpen => doc_open(socket, app, client, args).await,
-        ClientEvent::DocClose => doc_close(socket, client, args).await,
-        ClientEvent::OpenInEditor => open_in_editor(app, client, args).await,
+        ClientEvent::Ping => on_ping(&socket),
+        ClientEvent::DoctypeSubscribe => doctype_subscribe(&here, args).await,
+        ClientEvent::DoctypeUnsubscribe => doctype_unsubscribe(&here, args),
+        ClientEvent::DocSubscribe => doc_subscribe(&here, args).await,
+        ClientEvent::DocUnsubscribe => doc_unsubscribe(&here, args),
+        ClientEvent::TaskSubscribe => task_subscribe(&here, args),
+        ClientEvent::TaskUnsubscribe => task_unsubscribe(&here, args),
+        ClientEvent::DocOpen => doc_open(&here, args).await,
+        ClientEvent::DocClose => doc_close(&here, args).await,
+        ClientEvent::DocTyping => doc_typing(&here, args, true).await,
+        ClientEvent::DocTypingStopped => doc_typing(&here, args, false).await,
+        ClientEvent::OpenInEditor => open_in_editor(&here, args).await,
+    }
+}
+
+/// What an event handler works with: the socket, the server, and the socket's own state.
+struct Here<'a> {
+    socket: &'a SocketRef,
+    io: &'a SocketIo,
+    app: &'a App,
+    client: &'a ClientState,
+}
+
+impl Here<'_> {
+    /// Join `room` (a Frappe room name) unless the socket already is in
+    /// `realtime_max_rooms_per_socket` rooms.
+    fn join_within_limit(&self, room: String) -> bool {
+        let max_rooms = self.app.settings().config.limits.max_rooms;
+        if self.socket.rooms().len() >= max_rooms {
+            let site = self.client.session.site.clone();
+            counter!(metrics::CLIENT_EVENTS_DROPPED, "site" => site, "reason" => "room_limit")
+                .increment(1);
+            tracing::debug!(site = %self.client.session.site, user = %self.client.session.user,
+                max_rooms, "room limit reached; subscription ignored");
+            return false;
+        }
+        self.socket.join(self.client.room(room));
+        true
+    }
+
+    fn leave(&self, room: String) {
+        self.socket.leave(self.client.room(room));
+    }
+
+    async fn may_subscribe(&self, subject: Subject<'_>) -> bool {
+        let settings = self.app.settings();
+        settings
+            .frappe
+            .may_subscribe(&self.client.session, subject)
+            .await
+    }
+
+    fn presence(&self) -> rooms::Announcer<'_> {
+        rooms::Announcer {
+            io: self.io,
+            socket: self.socket,
+            me: self.client,
+            version: self.app.settings().config.frappe_version,
+        }
     }
 }
 
@@ -201,94 +280,97 @@ fn on_ping(socket: &SocketRef) {
     let _ = socket.emit("pong", &NO_ARGS);
 }
 
-async fn doctype_subscribe(
-    socket: &SocketRef,
-    app: &App,
-    client: &ClientState,
-    args: Option<EventArgs>,
-) {
+async fn doctype_subscribe(here: &Here<'_>, args: Option<EventArgs>) {
     let Some(doctype) = args.and_then(|a| a.text(0).map(str::to_owned)) else {
         return;
     };
-    let frappe = &app.settings().frappe;
-    if frappe
-        .may_subscribe(&client.session, Subject::Doctype(&doctype))
-        .await
-    {
-        join_within_limit(socket, app, client, rooms::doctype(&doctype));
+    if here.may_subscribe(Subject::Doctype(&doctype)).await {
+        here.join_within_limit(rooms::doctype(&doctype));
     }
 }
 
-fn doctype_unsubscribe(socket: &SocketRef, args: Option<EventArgs>) {
+fn doctype_unsubscribe(here: &Here<'_>, args: Option<EventArgs>) {
     if let Some(doctype) = args.as_ref().and_then(|a| a.text(0)) {
-        socket.leave(rooms::doctype(doctype));
+        here.leave(rooms::doctype(doctype));
     }
 }
 
-async fn doc_subscribe(
-    socket: &SocketRef,
-    app: &App,
-    client: &ClientState,
-    args: Option<EventArgs>,
-) {
+async fn doc_subscribe(here: &Here<'_>, args: Option<EventArgs>) {
     let Some((doctype, docname)) = args.and_then(|a| a.doc()) else {
         return;
     };
-    let frappe = &app.settings().frappe;
-    if frappe
-        .may_subscribe(&client.session, Subject::Doc(&doctype, &docname))
-        .await
-    {
-        join_within_limit(socket, app, client, rooms::doc(&doctype, &docname));
+    if here.may_subscribe(Subject::Doc(&doctype, &docname)).await {
+        here.join_within_limit(rooms::doc(&doctype, &docname));
     }
 }
 
-fn doc_unsubscribe(socket: &SocketRef, args: Option<EventArgs>) {
+fn doc_unsubscribe(here: &Here<'_>, args: Option<EventArgs>) {
     if let Some((doctype, docname)) = args.and_then(|a| a.doc()) {
-        socket.leave(rooms::doc(&doctype, &docname));
+        here.leave(rooms::doc(&doctype, &docname));
     }
 }
 
-async fn task_subscribe(
-    socket: &SocketRef,
-    app: &App,
-    client: &ClientState,
-    args: Option<EventArgs>,
-) {
+fn task_subscribe(here: &Here<'_>, args: Option<EventArgs>) {
     if let Some(task_id) = args.as_ref().and_then(|a| a.text(0)) {
-        join_within_limit(socket, app, client, rooms::task(task_id));
+        here.join_within_limit(rooms::task(task_id));
     }
 }
 
-fn task_unsubscribe(socket: &SocketRef, args: Option<EventArgs>) {
+fn task_unsubscribe(here: &Here<'_>, args: Option<EventArgs>) {
     if let Some(task_id) = args.as_ref().and_then(|a| a.text(0)) {
-        socket.leave(rooms::task(task_id));
+        here.leave(rooms::task(task_id));
     }
 }
 
-async fn doc_open(socket: &SocketRef, app: &App, client: &ClientState, args: Option<EventArgs>) {
+async fn doc_open(here: &Here<'_>, args: Option<EventArgs>) {
     let Some((doctype, docname)) = args.and_then(|a| a.doc()) else {
         return;
     };
-    let frappe = &app.settings().frappe;
-    if !frappe
-        .may_subscribe(&client.session, Subject::Doc(&doctype, &docname))
-        .await
-        || !join_within_limit(socket, app, client, rooms::open_doc(&doctype, &docname))
+    if !here.may_subscribe(Subject::Doc(&doctype, &docname)).await
+        || !here.join_within_limit(rooms::open_doc(&doctype, &docname))
     {
         return;
     }
-    client.remember_open(&doctype, &docname);
-    rooms::announce_viewers(socket, client, &doctype, &docname, Presence::Staying).await;
+    here.client.remember_open(&doctype, &docname);
+    let presence = here.presence();
+    presence
+        .viewers(&doctype, &docname, Presence::Staying)
+        .await;
+    if presence.has_typing_indicators() {
+        presence.typers(&doctype, &docname).await;
+    }
 }
 
-async fn doc_close(socket: &SocketRef, client: &ClientState, args: Option<EventArgs>) {
+async fn doc_close(here: &Here<'_>, args: Option<EventArgs>) {
     let Some((doctype, docname)) = args.and_then(|a| a.doc()) else {
         return;
     };
-    socket.leave(rooms::open_doc(&doctype, &docname));
-    client.forget_open(&doctype, &docname);
-    rooms::announce_viewers(socket, client, &doctype, &docname, Presence::Staying).await;
+    here.leave(rooms::open_doc(&doctype, &docname));
+    here.client.forget_open(&doctype, &docname);
+    here.presence()
+        .viewers(&doctype, &docname, Presence::Staying)
+        .await;
+}
+
+/// `doc_typing` / `doc_typing_stopped` (Frappe 13 and 14; later versions ignore them): join
+/// or leave the document's typing room, then tell its viewers who is typing.
+async fn doc_typing(here: &Here<'_>, args: Option<EventArgs>, typing: bool) {
+    let presence = here.presence();
+    if !presence.has_typing_indicators() {
+        return;
+    }
+    let Some((doctype, docname)) = args.and_then(|a| a.doc()) else {
+        return;
+    };
+    let room = rooms::typing(&doctype, &docname);
+    if typing {
+        if !here.join_within_limit(room) {
+            return;
+        }
+    } else {
+        here.leave(room);
+    }
+    presence.typers(&doctype, &docname).await;
 }
 
 /// Spend one event from the socket's budget; `false` means the event is ignored. A client
@@ -310,24 +392,10 @@ fn within_budget(socket: &SocketRef, app: &App, client: &ClientState) -> bool {
     false
 }
 
-/// Join `room` unless the socket already is in `realtime_max_rooms_per_socket` rooms.
-fn join_within_limit(socket: &SocketRef, app: &App, client: &ClientState, room: String) -> bool {
-    let max_rooms = app.settings().config.limits.max_rooms;
-    if socket.rooms().len() >= max_rooms {
-        let site = client.session.site.clone();
-        counter!(metrics::CLIENT_EVENTS_DROPPED, "site" => site, "reason" => "room_limit")
-            .increment(1);
-        tracing::debug!(site = %client.session.site, user = %client.session.user, max_rooms,
-            "room limit reached; subscription ignored");
-        return false;
-    }
-    socket.join(room);
-    true
-}
-
 /// Publishes the build overlay's "open this file" request for `bench watch`. Frappe's Python
 /// service allows it only in developer mode and never for Guest; so do we.
-async fn open_in_editor(app: &App, client: &ClientState, args: Option<EventArgs>) {
+async fn open_in_editor(here: &Here<'_>, args: Option<EventArgs>) {
+    let (app, client) = (here.app, here.client);
     if !app.settings().config.developer_mode || client.session.is_guest() {
         return;
     }
@@ -342,13 +410,22 @@ async fn open_in_editor(app: &App, client: &ClientState, args: Option<EventArgs>
 
 async fn on_disconnect(
     socket: SocketRef,
+    io: SocketIo,
     State(app): State<Arc<App>>,
     Extension(client): Extension<Arc<ClientState>>,
     reason: DisconnectReason,
 ) {
     let session = &client.session;
+    let presence = rooms::Announcer {
+        io: &io,
+        socket: &socket,
+        me: &client,
+        version: app.settings().config.frappe_version,
+    };
     for (doctype, docname) in client.take_open() {
-        rooms::announce_viewers(&socket, &client, &doctype, &docname, Presence::Departing).await;
+        presence
+            .viewers(&doctype, &docname, Presence::Departing)
+            .await;
     }
     let cut_as_slow = app.slow.forget(socket.id);
     let reason = match (reason, socket.extensions.get::<ServerCause>()) {

@@ -1,16 +1,35 @@
-//! The checks Frappe makes on a Socket.IO handshake before it calls the site (spec §3.2, §3.3).
+//! The checks Frappe makes on a Socket.IO handshake before it calls the site (spec §3.2, §3.3),
+//! widened for clients that are not a browser on the site's own origin.
 //!
 //! Everything here is pure: it reads the headers of the request that opened the engine.io
-//! session and either names the credential to validate or says why the client is refused.
+//! session, and the CONNECT packet's auth payload, and either names the site and the
+//! credential to validate or says why the client is refused.
+//!
+//! Where we differ from Frappe's Node service, and why (the README has the operator's view):
+//! - **No `Origin` is not a cross-site request.** Browsers send `Origin` on every websocket
+//!   handshake and every cross-origin request, so a handshake without one comes from a program
+//!   (an IDE extension, an agent, a mobile app) holding its own credential, or from a page on
+//!   the same origin. Such a handshake passes the origin check; the credential is still
+//!   validated by the site. A *different* `Origin` is refused as before, unless the site's
+//!   `allow_cors` lists it.
+//! - **The root namespace `/`** serves the site the handshake resolves to, in the same order
+//!   as for `/<site>`, instead of accepting a socket that can never receive anything.
+//! - **The CONNECT auth payload** (`{sid}`, `{token}`, `{authorization}`) is a credential when
+//!   the headers carry none: non-browser Socket.IO clients cannot always set headers (a browser
+//!   websocket never can).
 
 use std::fmt;
 use std::net::IpAddr;
 
 use http::header::{AUTHORIZATION, COOKIE, HOST, HeaderName, ORIGIN, SEC_WEBSOCKET_KEY};
 use http::{HeaderMap, HeaderValue, Request};
+use serde_json::Value;
 
 use crate::auth::AuthFailure;
 use crate::caps::CapExceeded;
+use crate::config::FrappeVersion;
+use crate::cors::AllowCors;
+use crate::sites::SiteTable;
 
 /// `X-Frappe-Site-Name`, set by bench's nginx.
 const SITE_NAME: HeaderName = HeaderName::from_static("x-frappe-site-name");
@@ -38,6 +57,10 @@ pub enum Refusal {
     InvalidOrigin,
     MissingCredentials,
     NoAuthenticationMethod,
+    /// Frappe 13 and 14's text for [`Refusal::MissingCredentials`].
+    NoCookie,
+    /// Frappe 13 and 14's text for [`Refusal::NoAuthenticationMethod`].
+    NoSid,
     /// The site did not vouch for the credential (or could not be asked).
     Unauthorized(AuthFailure),
     /// A `realtime_max_connections_per_*` cap is full.
@@ -50,8 +73,8 @@ impl Refusal {
         match self {
             Self::InvalidNamespace => "invalid_namespace",
             Self::InvalidOrigin => "invalid_origin",
-            Self::MissingCredentials => "missing_credentials",
-            Self::NoAuthenticationMethod => "no_authentication_method",
+            Self::MissingCredentials | Self::NoCookie => "missing_credentials",
+            Self::NoAuthenticationMethod | Self::NoSid => "no_authentication_method",
             Self::Unauthorized(failure) => failure.kind.as_str(),
             Self::TooManyConnections(cap) => cap.label(),
         }
@@ -69,6 +92,8 @@ impl fmt::Display for Refusal {
             Self::NoAuthenticationMethod => {
                 f.write_str("No authentication method used. Use cookie or authorization header.")
             }
+            Self::NoCookie => f.write_str("No cookie transmitted."),
+            Self::NoSid => f.write_str("No sid transmitted."),
             Self::Unauthorized(failure) => write!(f, "Unauthorized: {}", failure.detail),
             Self::TooManyConnections(cap) => write!(
                 f,
@@ -101,12 +126,48 @@ impl fmt::Debug for Credential {
     }
 }
 
-/// A handshake that passed the local checks: who claims to be calling, from where.
+/// A handshake that passed the local checks: who claims to be calling, for which site, from
+/// where.
 #[derive(Debug, Clone)]
 pub struct Accepted {
+    pub site: String,
     pub credential: Credential,
-    /// The `Origin` header, the default base of callbacks to Frappe (spec §4.3).
-    pub origin: String,
+    /// The `Origin` header when it is the site's own: the default base of callbacks to Frappe
+    /// (spec §4.3). `None` for a client that sent none (not a browser) and for a page on an
+    /// origin the site's `allow_cors` admits: the site is not called back at someone else's
+    /// origin (which would hand that server the user's credential), so such clients need a
+    /// configured web server.
+    pub callback_origin: Option<String>,
+}
+
+/// The namespace a handshake asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Namespace<'a> {
+    /// `/<site>` (Frappe 15 on).
+    Site(&'a str),
+    /// `/`: the site comes from the headers alone.
+    Root,
+}
+
+impl<'a> Namespace<'a> {
+    /// From a namespace path as socketioxide gives it (`/` or `/<site>`).
+    pub fn from_path(path: &'a str) -> Self {
+        match path.strip_prefix('/') {
+            Some("") | None => Self::Root,
+            Some(site) => Self::Site(site),
+        }
+    }
+}
+
+/// What a handshake is checked against: the bench's configuration and its sites.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy<'a> {
+    /// `default_site`, for clients that reach us as localhost.
+    pub default_site: Option<&'a str>,
+    pub sites: &'a SiteTable,
+    /// `common_site_config.json`'s `allow_cors`, for sites without their own.
+    pub common_allow_cors: &'a AllowCors,
+    pub version: FrappeVersion,
 }
 
 /// The client's address for per-address caps: the connection's peer, or, when the peer is a
@@ -130,35 +191,117 @@ pub fn client_ip(peer: Option<IpAddr>, headers: &HeaderMap) -> Option<IpAddr> {
 
 /// Run the checks of spec §3.3 in Frappe's order; the first failure wins and nothing after it
 /// runs (Node keeps going after `Invalid namespace`; that defect is deliberately not copied).
+/// `auth` is the CONNECT packet's payload, if any.
 pub fn check(
-    namespace_site: &str,
+    namespace: Namespace<'_>,
     headers: &HeaderMap,
-    default_site: Option<&str>,
+    auth: Option<&Value>,
+    policy: &Policy<'_>,
 ) -> Result<Accepted, Refusal> {
-    if resolve_site(headers, default_site).as_deref() != Some(namespace_site) {
-        return Err(Refusal::InvalidNamespace);
-    }
-    let host = header(headers, HOST.as_str()).map(hostname);
-    let origin = header(headers, ORIGIN.as_str());
-    let origin = match (host, origin) {
-        (Some(host), Some(origin)) if host == hostname(origin) => origin.to_owned(),
-        _ => return Err(Refusal::InvalidOrigin),
-    };
+    let site = site_of(namespace, headers, policy)?;
+    let callback_origin = origin_allowed(&site, headers, policy)?;
+    let credential = credential(headers, auth, policy.version)?;
+    Ok(Accepted {
+        site,
+        credential,
+        callback_origin,
+    })
+}
 
-    let authorization = header(headers, AUTHORIZATION.as_str()).filter(|v| !v.is_empty());
-    let cookies = headers.get_all(COOKIE);
-    if authorization.is_none() && cookies.iter().next().is_none() {
-        return Err(Refusal::MissingCredentials);
+/// The site of a handshake: the namespace's, which the headers must resolve to, or for `/`
+/// whatever they resolve to, if the bench has that site.
+fn site_of(
+    namespace: Namespace<'_>,
+    headers: &HeaderMap,
+    policy: &Policy<'_>,
+) -> Result<String, Refusal> {
+    let resolved = resolve_site(headers, policy.default_site);
+    match (namespace, resolved) {
+        (Namespace::Site(site), Some(resolved)) if resolved == site => Ok(resolved),
+        (Namespace::Root, Some(resolved)) if policy.sites.contains(&resolved) => Ok(resolved),
+        _ => Err(Refusal::InvalidNamespace),
     }
-    // Authorization wins over the cookie: mobile apps send `sid=Guest` plus a token (#26766).
-    let credential = match authorization {
-        Some(value) => Credential::Authorization(value.to_owned()),
-        None => match sid_cookie(headers) {
-            Some(sid) => Credential::Sid(sid),
-            None => return Err(Refusal::NoAuthenticationMethod),
-        },
+}
+
+/// Whether a handshake may come from its `Origin`: none (not a browser), the site's own host
+/// (as Frappe checks it: Host and Origin name the same host), or one the site's `allow_cors`
+/// lists. Returns the origin to call the site back at, the site's own only.
+fn origin_allowed(
+    site: &str,
+    headers: &HeaderMap,
+    policy: &Policy<'_>,
+) -> Result<Option<String>, Refusal> {
+    let Some(origin) = header(headers, ORIGIN.as_str()) else {
+        return Ok(None);
     };
-    Ok(Accepted { credential, origin })
+    let host = header(headers, HOST.as_str()).map(hostname);
+    if host == Some(hostname(origin)) {
+        return Ok(Some(origin.to_owned()));
+    }
+    let own = policy.sites.get(site).map(|s| s.allow_cors);
+    let allow_cors = match &own {
+        Some(allow_cors) if allow_cors.is_set() => allow_cors,
+        _ => policy.common_allow_cors,
+    };
+    if allow_cors.allows(origin) {
+        Ok(None)
+    } else {
+        Err(Refusal::InvalidOrigin)
+    }
+}
+
+/// The credential of a handshake: the `Authorization` header, which wins over the cookie
+/// (mobile apps send `sid=Guest` plus a token, #26766), then the `sid` cookie, then the
+/// CONNECT auth payload when the headers carry neither.
+fn credential(
+    headers: &HeaderMap,
+    auth: Option<&Value>,
+    version: FrappeVersion,
+) -> Result<Credential, Refusal> {
+    if let Some(value) = header(headers, AUTHORIZATION.as_str()).filter(|v| !v.is_empty()) {
+        return Ok(Credential::Authorization(value.to_owned()));
+    }
+    if let Some(sid) = sid_cookie(headers) {
+        return Ok(Credential::Sid(sid));
+    }
+    if let Some(credential) = auth.and_then(payload_credential) {
+        return Ok(credential);
+    }
+    let legacy = !version.has_site_namespaces();
+    Err(match (headers.get(COOKIE).is_some(), legacy) {
+        (false, false) => Refusal::MissingCredentials,
+        (false, true) => Refusal::NoCookie,
+        (true, false) => Refusal::NoAuthenticationMethod,
+        (true, true) => Refusal::NoSid,
+    })
+}
+
+/// A credential in the CONNECT auth payload: `{"authorization": "<header value>"}`,
+/// `{"token": "<key>:<secret>"}` (Frappe's API keys, sent as `token <key>:<secret>`; a value
+/// that already names its scheme, like `Bearer …`, is sent as it is, and one without a `:`
+/// is taken for an OAuth bearer token) or `{"sid": "<session id>"}`. Other keys (such as
+/// socket.io's own `pid` and `offset`) are ignored.
+pub fn payload_credential(auth: &Value) -> Option<Credential> {
+    let text = |key: &str| {
+        auth.get(key)
+            .and_then(Value::as_str)
+            .map(str::trim)
+            .filter(|v| !v.is_empty() && HeaderValue::from_str(v).is_ok())
+    };
+    if let Some(value) = text("authorization") {
+        return Some(Credential::Authorization(value.to_owned()));
+    }
+    if let Some(token) = text("token") {
+        let value = if token.contains(' ') {
+            token.to_owned()
+        } else if token.contains(':') {
+            format!("token {token}")
+        } else {
+            format!("Bearer {token}")
+        };
+        return Some(Credential::Authorization(value));
+    }
+    text("sid").map(|sid| Credential::Sid(sid.to_owned()))
 }
 
 /// The site a handshake is for: `X-Frappe-Site-Name`, then `default_site` when the client
@@ -240,6 +383,42 @@ fn sid_cookie(headers: &HeaderMap) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sites::SiteSettings;
+
+    fn sites() -> SiteTable {
+        [
+            ("a.local".to_owned(), SiteSettings::default()),
+            (
+                "cors.local".to_owned(),
+                SiteSettings {
+                    allow_cors: AllowCors::Origins(vec!["https://portal.example".into()]),
+                },
+            ),
+        ]
+        .into_iter()
+        .collect()
+    }
+
+    /// `check` for `namespace` on a bench with the sites above, Frappe 16.
+    fn check_v16(namespace: &str, headers: &HeaderMap) -> Result<Accepted, Refusal> {
+        check_with(namespace, headers, None, FrappeVersion::V16)
+    }
+
+    fn check_with(
+        namespace: &str,
+        headers: &HeaderMap,
+        auth: Option<&Value>,
+        version: FrappeVersion,
+    ) -> Result<Accepted, Refusal> {
+        let sites = sites();
+        let policy = Policy {
+            default_site: None,
+            sites: &sites,
+            common_allow_cors: &AllowCors::Unset,
+            version,
+        };
+        check(Namespace::from_path(namespace), headers, auth, &policy)
+    }
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
@@ -298,7 +477,7 @@ mod tests {
             "right-sized: {}",
             kept.headers().capacity()
         );
-        let accepted = check("a.local", kept.headers(), None).expect("accepted");
+        let accepted = check_v16("/a.local", kept.headers()).expect("accepted");
         assert_eq!(
             accepted.credential,
             Credential::Authorization("token k:s".into())
@@ -344,14 +523,8 @@ mod tests {
     fn checks_run_in_order() {
         let wrong_site = headers(&[("host", "b.local"), ("origin", "http://b.local")]);
         assert_eq!(
-            check("a.local", &wrong_site, None).err(),
+            check_v16("/a.local", &wrong_site).err(),
             Some(Refusal::InvalidNamespace)
-        );
-
-        let no_origin = headers(&[("host", "a.local"), ("cookie", "sid=x")]);
-        assert_eq!(
-            check("a.local", &no_origin, None).err(),
-            Some(Refusal::InvalidOrigin)
         );
 
         let cross_origin = headers(&[
@@ -360,45 +533,160 @@ mod tests {
             ("origin", "http://evil.example"),
         ]);
         assert_eq!(
-            check("a.local", &cross_origin, None).err(),
+            check_v16("/a.local", &cross_origin).err(),
             Some(Refusal::InvalidOrigin)
         );
 
         let base = [("host", "a.local:9000"), ("origin", "http://a.local")];
         assert_eq!(
-            check("a.local", &headers(&base), None).err(),
+            check_v16("/a.local", &headers(&base)).err(),
             Some(Refusal::MissingCredentials)
         );
         let mut other_cookie = base.to_vec();
         other_cookie.push(("cookie", "theme=dark"));
         assert_eq!(
-            check("a.local", &headers(&other_cookie), None).err(),
+            check_v16("/a.local", &headers(&other_cookie)).err(),
             Some(Refusal::NoAuthenticationMethod)
         );
     }
 
     #[test]
-    fn authorization_wins_over_the_sid_cookie() {
-        let h = headers(&[
-            ("host", "a.local"),
-            ("origin", "https://a.local"),
-            ("cookie", "sid=Guest; x=1"),
-            ("authorization", "token k:s"),
-        ]);
-        let accepted = check("a.local", &h, None).expect("accepted");
-        assert_eq!(
-            accepted.credential,
-            Credential::Authorization("token k:s".into())
-        );
-        assert_eq!(accepted.origin, "https://a.local");
+    fn frappe_14_names_a_missing_credential_its_own_way() {
+        let base = [("host", "a.local"), ("origin", "http://a.local")];
+        let v14 = |pairs: &[(&str, &str)]| {
+            check_with("/", &headers(pairs), None, FrappeVersion::V14).err()
+        };
+        assert_eq!(v14(&base), Some(Refusal::NoCookie));
+        assert_eq!(Refusal::NoCookie.to_string(), "No cookie transmitted.");
+        let mut other_cookie = base.to_vec();
+        other_cookie.push(("cookie", "theme=dark"));
+        assert_eq!(v14(&other_cookie), Some(Refusal::NoSid));
+        assert_eq!(Refusal::NoSid.to_string(), "No sid transmitted.");
+        assert_eq!(Refusal::NoSid.reason(), "no_authentication_method");
+    }
 
-        let h = headers(&[
-            ("host", "a.local"),
-            ("origin", "https://a.local"),
-            ("cookie", "full_name=J%20D; sid=abc123"),
+    /// A program (no Origin) with a valid credential is not a cross-site browser request.
+    #[test]
+    fn no_origin_is_accepted_and_a_different_one_refused() {
+        let program = headers(&[("host", "a.local:9000"), ("cookie", "sid=abc")]);
+        let accepted = check_v16("/a.local", &program).expect("accepted");
+        assert_eq!(accepted.callback_origin, None);
+        assert_eq!(accepted.credential, Credential::Sid("abc".into()));
+
+        let other = headers(&[
+            ("x-frappe-site-name", "a.local"),
+            ("host", "a.local:9000"),
+            ("origin", "http://b.local"),
+            ("cookie", "sid=abc"),
         ]);
-        let accepted = check("a.local", &h, None).expect("accepted");
-        assert_eq!(accepted.credential, Credential::Sid("abc123".into()));
+        assert_eq!(
+            check_v16("/a.local", &other).err(),
+            Some(Refusal::InvalidOrigin)
+        );
+    }
+
+    #[test]
+    fn allow_cors_admits_the_origins_it_lists_and_only_those() {
+        let from = |origin| {
+            headers(&[
+                ("x-frappe-site-name", "cors.local"),
+                ("host", "cors.local"),
+                ("origin", origin),
+                ("cookie", "sid=abc"),
+            ])
+        };
+        let accepted = check_v16("/cors.local", &from("https://portal.example")).expect("listed");
+        assert_eq!(
+            accepted.callback_origin, None,
+            "the site is never called back at another origin"
+        );
+        assert_eq!(
+            check_v16("/cors.local", &from("https://evil.example")).err(),
+            Some(Refusal::InvalidOrigin)
+        );
+        // a.local lists nothing: the portal is refused there.
+        let to_a = headers(&[
+            ("x-frappe-site-name", "a.local"),
+            ("host", "a.local"),
+            ("origin", "https://portal.example"),
+            ("cookie", "sid=abc"),
+        ]);
+        assert_eq!(
+            check_v16("/a.local", &to_a).err(),
+            Some(Refusal::InvalidOrigin)
+        );
+        // The common allow_cors applies to sites without their own.
+        let sites = sites();
+        let any = AllowCors::Any;
+        let policy = Policy {
+            default_site: None,
+            sites: &sites,
+            common_allow_cors: &any,
+            version: FrappeVersion::V16,
+        };
+        assert!(check(Namespace::Site("a.local"), &to_a, None, &policy).is_ok());
+        let evil_to_cors = from("https://evil.example");
+        assert_eq!(
+            check(Namespace::Site("cors.local"), &evil_to_cors, None, &policy).err(),
+            Some(Refusal::InvalidOrigin),
+            "a site's own allow_cors wins over the common one"
+        );
+    }
+
+    #[test]
+    fn the_root_namespace_serves_the_site_the_headers_resolve_to_if_it_exists() {
+        let to_a = headers(&[("x-frappe-site-name", "a.local"), ("cookie", "sid=abc")]);
+        assert_eq!(check_v16("/", &to_a).expect("accepted").site, "a.local");
+        let to_unknown = headers(&[("x-frappe-site-name", "z.local"), ("cookie", "sid=abc")]);
+        assert_eq!(
+            check_v16("/", &to_unknown).err(),
+            Some(Refusal::InvalidNamespace)
+        );
+        assert_eq!(
+            check_v16("/", &headers(&[("cookie", "sid=abc")])).err(),
+            Some(Refusal::InvalidNamespace),
+            "no header names a site"
+        );
+    }
+
+    #[test]
+    fn the_auth_payload_is_a_credential_when_the_headers_carry_none() {
+        let bare = headers(&[("host", "a.local")]);
+        let with = |auth: Value| check_with("/a.local", &bare, Some(&auth), FrappeVersion::V16);
+        assert_eq!(
+            with(serde_json::json!({"sid": "abc"})).map(|a| a.credential),
+            Ok(Credential::Sid("abc".into()))
+        );
+        assert_eq!(
+            with(serde_json::json!({"token": "key:secret"})).map(|a| a.credential),
+            Ok(Credential::Authorization("token key:secret".into()))
+        );
+        assert_eq!(
+            with(serde_json::json!({"token": "opaque-oauth-token"})).map(|a| a.credential),
+            Ok(Credential::Authorization(
+                "Bearer opaque-oauth-token".into()
+            ))
+        );
+        assert_eq!(
+            with(serde_json::json!({"authorization": "Basic eDp5"})).map(|a| a.credential),
+            Ok(Credential::Authorization("Basic eDp5".into()))
+        );
+        assert_eq!(
+            with(serde_json::json!({"pid": "p", "offset": "1"})).err(),
+            Some(Refusal::MissingCredentials)
+        );
+        assert_eq!(
+            with(serde_json::json!({"sid": "line\nbreak"})).err(),
+            Some(Refusal::MissingCredentials),
+            "a value that cannot travel in a header is no credential"
+        );
+        // The headers' own credential wins.
+        let cookie = headers(&[("host", "a.local"), ("cookie", "sid=from-cookie")]);
+        let auth = serde_json::json!({"sid": "from-payload"});
+        assert_eq!(
+            check_with("/a.local", &cookie, Some(&auth), FrappeVersion::V16).map(|a| a.credential),
+            Ok(Credential::Sid("from-cookie".into()))
+        );
     }
 
     #[test]

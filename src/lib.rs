@@ -8,12 +8,14 @@
 
 pub mod answer_cache;
 pub mod app;
+pub mod audience;
 pub mod auth;
 pub mod bridge;
 pub mod caps;
 pub mod coalesce;
 pub mod config;
 pub mod connection;
+pub mod cors;
 pub mod handlers;
 pub mod handshake;
 pub mod limits;

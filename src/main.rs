@@ -19,8 +19,8 @@ struct Cli {
     /// Bind TCP on this address only (default: every interface, like Frappe's service).
     #[arg(long)]
     host: Option<IpAddr>,
-    /// Speak this Frappe major version (15 or 16) instead of the one in apps/frappe.
-    #[arg(long, value_parser = clap::value_parser!(u32).range(15..))]
+    /// Speak this Frappe major version (13 to 16) instead of the one in apps/frappe.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(13..=16))]
     frappe_version: Option<u32>,
     /// Also serve /metrics, /health and /ready here: a port (bound on 127.0.0.1) or IP:PORT.
     #[arg(long, value_parser = parse_metrics_addr)]

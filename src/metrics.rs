@@ -12,6 +12,9 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use socketioxide::SocketIo;
 use socketioxide::adapter::LocalAdapter;
 
+use crate::audience;
+use crate::sites::SiteTable;
+
 pub const SOCKETS: &str = "frappe_realtime_sockets";
 pub const SITES: &str = "frappe_realtime_sites";
 pub const ENGINE_SESSIONS_OPENED: &str = "frappe_realtime_engine_sessions_opened_total";
@@ -82,22 +85,22 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition, with scrape-time gauges refreshed first.
-    pub fn render(&self, io: &SocketIo<LocalAdapter>) -> String {
+    pub fn render(&self, io: &SocketIo<LocalAdapter>, sites: &SiteTable) -> String {
         self.process.collect();
         gauge!(UPTIME).set(self.started.elapsed().as_secs_f64());
-        sample_sockets(io);
+        sample_sockets(io, sites);
         self.handle.render()
     }
 }
 
-/// Socket counts per site and transport. O(sockets), so done per scrape, not per event.
-fn sample_sockets(io: &SocketIo<LocalAdapter>) {
-    let namespaces = io.nsps();
-    gauge!(SITES).set(namespaces.len() as f64);
-    for namespace in namespaces {
-        let site = namespace.ns_path().trim_start_matches('/').to_owned();
+/// Socket counts per site and transport, in both namespaces. O(sockets), so done per scrape,
+/// not per event.
+fn sample_sockets(io: &SocketIo<LocalAdapter>, sites: &SiteTable) {
+    let names = sites.names();
+    gauge!(SITES).set(names.len() as f64);
+    for site in names {
         let (mut polling, mut websocket) = (0u32, 0u32);
-        for socket in namespace.sockets() {
+        for socket in audience::site_sockets(io, &site) {
             match socket.transport_type() {
                 socketioxide::TransportType::Polling => polling += 1,
                 socketioxide::TransportType::Websocket => websocket += 1,

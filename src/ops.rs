@@ -45,7 +45,7 @@ async fn metrics(State(ops): State<Arc<Ops>>) -> Response {
                 header::CONTENT_TYPE,
                 "text/plain; version=0.0.4; charset=utf-8",
             )],
-            metrics.render(&ops.io),
+            metrics.render(&ops.io, &ops.app.sites),
         )
             .into_response(),
         None => (StatusCode::NOT_FOUND, "metrics are off (--no-metrics)\n").into_response(),
@@ -64,7 +64,7 @@ async fn ready(State(ops): State<Arc<Ops>>) -> (StatusCode, Json<serde_json::Val
         "status": if subscribed { "ready" } else { "not_ready" },
         "redis": if subscribed { "subscribed" } else { "disconnected" },
         "config": "loaded",
-        "sites": ops.io.nsps().len(),
+        "sites": ops.app.sites.len(),
     });
     let status = if subscribed {
         StatusCode::OK

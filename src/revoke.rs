@@ -12,7 +12,7 @@ use socketioxide::SocketIo;
 use socketioxide::adapter::LocalAdapter;
 
 use crate::app::App;
-use crate::rooms;
+use crate::{audience, rooms};
 
 /// The Redis channel (on `redis_queue`) that carries revocations.
 pub const CHANNEL: &str = "frappe_realtime:revoke";
@@ -33,10 +33,10 @@ pub struct Revocation {
 /// answers, so they cannot reconnect without Frappe's say; returns how many sockets there were.
 pub fn disconnect_user(io: &SocketIo<LocalAdapter>, app: &App, site: &str, user: &str) -> usize {
     app.settings().frappe.forget_user(site, user);
-    let Some(namespace) = io.of(format!("/{site}")) else {
-        return 0;
-    };
-    let sockets = namespace.within(rooms::user(user)).sockets();
+    let sockets: Vec<_> = audience::room_of_site(io, site, &rooms::user(user))
+        .into_iter()
+        .flat_map(|(namespace, room)| namespace.within(room).sockets())
+        .collect();
     let count = sockets.len();
     for socket in sockets {
         socket.extensions.insert(ServerCause("session_revoked"));

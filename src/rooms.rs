@@ -1,15 +1,20 @@
 //! Room names Frappe publishes to (spec §5.4) and who-is-viewing presence (spec §5.3).
 //!
-//! Room names are opaque strings; doctype and docname go in unescaped, as in Frappe.
+//! Room names are opaque strings; doctype and docname go in unescaped, as in Frappe. The
+//! names here are the ones of a site's own namespace; a socket's [`ClientState::room`] gives
+//! the name it joins (prefixed with the site in `/`, see [`crate::audience`]).
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::Serialize;
+use socketioxide::SocketIo;
 use socketioxide::extract::SocketRef;
 
+use crate::audience::{self, Scope};
 use crate::auth::Session;
 use crate::caps::Seat;
+use crate::config::FrappeVersion;
 use crate::limits::{EventBudget, Limits, Verdict};
 
 pub const WEBSITE: &str = "website";
@@ -36,10 +41,16 @@ pub fn task(task_id: &str) -> String {
     format!("task_progress:{task_id}")
 }
 
-/// A socket's own state: who it is and which documents it has open.
+/// Frappe 13 and 14: who is typing in a document.
+pub fn typing(doctype: &str, docname: &str) -> String {
+    format!("typing:{doctype}/{docname}")
+}
+
+/// A socket's own state: who it is, how its rooms are named, and which documents it has open.
 #[derive(Debug)]
 pub struct ClientState {
     pub session: Session,
+    scope: Scope,
     open_docs: Mutex<BTreeSet<(String, String)>>,
     budget: Mutex<EventBudget>,
     /// Held for the socket's lifetime; dropping the state frees the connection's place.
@@ -47,13 +58,19 @@ pub struct ClientState {
 }
 
 impl ClientState {
-    pub fn new(session: Session, seat: Seat, limits: &Limits) -> Arc<Self> {
+    pub fn new(session: Session, seat: Seat, limits: &Limits, scope: Scope) -> Arc<Self> {
         Arc::new(Self {
             session,
+            scope,
             open_docs: Mutex::new(BTreeSet::new()),
             budget: Mutex::new(EventBudget::new(limits)),
             _seat: seat,
         })
+    }
+
+    /// `room` (a Frappe room name) as this socket joins it.
+    pub fn room(&self, room: String) -> String {
+        self.scope.room(room)
     }
 
     /// Spend one client event from this socket's budget.
@@ -86,8 +103,9 @@ impl ClientState {
     }
 }
 
+/// `doc_viewers` and `doc_typers`: the distinct users in a document's room.
 #[derive(Serialize)]
-struct DocViewers<'a> {
+struct DocUsers<'a> {
     doctype: &'a str,
     docname: &'a str,
     users: Vec<String>,
@@ -102,42 +120,87 @@ pub enum Presence {
     Departing,
 }
 
-/// Send `doc_viewers` with the distinct users viewing a document to everyone viewing it.
-///
-/// Like Frappe, nothing is sent when the only viewer left is the announcing user (a lone
-/// viewer is not told about himself).
-pub async fn announce_viewers(
-    socket: &SocketRef,
-    me: &ClientState,
-    doctype: &str,
-    docname: &str,
-    presence: Presence,
-) {
-    let room = open_doc(doctype, docname);
-    let viewers: Vec<String> = socket
-        .within(room.clone())
-        .sockets()
-        .into_iter()
-        .filter(|other| presence == Presence::Staying || other.id != socket.id)
-        .filter_map(|other| other.extensions.get::<Arc<ClientState>>())
-        .map(|state| state.session.user.clone())
-        .collect();
-    if let [only] = viewers.as_slice()
-        && *only == me.session.user
-    {
-        return;
+/// Tells a document's viewers who views it and, on Frappe 13 and 14, who types in it. A
+/// document's viewers are in its room of the site's namespace and of `/` alike.
+pub struct Announcer<'a> {
+    pub io: &'a SocketIo,
+    /// The socket whose move prompted the announcement.
+    pub socket: &'a SocketRef,
+    pub me: &'a ClientState,
+    pub version: FrappeVersion,
+}
+
+impl Announcer<'_> {
+    pub fn has_typing_indicators(&self) -> bool {
+        !self.version.has_site_namespaces()
     }
-    let payload = DocViewers {
-        doctype,
-        docname,
-        users: distinct_in_order(viewers),
-    };
-    let audience = match presence {
-        Presence::Staying => socket.within(room),
-        Presence::Departing => socket.to(room),
-    };
-    if let Err(e) = audience.emit("doc_viewers", &payload).await {
-        tracing::debug!(error = %e, "doc_viewers not delivered to every viewer");
+
+    /// Send `doc_viewers` with the distinct users viewing a document to everyone viewing it.
+    ///
+    /// From Frappe 15 on, nothing is sent when the only viewer left is the announcing user
+    /// (a lone viewer is not told about himself); Frappe 13 and 14 send it anyway.
+    pub async fn viewers(&self, doctype: &str, docname: &str, presence: Presence) {
+        let room = open_doc(doctype, docname);
+        let viewers = self.members(&room, presence);
+        if self.version.has_site_namespaces()
+            && let [only] = viewers.as_slice()
+            && *only == self.me.session.user
+        {
+            return;
+        }
+        self.tell(&room, "doc_viewers", doctype, docname, viewers, presence)
+            .await;
+    }
+
+    /// Send `doc_typers` with the distinct users typing in a document to its viewers.
+    pub async fn typers(&self, doctype: &str, docname: &str) {
+        let typers = self.members(&typing(doctype, docname), Presence::Staying);
+        let room = open_doc(doctype, docname);
+        self.tell(
+            &room,
+            "doc_typers",
+            doctype,
+            docname,
+            typers,
+            Presence::Staying,
+        )
+        .await;
+    }
+
+    /// The users of the sockets in `room` of the site, wherever they are connected.
+    fn members(&self, room: &str, presence: Presence) -> Vec<String> {
+        audience::room_of_site(self.io, &self.me.session.site, room)
+            .into_iter()
+            .flat_map(|(namespace, name)| namespace.within(name).sockets())
+            .filter(|other| presence == Presence::Staying || other.id != self.socket.id)
+            .filter_map(|other| other.extensions.get::<Arc<ClientState>>())
+            .map(|state| state.session.user.clone())
+            .collect()
+    }
+
+    async fn tell(
+        &self,
+        room: &str,
+        event: &str,
+        doctype: &str,
+        docname: &str,
+        users: Vec<String>,
+        presence: Presence,
+    ) {
+        let payload = DocUsers {
+            doctype,
+            docname,
+            users: distinct_in_order(users),
+        };
+        for (namespace, name) in audience::room_of_site(self.io, &self.me.session.site, room) {
+            let audience = match presence {
+                Presence::Staying => namespace.within(name),
+                Presence::Departing => namespace.within(name).except(self.socket.id),
+            };
+            if let Err(e) = audience.emit(event, &payload).await {
+                tracing::debug!(error = %e, event, "not delivered to every viewer");
+            }
+        }
     }
 }
 
@@ -160,6 +223,7 @@ mod tests {
         assert_eq!(open_doc("ToDo", "1"), "open_doc:ToDo/1");
         assert_eq!(doctype("ToDo"), "doctype:ToDo");
         assert_eq!(task("abc"), "task_progress:abc");
+        assert_eq!(typing("ToDo", "1"), "typing:ToDo/1");
     }
 
     #[test]

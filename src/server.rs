@@ -13,19 +13,22 @@ use axum::http::StatusCode;
 use axum::serve::{IncomingStream, Listener};
 use socketioxide::SocketIo;
 use socketioxide::adapter::LocalAdapter;
+use socketioxide::handler::ConnectHandler;
 use tower::ServiceBuilder;
 use tower_http::cors::CorsLayer;
 
 use ::metrics::counter;
 
 use crate::app::App;
+use crate::audience;
 use crate::bridge::{self, Subscription};
 use crate::config::{Config, Listen, Overrides};
 use crate::connection::{MeteredListener, Peer};
+use crate::handlers;
 use crate::handshake;
 use crate::metrics::{self, Metrics};
 use crate::ops::{self, Ops};
-use crate::sites::SiteRegistry;
+use crate::sites::{SiteRegistry, SiteTable};
 use crate::slow::SlowConsumers;
 
 /// Node's `maxHttpBufferSize` default, which Frappe's clients expect (socketioxide: 100 KB).
@@ -75,7 +78,18 @@ pub async fn run(
     let reloader = tokio::spawn(reload_on_hangup(app.clone(), options.overrides.clone()));
 
     let (layer, io) = socket_io_layer(app.clone());
-    let mut registry = SiteRegistry::new(io.clone(), sites_dir.clone());
+    // The root namespace: Frappe 13 and 14's only one, and where non-browser clients connect
+    // on any version; its handshakes name the site.
+    io.ns(
+        audience::ROOT,
+        handlers::on_connect.with(handlers::authenticate),
+    );
+    let mut registry = SiteRegistry::new(
+        io.clone(),
+        sites_dir.clone(),
+        app.sites.clone(),
+        app.settings().config.frappe_version.has_site_namespaces(),
+    );
     registry.sync().await;
     if registry.served().is_empty() {
         tracing::warn!(dir = %sites_dir.display(), "no sites found yet (a site is sites/<name>/site_config.json)");
@@ -120,7 +134,7 @@ pub async fn run(
     };
     // The port is closed: no client can reach this process any more. Returning drops every
     // connection with it (see `serve`).
-    note_shutdown_disconnects(&io);
+    note_shutdown_disconnects(&io, &app.sites);
     watcher.abort();
     subscriber.abort();
     slow_consumers.abort();
@@ -136,10 +150,9 @@ pub async fn run(
 
 /// Count and log the sockets a shutdown disconnects, per site: they go with the process, so
 /// their own disconnect handlers never run.
-fn note_shutdown_disconnects(io: &SocketIo<LocalAdapter>) {
-    for namespace in io.nsps() {
-        let site = namespace.ns_path().trim_start_matches('/').to_owned();
-        let sockets = namespace.sockets().len();
+fn note_shutdown_disconnects(io: &SocketIo<LocalAdapter>, sites: &SiteTable) {
+    for site in sites.names() {
+        let sockets = audience::site_sockets(io, &site).len();
         if sockets > 0 {
             counter!(metrics::DISCONNECTS, "site" => site.clone(), "reason" => "server_shutdown")
                 .increment(sockets as u64);

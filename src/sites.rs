@@ -1,27 +1,34 @@
-//! The bench's sites, one Socket.IO namespace each (spec §3.1).
+//! The bench's sites: which exist, what each allows, and one Socket.IO namespace each from
+//! Frappe 15 on (spec §3.1).
 //!
 //! A site exists when `sites/<site>/site_config.json` exists. Each site gets a *static*
 //! namespace registered here, instead of socketioxide's dynamic namespaces: those are created
 //! before the middleware runs (so refused handshakes to junk names pile up in memory) and
 //! two first CONNECTs racing to one new child can orphan a socket (notes §A1). With static
 //! namespaces an unknown name gets the library's own `Invalid namespace`, allocating nothing.
+//! The root namespace `/`, where Frappe 13 and 14 and non-browser clients connect, is
+//! registered once by the server; the [`SiteTable`] tells its handshakes which sites exist.
 //!
 //! `sites/` and each site folder are watched (inotify on Linux) so sites created or dropped
-//! later are served without a restart; a slow periodic rescan covers missed events.
+//! later, and edits to a site's `allow_cors`, are picked up without a restart; a slow periodic
+//! rescan covers missed events.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use notify::event::{AccessKind, AccessMode};
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
+use serde_json::Value;
 use socketioxide::SocketIo;
 use socketioxide::adapter::LocalAdapter;
 use socketioxide::handler::ConnectHandler;
 use tokio::sync::mpsc;
 
+use crate::cors::AllowCors;
 use crate::revoke::ServerCause;
-use crate::{handlers, metrics};
+use crate::{audience, handlers, metrics};
 
 const RESCAN_EVERY: Duration = Duration::from_secs(5);
 
@@ -59,23 +66,114 @@ fn is_site_name(name: &str) -> bool {
     !name.is_empty() && !name.starts_with('.') && !name.contains(['/', '\\'])
 }
 
-/// Keeps the namespaces of `io` equal to the sites on disk.
+/// What a handshake needs to know of a site, from its `site_config.json`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SiteSettings {
+    /// The site's own `allow_cors`; [`AllowCors::Unset`] falls back to the common one.
+    pub allow_cors: AllowCors,
+}
+
+/// The sites served right now. The registry keeps it current; handshakes read it.
+#[derive(Debug, Default)]
+pub struct SiteTable(RwLock<BTreeMap<String, SiteSettings>>);
+
+impl SiteTable {
+    /// The settings of `site`, if the bench has it.
+    pub fn get(&self, site: &str) -> Option<SiteSettings> {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(site)
+            .cloned()
+    }
+
+    pub fn contains(&self, site: &str) -> bool {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains_key(site)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.read().unwrap_or_else(PoisonError::into_inner).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    fn replace(&self, sites: BTreeMap<String, SiteSettings>) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = sites;
+    }
+}
+
+impl FromIterator<(String, SiteSettings)> for SiteTable {
+    fn from_iter<I: IntoIterator<Item = (String, SiteSettings)>>(sites: I) -> Self {
+        Self(RwLock::new(sites.into_iter().collect()))
+    }
+}
+
+/// Read what a handshake needs from `sites/<site>/site_config.json`. A file that cannot be
+/// read or parsed leaves the site served with no `allow_cors` (Frappe's own web server would
+/// fail on it); the reason is returned for the log.
+fn read_settings(sites_dir: &Path, site: &str) -> (SiteSettings, Option<String>) {
+    let path = sites_dir.join(site).join("site_config.json");
+    let parsed = std::fs::read(&path)
+        .map_err(|e| e.to_string())
+        .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).map_err(|e| e.to_string()))
+        .and_then(|config| match config.get("allow_cors") {
+            None => Ok(AllowCors::Unset),
+            Some(value) => AllowCors::from_value(value).map_err(|e| format!("allow_cors {e}")),
+        });
+    match parsed {
+        Ok(allow_cors) => (SiteSettings { allow_cors }, None),
+        Err(problem) => (
+            SiteSettings::default(),
+            Some(format!("{}: {problem}", path.display())),
+        ),
+    }
+}
+
+/// Keeps the [`SiteTable`], and the namespaces of `io`, equal to the sites on disk.
 pub struct SiteRegistry {
     io: SocketIo<LocalAdapter>,
     sites_dir: PathBuf,
+    table: Arc<SiteTable>,
+    /// Frappe 15 on: a namespace per site. Before, every site shares `/`.
+    site_namespaces: bool,
     served: BTreeSet<String>,
+    /// The last problem reported for each site's `site_config.json`, to report it once.
+    problems: BTreeMap<String, String>,
 }
 
 impl SiteRegistry {
-    pub fn new(io: SocketIo<LocalAdapter>, sites_dir: PathBuf) -> Self {
+    pub fn new(
+        io: SocketIo<LocalAdapter>,
+        sites_dir: PathBuf,
+        table: Arc<SiteTable>,
+        site_namespaces: bool,
+    ) -> Self {
         Self {
             io,
             sites_dir,
+            table,
+            site_namespaces,
             served: BTreeSet::new(),
+            problems: BTreeMap::new(),
         }
     }
 
-    /// Register namespaces for new sites and drop those of vanished ones.
+    /// Register namespaces for new sites, drop those of vanished ones, and re-read every
+    /// site's settings.
     pub async fn sync(&mut self) {
         let on_disk = match scan(&self.sites_dir) {
             Ok(on_disk) => on_disk,
@@ -85,30 +183,54 @@ impl SiteRegistry {
                 return;
             }
         };
+        let settings = self.read_all_settings(&on_disk);
+        self.table.replace(settings);
         for site in on_disk.difference(&self.served) {
-            self.io.ns(
-                format!("/{site}"),
-                handlers::on_connect.with(handlers::authenticate),
-            );
+            if self.site_namespaces {
+                self.io.ns(
+                    format!("/{site}"),
+                    handlers::on_connect.with(handlers::authenticate),
+                );
+            }
             tracing::info!(%site, "serving site");
         }
         for site in self.served.difference(&on_disk) {
-            let path = format!("/{site}");
             // Tell the site's clients they were disconnected: `delete_ns` alone closes the
             // sockets on our side only, leaving each client with a dead connection.
-            if let Some(namespace) = self.io.of(&path) {
-                for socket in namespace.clone().sockets() {
-                    socket.extensions.insert(ServerCause("site_removed"));
-                }
-                if let Err(e) = namespace.disconnect().await {
-                    tracing::debug!(%site, error = %e, "some sockets were already gone");
+            for socket in audience::site_sockets(&self.io, site) {
+                socket.extensions.insert(ServerCause("site_removed"));
+                if let Err(e) = socket.disconnect() {
+                    tracing::debug!(%site, error = %e, "a socket was already gone");
                 }
             }
-            self.io.delete_ns(path);
+            if self.site_namespaces {
+                self.io.delete_ns(format!("/{site}"));
+            }
             metrics::forget_site(site);
             tracing::info!(%site, "site removed; its clients were disconnected");
         }
         self.served = on_disk;
+    }
+
+    fn read_all_settings(&mut self, sites: &BTreeSet<String>) -> BTreeMap<String, SiteSettings> {
+        self.problems.retain(|site, _| sites.contains(site));
+        sites
+            .iter()
+            .map(|site| {
+                let (settings, problem) = read_settings(&self.sites_dir, site);
+                match problem {
+                    Some(problem) if self.problems.get(site) != Some(&problem) => {
+                        tracing::warn!(%site, %problem, "site_config.json not usable; serving the site without its allow_cors");
+                        self.problems.insert(site.clone(), problem);
+                    }
+                    Some(_) => {}
+                    None => {
+                        self.problems.remove(site);
+                    }
+                }
+                (site.clone(), settings)
+            })
+            .collect()
     }
 
     pub fn served(&self) -> &BTreeSet<String> {

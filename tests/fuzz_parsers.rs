@@ -10,9 +10,12 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use frappe_realtime::bridge::{self, Malformed, Publication, Target};
+use frappe_realtime::config::FrappeVersion;
 use frappe_realtime::config::{Config, ConfigError, Overrides, Source};
+use frappe_realtime::cors::AllowCors;
 use frappe_realtime::handlers::EventArgs;
-use frappe_realtime::handshake::{self, Credential, Refusal};
+use frappe_realtime::handshake::{self, Credential, Namespace, Policy, Refusal};
+use frappe_realtime::sites::{SiteSettings, SiteTable};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
@@ -54,6 +57,7 @@ const PARSE_FALSY_ROOM_CASES: u32 = 4_096;
 const HOSTNAME_CASES: u32 = 10_000;
 const HANDSHAKE_CASES: u32 = 8_192;
 const SID_COOKIE_CASES: u32 = 8_192;
+const AUTH_PAYLOAD_CASES: u32 = 4_096;
 const CONFIG_CASES: u32 = 2_048;
 const EVENT_ARGS_JSON_CASES: u32 = 4_096;
 const EVENT_ARGS_BYTES_CASES: u32 = 10_000;
@@ -323,7 +327,7 @@ proptest! {
         vec(any::<u8>(), 0..256),
         nearly_json(),
     ]) {
-        let result = bridge::parse(&bytes);
+        let result = bridge::parse(&bytes, FrappeVersion::V16);
         if serde_json::from_slice::<Value>(&bytes).is_err() {
             prop_assert_eq!(result, Err(Malformed::NotJson));
         }
@@ -340,7 +344,7 @@ proptest! {
         json_value(),
         publication_like().prop_map(Value::Object),
     ]) {
-        let result = bridge::parse(value.to_string().as_bytes());
+        let result = bridge::parse(value.to_string().as_bytes(), FrappeVersion::V16);
         match through_the_wire(&value) {
             Value::Object(object) => prop_assert_eq!(result, expected_parse(&object)),
             _ => prop_assert_eq!(result, Err(Malformed::NotAnObject)),
@@ -368,7 +372,7 @@ proptest! {
         }
         object.insert("namespace".into(), Value::from(site.clone()));
         object.insert("room".into(), Value::from(room.clone()));
-        let publication = bridge::parse(Value::Object(object).to_string().as_bytes());
+        let publication = bridge::parse(Value::Object(object).to_string().as_bytes(), FrappeVersion::V16);
         let message = message.as_ref().map(through_the_wire).unwrap_or(Value::Null);
         prop_assert_eq!(publication, Ok(Publication {
             event,
@@ -400,7 +404,7 @@ proptest! {
         if let Some(namespace) = namespace {
             object.insert("namespace".into(), namespace);
         }
-        let publication = bridge::parse(Value::Object(object).to_string().as_bytes());
+        let publication = bridge::parse(Value::Object(object).to_string().as_bytes(), FrappeVersion::V16);
         prop_assert_eq!(publication, Ok(Publication {
             event,
             message: through_the_wire(&message),
@@ -631,25 +635,50 @@ fn text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// What `check` promises about one handshake, whatever namespace it was asked about.
+/// A bench with these sites, none with `allow_cors`.
+fn bench_of(sites: &[&str]) -> SiteTable {
+    sites
+        .iter()
+        .map(|site| ((*site).to_owned(), SiteSettings::default()))
+        .collect()
+}
+
+/// What `check` promises about one handshake, whatever namespace it was asked about (`None`:
+/// the root namespace), on a bench with the sites `bench` lists.
 fn check_one(
-    namespace: &str,
+    namespace: Option<&str>,
     headers: &HeaderMap,
     default_site: Option<&str>,
+    bench: &SiteTable,
 ) -> Result<(), TestCaseError> {
     let resolved = handshake::resolve_site(headers, default_site);
     let host = text(headers, "host");
     let origin = text(headers, "origin");
     let authorization = text(headers, "authorization").filter(|v| !v.is_empty());
     let has_cookie = headers.get("cookie").is_some();
-    match handshake::check(namespace, headers, default_site) {
+    let policy = Policy {
+        default_site,
+        sites: bench,
+        common_allow_cors: &AllowCors::Unset,
+        version: FrappeVersion::V16,
+    };
+    let asked = namespace.map_or(Namespace::Root, Namespace::Site);
+    let site_ok = match (namespace, resolved.as_deref()) {
+        (Some(namespace), Some(resolved)) => namespace == resolved,
+        (None, Some(resolved)) => bench.contains(resolved),
+        (_, None) => false,
+    };
+    // A missing Origin is a program's handshake; a present one must name the Host's host.
+    let origin_ok = match (host, origin) {
+        (_, None) => true,
+        (Some(h), Some(o)) => handshake::hostname(h) == handshake::hostname(o),
+        (None, Some(_)) => false,
+    };
+    match handshake::check(asked, headers, None, &policy) {
         Ok(accepted) => {
-            prop_assert_eq!(resolved.as_deref(), Some(namespace));
-            let (Some(host), Some(origin)) = (host, origin) else {
-                return Err(TestCaseError::fail("accepted without Host and Origin"));
-            };
-            prop_assert_eq!(handshake::hostname(host), handshake::hostname(origin));
-            prop_assert_eq!(accepted.origin.as_str(), origin);
+            prop_assert!(site_ok && origin_ok);
+            prop_assert_eq!(Some(accepted.site.as_str()), resolved.as_deref());
+            prop_assert_eq!(accepted.callback_origin.as_deref(), origin);
             match (&accepted.credential, authorization) {
                 (Credential::Authorization(value), Some(given)) => prop_assert_eq!(value, given),
                 (Credential::Sid(sid), None) => {
@@ -687,18 +716,16 @@ fn check_one(
             prop_assert_eq!(
                 format!("{accepted:?}"),
                 format!(
-                    "Accepted {{ credential: {shown}, origin: {:?} }}",
-                    accepted.origin
+                    "Accepted {{ site: {:?}, credential: {shown}, callback_origin: {:?} }}",
+                    accepted.site, accepted.callback_origin
                 )
             );
         }
         Err(refusal) => {
             // The first failing check, in spec §3.3's order.
-            let expected = if resolved.as_deref() != Some(namespace) {
+            let expected = if !site_ok {
                 Some(Refusal::InvalidNamespace)
-            } else if !matches!((host, origin), (Some(h), Some(o))
-                if handshake::hostname(h) == handshake::hostname(o))
-            {
+            } else if !origin_ok {
                 Some(Refusal::InvalidOrigin)
             } else if authorization.is_none() && !has_cookie {
                 Some(Refusal::MissingCredentials)
@@ -743,18 +770,22 @@ proptest! {
         let headers = case.headers();
         let default_site = case.default_site.as_deref();
         let resolved = handshake::resolve_site(&headers, default_site);
+        let bench = bench_of(&[case.namespace.as_str()]);
         if let Some(site) = &resolved {
             if Some(site.as_str()) != default_site {
                 prop_assert!(!site.contains(':') && !site.contains('/'), "site {:?}", site);
             }
-            // Asked about the site the headers resolve to, the later checks run.
-            check_one(site, &headers, default_site)?;
+            // Asked about the site the headers resolve to, the later checks run; on `/` too
+            // when the bench has that site.
+            check_one(Some(site), &headers, default_site, &bench)?;
+            check_one(None, &headers, default_site, &bench_of(&[site.as_str()]))?;
         } else {
             prop_assert!(text(&headers, "x-frappe-site-name").is_none());
             prop_assert!(text(&headers, "origin").is_none());
             prop_assert!(text(&headers, "host").is_none());
         }
-        check_one(&case.namespace, &headers, default_site)?;
+        check_one(Some(&case.namespace), &headers, default_site, &bench)?;
+        check_one(None, &headers, default_site, &bench)?;
     }
 }
 
@@ -792,13 +823,79 @@ proptest! {
             let value = pairs[window[0]..window[1]].join(separator);
             headers.append("cookie", HeaderValue::from_str(&value).expect("cookie header"));
         }
-        let accepted = handshake::check("a.local", &headers, None);
+        let bench = bench_of(&["a.local"]);
+        let policy = Policy {
+            default_site: None,
+            sites: &bench,
+            common_allow_cors: &AllowCors::Unset,
+            version: FrappeVersion::V16,
+        };
+        let accepted = handshake::check(Namespace::Site("a.local"), &headers, None, &policy);
         prop_assert_eq!(
             accepted.map(|a| a.credential),
             Ok(Credential::Sid(token.clone())),
             "cookie headers {:?}",
             headers.get_all("cookie").iter().collect::<Vec<_>>()
         );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3b. The CONNECT auth payload
+// ---------------------------------------------------------------------------------------------
+
+/// An auth payload: any JSON, or an object with credential keys of any JSON value.
+fn auth_payload() -> impl Strategy<Value = Value> {
+    let credential_keys = btree_map(
+        pick(&["sid", "token", "authorization", "pid", "offset", "Sid"]),
+        prop_oneof![3 => any_string().prop_map(Value::String), 1 => json_value()],
+        0..4,
+    )
+    .prop_map(|map| Value::Object(map.into_iter().collect()));
+    prop_oneof![json_value(), credential_keys]
+}
+
+proptest! {
+    #![proptest_config(config(AUTH_PAYLOAD_CASES))]
+
+    /// Any auth payload never panics; with no credential in the headers, the handshake's
+    /// credential is the payload's (`authorization`, then `token`, then `sid`, each a
+    /// non-empty string that can travel in a header), else it is refused as missing.
+    #[test]
+    fn the_auth_payload_is_the_credential_of_last_resort(auth in auth_payload()) {
+        let mut headers = HeaderMap::new();
+        headers.insert("host", HeaderValue::from_static("a.local"));
+        let bench = bench_of(&["a.local"]);
+        let policy = Policy {
+            default_site: None,
+            sites: &bench,
+            common_allow_cors: &AllowCors::Unset,
+            version: FrappeVersion::V16,
+        };
+        let usable = |key: &str| {
+            auth.get(key)
+                .and_then(Value::as_str)
+                .map(str::trim)
+                .filter(|v| !v.is_empty() && HeaderValue::from_str(v).is_ok())
+        };
+        let result = handshake::check(Namespace::Root, &headers, Some(&auth), &policy);
+        match (usable("authorization"), usable("token"), usable("sid")) {
+            (Some(value), _, _) => prop_assert_eq!(
+                result.map(|a| a.credential),
+                Ok(Credential::Authorization(value.to_owned()))
+            ),
+            (None, Some(token), _) => {
+                let Ok(Credential::Authorization(value)) = result.map(|a| a.credential) else {
+                    return Err(TestCaseError::fail("a token is an Authorization credential"));
+                };
+                prop_assert!(value.ends_with(token), "{:?} from {:?}", value, token);
+            }
+            (None, None, Some(sid)) => prop_assert_eq!(
+                result.map(|a| a.credential),
+                Ok(Credential::Sid(sid.to_owned()))
+            ),
+            (None, None, None) => prop_assert_eq!(result.err(), Some(Refusal::MissingCredentials)),
+        }
     }
 }
 
@@ -826,6 +923,9 @@ const CONFIG_KEYS: &[&str] = &[
     "realtime_client_events_per_second",
     "realtime_client_event_burst",
     "realtime_max_rooms_per_socket",
+    "redis_socketio",
+    "redis_async_broker_port",
+    "allow_cors",
 ];
 
 /// The variables Frappe's service honours, and the key each one overrides.
@@ -908,14 +1008,28 @@ fn valid_value(key: &str) -> BoxedStrategy<Value> {
         .boxed(),
         "realtime_max_rooms_per_socket" => (4u32..100_000).prop_map(Value::from).boxed(),
         "realtime_frappe_version" => prop_oneof![
-            (15u32..100).prop_map(Value::from),
-            pick(&["15", "16", "15.40.2", " 16.0.0-dev"]).prop_map(Value::from),
+            (13u32..100).prop_map(Value::from),
+            pick(&["13", "14", "15", "16", "14.82.1", "15.40.2", " 16.0.0-dev"])
+                .prop_map(Value::from),
         ]
         .boxed(),
         "realtime_admin_token" => "tok-SECRET-[a-zA-Z0-9]{16,24}"
             .prop_map(Value::from)
             .boxed(),
         "developer_mode" => json_value().boxed(),
+        "redis_socketio" => pick(&["redis://127.0.0.1:12000", "redis://localhost:13000/0"])
+            .prop_map(Value::from)
+            .boxed(),
+        "redis_async_broker_port" => prop_oneof![
+            (1u32..65_536).prop_map(Value::from),
+            pick(&["redis://localhost:12311"]).prop_map(Value::from),
+        ]
+        .boxed(),
+        "allow_cors" => prop_oneof![
+            pick(&["*", "https://portal.example"]).prop_map(Value::from),
+            vec(pick(&["https://a.example", "https://b.example", "*"]), 0..3).prop_map(Value::from),
+        ]
+        .boxed(),
         // socketio_uds, default_site, webserver_host: any string.
         _ => any_string().prop_map(Value::from).boxed(),
     }
@@ -1106,8 +1220,23 @@ proptest! {
 
         match result {
             Ok(config) => {
-                let queue = layered.get("redis_queue").and_then(|(v, _)| v.as_str());
-                prop_assert_eq!(Some(config.redis_queue.as_str()), queue);
+                if config.frappe_version.has_site_namespaces() {
+                    let queue = layered.get("redis_queue").and_then(|(v, _)| v.as_str());
+                    prop_assert_eq!(Some(config.redis_queue.as_str()), queue);
+                } else {
+                    // Frappe 13 and 14: redis_socketio, else redis_async_broker_port, else
+                    // their default.
+                    let socketio = layered.get("redis_socketio").and_then(|(v, _)| v.as_str());
+                    let broker = layered.get("redis_async_broker_port").map(|(v, _)| match v {
+                        Value::Number(port) => format!("redis://localhost:{port}"),
+                        other => other.as_str().unwrap_or_default().to_owned(),
+                    });
+                    let expected = socketio
+                        .map(str::to_owned)
+                        .or(broker)
+                        .unwrap_or_else(|| "redis://localhost:12311".to_owned());
+                    prop_assert_eq!(&config.redis_queue, &expected);
+                }
                 let site = layered.get("default_site").and_then(|(v, _)| v.as_str());
                 prop_assert_eq!(config.default_site.as_deref(), site);
                 let cache = layered.get("redis_cache").and_then(|(v, _)| v.as_str());
