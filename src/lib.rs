@@ -11,6 +11,7 @@ pub mod app;
 pub mod auth;
 pub mod bridge;
 pub mod caps;
+pub mod client_bundle;
 pub mod coalesce;
 pub mod config;
 pub mod connection;
