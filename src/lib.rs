@@ -12,6 +12,7 @@ pub mod audience;
 pub mod auth;
 pub mod bridge;
 pub mod caps;
+pub mod client_bundle;
 pub mod coalesce;
 pub mod config;
 pub mod connection;

@@ -22,6 +22,7 @@ use ::metrics::counter;
 use crate::app::App;
 use crate::audience;
 use crate::bridge::{self, Subscription};
+use crate::client_bundle::{self, ClientBundle};
 use crate::config::{Config, Listen, Overrides};
 use crate::connection::{MeteredListener, Peer};
 use crate::handlers;
@@ -72,6 +73,7 @@ pub async fn run(
     };
     let listen = config.listen.clone();
     let sites_dir = config.sites_dir();
+    let client_bundle = ClientBundle::new(&config.bench_dir);
     let app = Arc::new(App::new(config)?);
     tracing::info!(frappe_version = %app.settings().config.frappe_version, "speaking Frappe's realtime protocol");
     let redis = app.redis.client();
@@ -118,7 +120,7 @@ pub async fn run(
         tracing::info!("shutting down");
     };
     let slow_consumers = tokio::spawn(app.slow.clone().run(app.clone()));
-    let service = http_service(layer, ops, app.slow.clone());
+    let service = http_service(layer, ops, app.slow.clone(), client_bundle);
     let result = match &listen {
         Listen::Port(port) => {
             let listener = bind_tcp(options.host, *port).await?;
@@ -192,8 +194,14 @@ async fn reload_on_hangup(app: Arc<App>, overrides: Overrides) {
     }
 }
 
-/// The whole HTTP service: Socket.IO under `/socket.io/`, a prompt 404 elsewhere (Node leaves
-/// such requests hanging), CORS echoing the Origin with credentials like Frappe's service.
+/// The whole HTTP service: the socket.io client files (see [`client_bundle`]), Socket.IO under
+/// `/socket.io/`, a prompt 404 elsewhere (Node leaves such requests hanging), CORS echoing the
+/// Origin with credentials like Frappe's service.
+///
+/// The client files are routes of the outer router, so their requests never reach the
+/// Socket.IO layer, which claims every path under `/socket.io` (as Node's socket.io looks at
+/// its client files before handing a request to engine.io). Every other request, including
+/// any other name under `/socket.io/`, falls through to that layer.
 ///
 /// The Socket.IO layer must wrap the router *once*: `Router::layer` applies a layer to each
 /// route separately, and every application builds its own engine.io session table (a session
@@ -202,6 +210,7 @@ fn http_service(
     layer: socketioxide::layer::SocketIoLayer,
     ops: Router,
     slow: Arc<SlowConsumers>,
+    client_bundle: ClientBundle,
 ) -> Router {
     let rest = ops.fallback(|| async { (StatusCode::NOT_FOUND, "Not Found\n") });
     let socket_io = ServiceBuilder::new()
@@ -210,7 +219,11 @@ fn http_service(
         .layer(CorsLayer::very_permissive())
         .layer(layer)
         .service(rest);
-    Router::new().fallback_service(socket_io)
+    // Node's socket.io runs its CORS middleware for the client files too. Layered before the
+    // fallback is set, so only the client routes get this one.
+    client_bundle::router(client_bundle)
+        .layer(CorsLayer::very_permissive())
+        .fallback_service(socket_io)
 }
 
 /// Watch the connection of a polling session upgrading to websocket (`transport=websocket`
