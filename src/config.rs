@@ -717,6 +717,61 @@ mod tests {
     }
 
     #[test]
+    fn frappe_14_reads_the_keys_of_its_era() {
+        let dir = bench(
+            json!({"redis_queue": "redis://queue:1", "redis_socketio": "redis://socketio:2",
+                "realtime_frappe_version": 14, "default_site": "common.local"}),
+            None,
+        );
+        let config = load(dir.path(), &[]).expect("config");
+        assert_eq!(config.frappe_version, FrappeVersion::V14);
+        assert!(!config.frappe_version.has_site_namespaces());
+        assert_eq!(
+            config.redis_queue, "redis://socketio:2",
+            "events come from redis_socketio"
+        );
+        assert_eq!(
+            config.listen,
+            Listen::Port(3000),
+            "Frappe 14's default port"
+        );
+        assert_eq!(config.default_site.as_deref(), Some("common.local"));
+        // currentsite.txt wins over default_site on Frappe 13 and 14.
+        std::fs::write(dir.path().join("sites/currentsite.txt"), "current.local\n").expect("w");
+        let config = load(dir.path(), &[]).expect("config");
+        assert_eq!(config.default_site.as_deref(), Some("current.local"));
+
+        let dir = bench(
+            json!({"realtime_frappe_version": "13", "redis_async_broker_port": 12311}),
+            None,
+        );
+        let config = load(dir.path(), &[]).expect("a port means localhost");
+        assert_eq!(config.frappe_version, FrappeVersion::V13);
+        assert_eq!(config.redis_queue, "redis://localhost:12311");
+        let dir = bench(json!({"realtime_frappe_version": 14}), None);
+        assert_eq!(
+            load(dir.path(), &[]).expect("Frappe's default").redis_queue,
+            "redis://localhost:12311"
+        );
+        let dir = bench(json!({"realtime_frappe_version": 12}), None);
+        let message = load(dir.path(), &[]).expect_err("too old").to_string();
+        assert!(message.contains("must be 13, 14, 15 or 16"), "{message}");
+    }
+
+    #[test]
+    fn allow_cors_is_read_from_the_common_config() {
+        let dir = bench(
+            json!({"redis_queue": "redis://q:1", "allow_cors": ["https://a.example"]}),
+            None,
+        );
+        let config = load(dir.path(), &[]).expect("config");
+        assert!(config.allow_cors.allows("https://a.example"));
+        let dir = bench(json!({"redis_queue": "redis://q:1", "allow_cors": 5}), None);
+        let message = load(dir.path(), &[]).expect_err("bad").to_string();
+        assert!(message.contains("allow_cors"), "{message}");
+    }
+
+    #[test]
     fn the_admin_token_is_never_printed_and_compares_exactly() {
         let token = "an-admin-token-of-some-length";
         let dir = bench(

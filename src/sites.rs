@@ -321,6 +321,29 @@ mod tests {
     }
 
     #[test]
+    fn a_site_config_gives_its_allow_cors_and_a_bad_one_gives_none_and_says_why() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let write = |site: &str, text: &str| {
+            std::fs::create_dir_all(dir.path().join(site)).expect("mkdir");
+            std::fs::write(dir.path().join(site).join("site_config.json"), text).expect("w");
+        };
+        write(
+            "a.local",
+            r#"{"db_name": "x", "allow_cors": "https://portal.example"}"#,
+        );
+        write("b.local", "{not json");
+        write("c.local", r#"{"allow_cors": 7}"#);
+        let (a, problem) = read_settings(dir.path(), "a.local");
+        assert!(a.allow_cors.allows("https://portal.example") && problem.is_none());
+        let (b, problem) = read_settings(dir.path(), "b.local");
+        assert_eq!(b, SiteSettings::default());
+        assert!(problem.is_some_and(|p| p.contains("site_config.json")));
+        let (c, problem) = read_settings(dir.path(), "c.local");
+        assert_eq!(c, SiteSettings::default());
+        assert!(problem.is_some_and(|p| p.contains("allow_cors")));
+    }
+
+    #[test]
     fn reading_the_folders_is_not_a_change() {
         use notify::event::{CreateKind, RemoveKind};
         assert!(!changes_sites(&EventKind::Access(AccessKind::Open(

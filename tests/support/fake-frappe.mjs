@@ -1,6 +1,6 @@
 // A small stand-in for a Frappe web server: it answers the endpoints the realtime service
 // calls exactly as the spec (shared/spec/frappe-realtime.md §4, §5.2) says Frappe does, for
-// Frappe 15 or 16, with sessions, API tokens, a permission table, and fault injection.
+// Frappe 13 to 16, with sessions, API tokens, a permission table, and fault injection.
 import http from "node:http";
 import crypto from "node:crypto";
 import { createClient } from "redis";
@@ -8,7 +8,7 @@ import { createClient } from "redis";
 const SECRET_KEY = "socketio_auth_secret";
 
 export class FakeFrappe {
-  /** @param {{version?: 15|16, redisUrl: string}} options */
+  /** @param {{version?: 13|14|15|16, redisUrl: string}} options */
   constructor({ version = 16, redisUrl }) {
     this.version = version;
     this.redisUrl = redisUrl;
@@ -110,10 +110,10 @@ export class FakeFrappe {
       case "frappe.realtime.get_user_info":
         return this.#getUserInfo(res, site, who, req);
       case "frappe.realtime.can_subscribe_doc":
-        if (this.version !== 15) break;
+        if (this.version > 15) break; // Frappe 13 to 15
         return permission(res, site, who, url.searchParams.get("doctype"), url.searchParams.get("docname"));
       case "frappe.realtime.can_subscribe_doctype":
-        if (this.version !== 15) break;
+        if (this.version > 15) break; // Frappe 13 to 15
         return permission(res, site, who, url.searchParams.get("doctype"), "");
       case "frappe.realtime.has_permission":
         if (this.version !== 16) break;

@@ -188,7 +188,9 @@ export async function startStack({ version = 16, sites = SITES, common = {}, env
     }
     const port = await freePort();
     const extra = typeof common === "function" ? common(frappe) : common;
-    const bench = makeBench({ sites, version, common: { socketio_port: port, redis_queue: redis.url, ...extra } });
+    // Frappe 13 and 14 read their events from redis_socketio (spec §1.2).
+    const eventsKey = version <= 14 ? "redis_socketio" : "redis_queue";
+    const bench = makeBench({ sites, version, common: { socketio_port: port, [eventsKey]: redis.url, ...extra } });
     started.push(async () => fs.rmSync(bench, { recursive: true, force: true }));
     if (!startRedis) await redis.stop();
     const server = await Server.start({ bench, port, env, args: serverArgs });
