@@ -64,8 +64,17 @@ impl App {
             config.listen = old.listen.clone();
         }
         if config.redis_queue != old.redis_queue {
-            needs_restart.push("redis_queue");
+            needs_restart.push(if old.frappe_version.has_site_namespaces() {
+                "redis_queue"
+            } else {
+                "redis_socketio"
+            });
             config.redis_queue = old.redis_queue.clone();
+        }
+        // Frappe 13/14 and 15+ lay out namespaces differently; the registry set them up at start.
+        if config.frappe_version.has_site_namespaces() != old.frappe_version.has_site_namespaces() {
+            needs_restart.push("realtime_frappe_version");
+            config.frappe_version = old.frappe_version;
         }
         if config.reconnect_window != old.reconnect_window {
             needs_restart.push("realtime_reconnect_window");

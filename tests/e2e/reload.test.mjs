@@ -41,6 +41,16 @@ test("a changed port is named as needing a restart and the server stays on its p
   await stack.connect({ sid: "sid-alice" });
 });
 
+test("a move from Frappe 16 to 14 needs a restart: the site namespaces stay", async () => {
+  writeConfig({ ...readConfig(), realtime_frappe_version: 14 });
+  await hangup("takes effect at the next restart");
+  assert.match(stack.server.output, /next restart key="realtime_frappe_version"/);
+  await stack.connect({ sid: "sid-alice" }); // on /<site>, which Frappe 14 would not have
+  const { realtime_frappe_version: _, ...rest } = readConfig();
+  writeConfig(rest);
+  await hangup("configuration reloaded");
+});
+
 test("a broken file leaves the running configuration in place", async () => {
   fs.writeFileSync(configFile(), "{ not json");
   await hangup("configuration not reloaded");
