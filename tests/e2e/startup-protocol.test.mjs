@@ -150,18 +150,28 @@ function configuredPort(benchDir) {
  * Redis). The fake Frappe keeps its own Redis: Frappe 15 needs none for auth.
  */
 async function stackWithRedisQueue({ redisQueue, events }) {
-  const frappeRedis = await startRedis();
-  const frappe = await new FakeFrappe({ version: 15, redisUrl: frappeRedis.url }).listen();
-  for (const site of SITES) {
-    frappe.addSite(site);
-    frappe.addSession(site, "sid-alice", ALICE);
+  // What was started is stopped again if a later step fails: a server left running would
+  // keep this file's process alive after its last test.
+  const started = [() => events.stop()];
+  try {
+    const frappeRedis = await startRedis();
+    const frappe = await new FakeFrappe({ version: 15, redisUrl: frappeRedis.url }).listen();
+    started.push(() => frappe.close());
+    for (const site of SITES) {
+      frappe.addSite(site);
+      frappe.addSession(site, "sid-alice", ALICE);
+    }
+    const port = await freePort();
+    const benchDir = makeBench({ version: 15, common: { socketio_port: port, redis_queue: redisQueue } });
+    const server = await Server.start({ bench: benchDir, port });
+    started.push(() => server.stop());
+    const stack = new Stack({ redis: events, frappe, bench: benchDir, server, port });
+    await stack.waitSubscribed();
+    return stack;
+  } catch (err) {
+    for (const stop of started.reverse()) await stop().catch(() => {});
+    throw err;
   }
-  const port = await freePort();
-  const benchDir = makeBench({ version: 15, common: { socketio_port: port, redis_queue: redisQueue } });
-  const server = await Server.start({ bench: benchDir, port });
-  const stack = new Stack({ redis: events, frappe, bench: benchDir, server, port });
-  await stack.waitSubscribed();
-  return stack;
 }
 
 /** A raw Engine.IO long-polling session, opened with a browser's headers for `site`. */
