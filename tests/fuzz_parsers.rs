@@ -643,6 +643,16 @@ fn bench_of(sites: &[&str]) -> SiteTable {
         .collect()
 }
 
+/// Frappe 16 on a bench with `sites`, no `allow_cors` anywhere.
+fn policy<'a>(sites: &'a SiteTable, default_site: Option<&'a str>) -> Policy<'a> {
+    Policy {
+        default_site,
+        sites,
+        common_allow_cors: &AllowCors::Unset,
+        version: FrappeVersion::V16,
+    }
+}
+
 /// What `check` promises about one handshake, whatever namespace it was asked about (`None`:
 /// the root namespace), on a bench with the sites `bench` lists.
 fn check_one(
@@ -656,12 +666,7 @@ fn check_one(
     let origin = text(headers, "origin");
     let authorization = text(headers, "authorization").filter(|v| !v.is_empty());
     let has_cookie = headers.get("cookie").is_some();
-    let policy = Policy {
-        default_site,
-        sites: bench,
-        common_allow_cors: &AllowCors::Unset,
-        version: FrappeVersion::V16,
-    };
+    let policy = policy(bench, default_site);
     let asked = namespace.map_or(Namespace::Root, Namespace::Site);
     let site_ok = match (namespace, resolved.as_deref()) {
         (Some(namespace), Some(resolved)) => namespace == resolved,
@@ -824,12 +829,7 @@ proptest! {
             headers.append("cookie", HeaderValue::from_str(&value).expect("cookie header"));
         }
         let bench = bench_of(&["a.local"]);
-        let policy = Policy {
-            default_site: None,
-            sites: &bench,
-            common_allow_cors: &AllowCors::Unset,
-            version: FrappeVersion::V16,
-        };
+        let policy = policy(&bench, None);
         let accepted = handshake::check(Namespace::Site("a.local"), &headers, None, &policy);
         prop_assert_eq!(
             accepted.map(|a| a.credential),
@@ -866,12 +866,7 @@ proptest! {
         let mut headers = HeaderMap::new();
         headers.insert("host", HeaderValue::from_static("a.local"));
         let bench = bench_of(&["a.local"]);
-        let policy = Policy {
-            default_site: None,
-            sites: &bench,
-            common_allow_cors: &AllowCors::Unset,
-            version: FrappeVersion::V16,
-        };
+        let policy = policy(&bench, None);
         let usable = |key: &str| {
             auth.get(key)
                 .and_then(Value::as_str)
