@@ -4,9 +4,10 @@
 // Real programs: redis-server, supervisord (the `[program:<bench>-node-socketio]` block rendered
 // by tests/support/render_bench.py from bench's own templates, with command= our binary), nginx
 // (bench's rendered nginx.conf: upstreams, `location /socket.io`, `location /assets`,
-// `@webserver`; only the `listen` lines are moved to a free loopback port) and headless Chromium
-// (playwright-core). The web app behind nginx is a small HTTP server on `webserver_port` that
-// serves a desk page at `/desk` and forwards everything else to the fake Frappe. The page loads
+// `@webserver`; only the `listen` lines are moved to a free loopback port, by
+// tests/support/bench-nginx.mjs) and headless Chromium (playwright-core). The web app behind
+// nginx is a small HTTP server on `webserver_port` that serves a desk page at `/desk` and
+// forwards everything else to the fake Frappe. The page loads
 // socket.io-client from `/assets/` (served by nginx from `sites/assets`, as Frappe's assets are)
 // and connects exactly like Frappe's desk client (spec §8):
 // `io(window.location.origin + "/" + site, {withCredentials: true, reconnectionAttempts: 3})`,
@@ -27,18 +28,16 @@
 // bounded; everything listens on loopback; everything started is stopped by its own PID.
 import { describe, test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { execFile, spawn } from "node:child_process";
 import fs from "node:fs";
 import http from "node:http";
-import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
-import { BINARY, Redis, freePort, makeBench, waitFor } from "../support/harness.mjs";
+import { BINARY, Redis, asFrappeJson, freePort, makeBench, waitFor } from "../support/harness.mjs";
 import { FakeFrappe } from "../support/fake-frappe.mjs";
+import { BenchNginx, NGINX, RENDER_BENCH, canConnect, findProgram, listenLines, renderBench, run, startChild } from "../support/bench-nginx.mjs";
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
-const RENDER_BENCH = path.join(ROOT, "tests/support/render_bench.py");
 const SOCKET_IO_JS = path.join(ROOT, "node_modules/socket.io-client/dist/socket.io.min.js");
 const ARTIFACTS = path.join(ROOT, "tests/artifacts");
 
@@ -54,24 +53,6 @@ const TASK = "task-7f3a";
 // What must be installed
 // ---------------------------------------------------------------------------------------------
 
-function findProgram(candidates) {
-  for (const c of candidates) {
-    if (c.includes("/")) {
-      if (fs.existsSync(c)) return c;
-      continue;
-    }
-    for (const dir of (process.env.PATH ?? "").split(":").concat(["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"])) {
-      const p = path.join(dir, c);
-      try {
-        fs.accessSync(p, fs.constants.X_OK);
-        return p;
-      } catch { /* next */ }
-    }
-  }
-  return null;
-}
-
-const NGINX = findProgram(["nginx"]);
 const SUPERVISORD = findProgram(["supervisord"]);
 const SUPERVISORCTL = findProgram(["supervisorctl"]);
 const CHROMIUM = findProgram([process.env.CHROMIUM_PATH, "/usr/bin/chromium", "chromium", "chromium-browser"].filter(Boolean));
@@ -89,42 +70,6 @@ const SKIP = missing.length > 0
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-function run(file, args, { timeoutMs = 30000, cwd } = {}) {
-  return new Promise((resolve) => {
-    execFile(file, args, { timeout: timeoutMs, cwd, killSignal: "SIGKILL" }, (error, stdout, stderr) => {
-      resolve({ code: error ? (error.code ?? error.signal ?? 1) : 0, stdout, stderr, error });
-    });
-  });
-}
-
-function canConnect(port) {
-  return new Promise((resolve) => {
-    const s = net.connect(port, "127.0.0.1");
-    s.once("connect", () => { s.destroy(); resolve(true); });
-    s.once("error", () => resolve(false));
-  });
-}
-
-/** Stop a child process by its PID: `signal`, then SIGKILL after `graceMs`. Bounded. */
-async function stopChild(proc, signal = "SIGTERM", graceMs = 8000) {
-  if (!proc || proc.exitCode !== null || proc.signalCode !== null) return;
-  const exited = new Promise((resolve) => proc.once("exit", resolve));
-  proc.kill(signal);
-  const timer = setTimeout(() => proc.kill("SIGKILL"), graceMs);
-  await exited;
-  clearTimeout(timer);
-}
-
-/** A child whose output is kept; `exited` resolves with its exit code. */
-function startChild(file, args, options = {}) {
-  const proc = spawn(file, args, { stdio: ["ignore", "pipe", "pipe"], ...options });
-  proc.output = "";
-  proc.stdout.on("data", (c) => { proc.output += c; });
-  proc.stderr.on("data", (c) => { proc.output += c; });
-  proc.exited = new Promise((resolve) => proc.once("exit", (code, sig) => resolve(code ?? sig)));
-  return proc;
-}
-
 function withTimeout(promise, ms, what) {
   let timer;
   return Promise.race([
@@ -137,15 +82,6 @@ function withTimeout(promise, ms, what) {
 function socketioLocation(conf) {
   const m = /^([ \t]*)location \/socket\.io \{\n[\s\S]*?\n\1\}/m.exec(conf);
   return m?.[0] ?? null;
-}
-
-/** Frappe's `frappe.as_json`: indent 1, sorted keys, ASCII only (`\u00e9`). */
-function asFrappeJson(value) {
-  const sort = (v) => (v && typeof v === "object" && !Array.isArray(v)
-    ? Object.fromEntries(Object.keys(v).sort().map((k) => [k, sort(v[k])]))
-    : Array.isArray(v) ? v.map(sort) : v);
-  return JSON.stringify(sort(value), null, 1)
-    .replace(/[\u0080-\uffff]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
 }
 
 // The desk page. It connects as frappe/public/js/frappe/socketio_client.js does on v15/v16
@@ -346,12 +282,9 @@ for (const mode of MODES) describe(`a browser behind bench nginx (${mode.name}),
 
     // Bench's own templates, rendered for this bench.
     s.rendered = path.join(s.tmp, "rendered");
-    const user = os.userInfo().username;
-    const r = await run("python3", [RENDER_BENCH, "--bench-dir", s.bench, "--bench-name", s.benchName, "--site", SITE,
-      "--socketio-port", String(s.socketioPort), "--webserver-port", String(s.webserverPort), "--out", s.rendered,
-      "--user", user, "--realtime-bin", BINARY, ...(mode.dnsMultitenant ? [] : ["--nginx-port", String(s.nginxPort)])],
-    { timeoutMs: 20000, cwd: ROOT });
-    assert.equal(r.code, 0, `render_bench.py failed (${r.code}):\n${r.stdout}\n${r.stderr}`);
+    const { nginxConf } = await renderBench({ bench: s.bench, benchName: s.benchName, sites: [SITE],
+      socketioPort: s.socketioPort, webserverPort: s.webserverPort, out: s.rendered, realtimeBin: BINARY, timeoutMs: 20000,
+      ...(mode.dnsMultitenant ? {} : { nginxPort: s.nginxPort }) });
 
     // supervisord, with the rendered [program:<bench>-node-socketio] block. Only `--host
     // 127.0.0.1` is added to its command= so the test listens on loopback only.
@@ -402,52 +335,13 @@ for (const mode of MODES) describe(`a browser behind bench nginx (${mode.name}),
     }
 
     // nginx with the rendered bench config, moved to a loopback port.
-    s.renderedNginx = fs.readFileSync(path.join(s.rendered, "nginx.conf"), "utf8");
+    s.renderedNginx = nginxConf;
     const listenPort = mode.dnsMultitenant ? 80 : s.nginxPort; // what bench put there
-    assert.deepEqual([...s.renderedNginx.matchAll(/^\s*listen\s+([^;]*);/gm)].map((m) => m[1]),
-      [`${listenPort}`, `[::]:${listenPort}`], "bench's listen lines for the site");
-    let listens = 0;
-    const benchNginx = s.renderedNginx.replace(/^([ \t]*)listen[ \t]+([^;]*);/gm, (_, indent, what) => {
-      listens += 1;
-      return what.startsWith("[")
-        ? `${indent}# listen ${what}; (test: loopback only)`
-        : `${indent}listen 127.0.0.1:${s.nginxPort};`;
-    });
-    assert.ok(listens >= 1, "the rendered nginx.conf has a listen line");
-    s.nginxDir = path.join(s.tmp, "nginx");
-    for (const d of ["client_body", "proxy", "fastcgi", "uwsgi", "scgi", "logs"]) fs.mkdirSync(path.join(s.nginxDir, d), { recursive: true });
-    fs.writeFileSync(path.join(s.nginxDir, "bench-nginx.conf"), benchNginx);
-    s.nginxConf = path.join(s.nginxDir, "nginx-main.conf");
-    fs.writeFileSync(s.nginxConf, [
-      "daemon off;",
-      "master_process on;",
-      "worker_processes 1;",
-      // Workers run as this user so they can read the (0700) temp bench and write their temp dirs.
-      ...(process.getuid?.() === 0 ? ["user root root;"] : []),
-      `pid ${s.nginxDir}/nginx.pid;`,
-      `error_log ${s.nginxDir}/error.log info;`,
-      "events { worker_connections 512; }",
-      "http {",
-      "  types { text/html html; application/javascript js; application/json json; image/png png; }",
-      "  default_type application/octet-stream;",
-      `  access_log ${s.nginxDir}/access.log;`,
-      `  client_body_temp_path ${s.nginxDir}/client_body;`,
-      `  proxy_temp_path ${s.nginxDir}/proxy;`,
-      `  fastcgi_temp_path ${s.nginxDir}/fastcgi;`,
-      `  uwsgi_temp_path ${s.nginxDir}/uwsgi;`,
-      `  scgi_temp_path ${s.nginxDir}/scgi;`,
-      `  include ${s.nginxDir}/bench-nginx.conf;`,
-      "}",
-      "",
-    ].join("\n"));
-    const nginxArgs = ["-e", `${s.nginxDir}/error.log`, "-p", s.nginxDir, "-c", s.nginxConf];
-    const check = await run(NGINX, ["-t", ...nginxArgs], { timeoutMs: 15000 });
-    assert.equal(check.code, 0, `nginx -t refused the config:\n${check.stderr}`);
-    s.nginx = startChild(NGINX, nginxArgs);
-    await waitFor(async () => {
-      if (s.nginx.exitCode !== null) throw new Error(`nginx exited:\n${s.nginx.output}`);
-      return canConnect(s.nginxPort);
-    }, { timeoutMs: 10000, what: "nginx to listen" });
+    assert.deepEqual(listenLines(s.renderedNginx), [`${listenPort}`, `[::]:${listenPort}`], "bench's listen lines for the site");
+    s.nginxDir = path.join(s.tmp, "nginx"); // its logs are kept by after() even if it fails to start
+    s.nginx = await BenchNginx.start({ conf: s.renderedNginx, port: s.nginxPort, dir: s.nginxDir });
+    assert.ok(s.nginx.listens >= 1, "the rendered nginx.conf has a listen line");
+    s.nginxConf = s.nginx.mainConf;
 
     // Chromium, resolving the site to loopback.
     browser = s.browser = await chromium.launch({
@@ -474,7 +368,7 @@ for (const mode of MODES) describe(`a browser behind bench nginx (${mode.name}),
         clearTimeout(killer);
       });
     }
-    if (s.nginx) await attempt("nginx", () => stopChild(s.nginx, "SIGQUIT", 5000));
+    if (s.nginx) await attempt("nginx", () => s.nginx.stop());
     if (s.web) {
       s.web.closeAllConnections?.();
       await attempt("web app", () => new Promise((resolve) => s.web.close(resolve)));

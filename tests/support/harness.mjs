@@ -333,3 +333,12 @@ export function nextEvent(socket, event, timeoutMs = 5000) {
 export function received(socket, event) {
   return socket.received.filter((r) => r.event === event).map((r) => r.args);
 }
+
+/** Frappe's `frappe.as_json`, which `publish_realtime` publishes with: indent 1, sorted keys, ASCII only (`\u00e9`). */
+export function asFrappeJson(value) {
+  const sort = (v) => (v && typeof v === "object" && !Array.isArray(v)
+    ? Object.fromEntries(Object.keys(v).sort().map((k) => [k, sort(v[k])]))
+    : Array.isArray(v) ? v.map(sort) : v);
+  return JSON.stringify(sort(value), null, 1)
+    .replace(/[\u0080-\uffff]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
+}
