@@ -215,7 +215,7 @@ fn site_of(
     headers: &HeaderMap,
     policy: &Policy<'_>,
 ) -> Result<String, Refusal> {
-    let resolved = resolve_site(headers, policy.default_site);
+    let resolved = resolve_site(headers, policy.default_site, policy.sites);
     match (namespace, resolved) {
         (Namespace::Site(site), Some(resolved)) if resolved == site => Ok(resolved),
         (Namespace::Root, Some(resolved)) if policy.sites.contains(&resolved) => Ok(resolved),
@@ -306,7 +306,15 @@ pub fn payload_credential(auth: &Value) -> Option<Credential> {
 
 /// The site a handshake is for: `X-Frappe-Site-Name`, then `default_site` when the client
 /// reached us as localhost, then the Origin's host, then the Host header's.
-pub fn resolve_site(headers: &HeaderMap, default_site: Option<&str>) -> Option<String> {
+///
+/// One step beyond Frappe: an Origin that is not a site of the bench (a portal or an SPA on
+/// another domain, which the site's `allow_cors` may admit) does not name the site when the
+/// Host does; Frappe's order would resolve such a page to its own domain and refuse it.
+pub fn resolve_site(
+    headers: &HeaderMap,
+    default_site: Option<&str>,
+    sites: &SiteTable,
+) -> Option<String> {
     if let Some(site) = header(headers, SITE_NAME.as_str()) {
         return Some(hostname(site).to_owned());
     }
@@ -314,10 +322,13 @@ pub fn resolve_site(headers: &HeaderMap, default_site: Option<&str>) -> Option<S
     if let (Some(default_site), Some("localhost" | "127.0.0.1")) = (default_site, host) {
         return Some(default_site.to_owned());
     }
-    header(headers, ORIGIN.as_str())
-        .map(hostname)
-        .or(host)
-        .map(str::to_owned)
+    let origin = header(headers, ORIGIN.as_str()).map(hostname);
+    let foreign_origin = origin.is_some_and(|origin| !sites.contains(origin));
+    let resolved = match host {
+        Some(host) if foreign_origin && sites.contains(host) => Some(host),
+        _ => origin.or(host),
+    };
+    resolved.map(str::to_owned)
 }
 
 /// The request that opens an engine.io session, reduced to what the session needs to keep.
@@ -497,26 +508,60 @@ mod tests {
 
     #[test]
     fn site_resolution_order() {
+        let none = SiteTable::default();
         let all = headers(&[
             ("x-frappe-site-name", "a.local"),
             ("host", "localhost:9000"),
             ("origin", "http://c.local"),
         ]);
         assert_eq!(
-            resolve_site(&all, Some("d.local")).as_deref(),
+            resolve_site(&all, Some("d.local"), &none).as_deref(),
             Some("a.local")
         );
         let local = headers(&[("host", "127.0.0.1:9000"), ("origin", "http://c.local")]);
         assert_eq!(
-            resolve_site(&local, Some("d.local")).as_deref(),
+            resolve_site(&local, Some("d.local"), &none).as_deref(),
             Some("d.local")
         );
-        assert_eq!(resolve_site(&local, None).as_deref(), Some("c.local"));
+        assert_eq!(
+            resolve_site(&local, None, &none).as_deref(),
+            Some("c.local")
+        );
         let host_only = headers(&[("host", "e.local:9000")]);
         assert_eq!(
-            resolve_site(&host_only, Some("d.local")).as_deref(),
+            resolve_site(&host_only, Some("d.local"), &none).as_deref(),
             Some("e.local")
         );
+    }
+
+    /// A page on another domain reaching the site's host directly: the Host names the site.
+    #[test]
+    fn a_foreign_origin_does_not_name_the_site_when_the_host_does() {
+        let bench = sites();
+        let portal = headers(&[
+            ("host", "cors.local:9000"),
+            ("origin", "https://portal.example"),
+        ]);
+        assert_eq!(
+            resolve_site(&portal, None, &bench).as_deref(),
+            Some("cors.local")
+        );
+        // An Origin that is a site of the bench still wins, as in Frappe.
+        let other_site = headers(&[("host", "cors.local"), ("origin", "http://a.local")]);
+        assert_eq!(
+            resolve_site(&other_site, None, &bench).as_deref(),
+            Some("a.local")
+        );
+        // Neither names a site: Frappe's order, and the namespace check refuses it.
+        let nowhere = headers(&[("host", "x.example"), ("origin", "https://portal.example")]);
+        assert_eq!(
+            resolve_site(&nowhere, None, &bench).as_deref(),
+            Some("portal.example")
+        );
+        let mut with_cookie = portal.clone();
+        with_cookie.insert(COOKIE, HeaderValue::from_static("sid=abc"));
+        let accepted = check_v16("/cors.local", &with_cookie).expect("the portal is admitted");
+        assert_eq!(accepted.site, "cors.local");
     }
 
     #[test]

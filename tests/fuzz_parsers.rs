@@ -661,7 +661,7 @@ fn check_one(
     default_site: Option<&str>,
     bench: &SiteTable,
 ) -> Result<(), TestCaseError> {
-    let resolved = handshake::resolve_site(headers, default_site);
+    let resolved = handshake::resolve_site(headers, default_site, bench);
     let host = text(headers, "host");
     let origin = text(headers, "origin");
     let authorization = text(headers, "authorization").filter(|v| !v.is_empty());
@@ -774,8 +774,8 @@ proptest! {
     fn handshake_checks_hold(case in handshake_case()) {
         let headers = case.headers();
         let default_site = case.default_site.as_deref();
-        let resolved = handshake::resolve_site(&headers, default_site);
         let bench = bench_of(&[case.namespace.as_str()]);
+        let resolved = handshake::resolve_site(&headers, default_site, &bench);
         if let Some(site) = &resolved {
             if Some(site.as_str()) != default_site {
                 prop_assert!(!site.contains(':') && !site.contains('/'), "site {:?}", site);

@@ -200,6 +200,13 @@ for (const version of [15, 16]) {
         }
       }, { timeoutMs: 8000, everyMs: 100, what: "the new allow_cors to apply" });
       await settle(stack, admitted, ALICE, OTHER_SITE);
+      // Straight to the service, no proxy naming the site: the Host does, not the portal's Origin.
+      const direct = client(stack, {
+        namespace: `/${OTHER_SITE}`,
+        headers: { host: `${OTHER_SITE}:${stack.port}`, origin: PORTAL, cookie: "sid=sid-alice" },
+      });
+      await connected(direct);
+      await settle(stack, direct, ALICE, OTHER_SITE);
       // The site is called back at the configured web server, never at the portal.
       const call = stack.frappe.calls.filter((c) => c.path === USER_INFO).at(-1);
       assert.equal(call.headers["x-frappe-site-name"], OTHER_SITE);
