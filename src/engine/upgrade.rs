@@ -9,6 +9,7 @@
 
 use std::pin::pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use engineioxide_core::TransportType;
@@ -18,7 +19,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::request::RequestError;
 use super::session::{Session, Upgrade};
-use super::websocket::{self, Ws};
+use super::websocket::{self, Start, Ws};
 use super::{Core, EngineHandler};
 
 /// A websocket request naming a session: answer 101 and try the upgrade on it. A session
@@ -37,20 +38,20 @@ pub(super) fn accept<H: EngineHandler>(
         // expect an HTTP error on a websocket handshake it has a session for).
         return websocket::refuse(&core.config, on_upgrade, key);
     };
-    let core = core.clone();
-    tokio::spawn(async move {
-        let Ok(upgraded) = on_upgrade.await else {
-            return;
-        };
-        let mut ws = websocket::connect(websocket::settings(&core.config), upgraded).await;
-        let probing = tokio::time::timeout(core.config.upgrade_timeout, probe(&mut ws, &attempt));
-        if matches!(probing.await, Ok(true))
-            && let Some(session) = attempt.complete()
-        {
-            websocket::run(&core, &session, ws).await;
-        }
-    });
+    tokio::spawn(websocket::run(
+        core.clone(),
+        attempt.session.clone(),
+        on_upgrade,
+        Start::Upgrade(attempt),
+    ));
     websocket::switching_protocols(key)
+}
+
+/// Wait (at most `timeout`) for the client to probe and confirm on `ws`, then move the
+/// session there. Whether it moved.
+pub(super) async fn complete<D>(ws: &mut Ws, attempt: Attempt<D>, timeout: Duration) -> bool {
+    let probed = tokio::time::timeout(timeout, probe(ws, &attempt)).await;
+    matches!(probed, Ok(true)) && attempt.complete()
 }
 
 /// `2probe` → `3probe`, then `5`. Whether the client completed the upgrade.
@@ -83,7 +84,7 @@ async fn probe<D>(ws: &mut Ws, attempt: &Attempt<D>) -> bool {
 }
 
 /// An upgrade in progress; dropped before it completes, it leaves the session on polling.
-struct Attempt<D> {
+pub(super) struct Attempt<D> {
     session: Arc<Session<D>>,
     done: bool,
 }
@@ -113,13 +114,13 @@ impl<D> Attempt<D> {
         self.session.wake();
     }
 
-    /// Move the session to the websocket; `None` if it closed meanwhile (its polling task
+    /// Move the session to the websocket; `false` if it closed meanwhile (its polling task
     /// then reports the close).
-    fn complete(mut self) -> Option<Arc<Session<D>>> {
+    fn complete(mut self) -> bool {
         {
             let mut state = self.session.state();
             if state.closing.is_some() {
-                return None;
+                return false;
             }
             state.transport = TransportType::Websocket;
             state.upgrade = Upgrade::None;
@@ -127,7 +128,7 @@ impl<D> Attempt<D> {
         }
         self.done = true;
         self.session.wake();
-        Some(self.session.clone())
+        true
     }
 }
 
@@ -164,7 +165,7 @@ mod tests {
         assert_eq!(session.state().upgrade, Upgrade::None);
         assert_eq!(session.transport(), TransportType::Polling);
         let second = Attempt::claim(session.clone()).expect("free again");
-        assert!(second.complete().is_some());
+        assert!(second.complete());
         assert_eq!(session.transport(), TransportType::Websocket);
         assert!(session.state().polling.is_none());
         assert!(Attempt::claim(session).is_none(), "already upgraded");
@@ -176,7 +177,7 @@ mod tests {
         let session = polling_session(&core);
         let attempt = Attempt::claim(session.clone()).expect("free");
         session.close(CloseReason::PingTimeout);
-        assert!(attempt.complete().is_none());
+        assert!(!attempt.complete());
         assert_eq!(session.transport(), TransportType::Polling);
     }
 }

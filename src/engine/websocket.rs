@@ -23,7 +23,7 @@ use std::time::Duration;
 use axum::body::Body;
 use bytes::Bytes;
 use engineioxide_core::{Packet, ProtocolVersion, Str};
-use futures_util::{Sink, SinkExt, Stream};
+use futures_util::{FutureExt, Sink, SinkExt, Stream};
 use http::header::{CONNECTION, SEC_WEBSOCKET_ACCEPT, UPGRADE};
 use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::upgrade::{OnUpgrade, Upgraded};
@@ -40,6 +40,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use super::heartbeat::{Due, Heartbeat};
 use super::request::RequestError;
 use super::session::{CloseReason, Frame, Session, SlowReason};
+use super::upgrade::{self, Attempt};
 use super::{Core, EngineConfig, EngineHandler};
 
 /// About how many bytes of queued packets the task hands to tungstenite before it waits for
@@ -61,22 +62,74 @@ pub(super) fn accept<H: EngineHandler>(
     let Some(on_upgrade) = take_upgrade(&mut request) else {
         return RequestError::BadRequest.response();
     };
-    let parts = request.into_parts().0;
-    let core = core.clone();
-    tokio::spawn(async move {
-        let Ok(upgraded) = on_upgrade.await else {
-            return;
-        };
-        let session = core.new_session(protocol, parts, false);
-        let mut ws = connect(settings(&core.config), upgraded).await;
-        let open = format!("0{}", core.open_packet(&session, false));
-        if ws.send(Message::text(open)).await.is_err() {
-            return;
-        }
-        core.register(&session);
-        run(&core, &session, ws).await;
-    });
+    let session = core.new_session(protocol, request.into_parts().0, false);
+    tokio::spawn(run(core.clone(), session, on_upgrade, Start::Open));
     switching_protocols(key)
+}
+
+/// How a websocket task begins.
+pub(super) enum Start<D> {
+    /// A new session: send the open packet, then serve it.
+    Open,
+    /// A polling session moving here: serve it once the upgrade completes.
+    Upgrade(Attempt<D>),
+}
+
+/// The one task of a websocket session: take over the connection, open the session or
+/// complete its upgrade, serve it until it closes, report the close, say goodbye.
+///
+/// Everything lives in this one future, and the websocket in one place in it (a value
+/// moved from one local to another can take room in a future twice): its size is a third of
+/// what an idle session costs.
+pub(super) async fn run<H: EngineHandler>(
+    core: Arc<Core<H>>,
+    session: Arc<Session<H::Data>>,
+    on_upgrade: OnUpgrade,
+    start: Start<H::Data>,
+) {
+    let Ok(upgraded) = on_upgrade.await else {
+        return;
+    };
+    let Some(ws) = connect(settings(&core.config), upgraded) else {
+        return;
+    };
+    let mut connection = Connection {
+        core: &core,
+        session: &session,
+        heartbeat: Heartbeat::new(session.protocol, core.timing(), Instant::now()),
+        flushing: false,
+        progress: Progress {
+            written: 0,
+            at: Instant::now(),
+        },
+        read_first: true,
+        ws,
+    };
+    let reason = match start {
+        Start::Open => {
+            let open = format!("0{}", core.open_packet(&session, false));
+            core.register(&session);
+            match connection.write(Message::text(open)) {
+                Ok(()) => connection.serve().await,
+                Err(reason) => reason,
+            }
+        }
+        Start::Upgrade(attempt) => {
+            // Boxed, as the goodbye below: these futures live a moment, and unboxed their room
+            // would stay in the task (so in every idle session) for the session's whole life.
+            let upgrading =
+                upgrade::complete(&mut connection.ws, attempt, core.config.upgrade_timeout);
+            if !Box::pin(upgrading).await {
+                return;
+            }
+            connection.heartbeat = Heartbeat::new(session.protocol, core.timing(), Instant::now());
+            connection.serve().await
+        }
+    };
+    session.close(reason);
+    let reason = session.close_reason().unwrap_or(reason);
+    core.handler.on_close(&session, reason);
+    Box::pin(finish(&mut connection.ws, reason)).await;
 }
 
 /// Answer 101, then close the websocket at once.
@@ -87,8 +140,9 @@ pub(super) fn refuse(
 ) -> Response<Body> {
     let settings = settings(config);
     tokio::spawn(async move {
-        if let Ok(upgraded) = on_upgrade.await {
-            let mut ws = connect(settings, upgraded).await;
+        if let Ok(upgraded) = on_upgrade.await
+            && let Some(mut ws) = connect(settings, upgraded)
+        {
             let _ = tokio::time::timeout(CLOSE_GRACE, SinkExt::close(&mut ws)).await;
         }
     });
@@ -114,7 +168,7 @@ pub(super) fn switching_protocols(key: &HeaderValue) -> Response<Body> {
 }
 
 /// The websocket settings `config` asks for.
-pub(super) fn settings(config: &EngineConfig) -> WebSocketConfig {
+fn settings(config: &EngineConfig) -> WebSocketConfig {
     let limit = Some(config.max_payload_len());
     // Writes go to the socket at once (`write_buffer_size` 0), so tungstenite's write buffer
     // only grows while the socket is full.
@@ -125,34 +179,15 @@ pub(super) fn settings(config: &EngineConfig) -> WebSocketConfig {
         .max_frame_size(limit)
 }
 
-/// The websocket over an upgraded connection.
-pub(super) async fn connect(settings: WebSocketConfig, upgraded: Upgraded) -> Ws {
+/// The websocket over an upgraded connection. tokio-tungstenite builds it in a future that is
+/// ready at its first poll (it only picks up the waker, which every later poll replaces);
+/// polling it here instead of awaiting it keeps that future out of the session's task.
+fn connect(settings: WebSocketConfig, upgraded: Upgraded) -> Option<Ws> {
     let io = Counted {
         inner: TokioIo::new(upgraded),
         written: 0,
     };
-    WebSocketStream::from_raw_socket(io, Role::Server, Some(settings)).await
-}
-
-/// Serve `session` on `ws` until it closes, report the close, then say goodbye.
-pub(super) async fn run<H: EngineHandler>(core: &Core<H>, session: &Arc<Session<H::Data>>, ws: Ws) {
-    let mut connection = Connection {
-        core,
-        session,
-        heartbeat: Heartbeat::new(session.protocol, core.timing(), Instant::now()),
-        flushing: false,
-        progress: Progress {
-            written: 0,
-            at: Instant::now(),
-        },
-        read_first: true,
-        ws,
-    };
-    let reason = connection.serve().await;
-    session.close(reason);
-    let reason = session.close_reason().unwrap_or(reason);
-    core.handler.on_close(session, reason);
-    finish(&mut connection.ws, reason).await;
+    WebSocketStream::from_raw_socket(io, Role::Server, Some(settings)).now_or_never()
 }
 
 /// The CLOSE packet and the close frame, where the connection can still take them.
