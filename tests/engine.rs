@@ -287,3 +287,52 @@ async fn an_overflowing_queue_cuts_the_session_it_names() {
     let (status, _) = http(address, "GET", &path, b"").await;
     assert_eq!(status, 400, "the session is gone");
 }
+
+#[tokio::test]
+async fn closing_a_websocket_session_sends_close_then_ends_the_websocket() {
+    let (address, recorder) = start(config()).await;
+    let url = format!("ws://{address}/engine.io/?EIO=4&transport=websocket");
+    let (mut ws, _) = tokio::time::timeout(BOUND, tokio_tungstenite::connect_async(url))
+        .await
+        .expect("in time")
+        .expect("a websocket");
+    assert!(
+        next(&mut ws)
+            .await
+            .to_text()
+            .expect("text")
+            .starts_with("0{")
+    );
+    let session = recorder.session().await;
+    session.close(CloseReason::ServerClose);
+    assert_eq!(next(&mut ws).await, Message::text("1"));
+    assert!(matches!(next(&mut ws).await, Message::Close(_)));
+    assert_eq!(
+        recorder.close_reason(session.id).await,
+        CloseReason::ServerClose
+    );
+}
+
+#[tokio::test]
+async fn what_was_queued_on_polling_arrives_on_the_websocket_after_the_upgrade() {
+    let (address, recorder) = start(config()).await;
+    let (_, open) = http(address, "GET", "/engine.io/?EIO=4&transport=polling", b"").await;
+    let sid = sid_of(&open);
+    recorder
+        .session()
+        .await
+        .send("queued before".into(), &[])
+        .expect("queued");
+    let url = format!("ws://{address}/engine.io/?EIO=4&transport=websocket&sid={sid}");
+    let (mut ws, _) = tokio::time::timeout(BOUND, tokio_tungstenite::connect_async(url))
+        .await
+        .expect("in time")
+        .expect("a websocket");
+    ws.send(Message::text("2probe")).await.expect("send");
+    assert_eq!(next(&mut ws).await, Message::text("3probe"));
+    ws.send(Message::text("5")).await.expect("send");
+    assert_eq!(next(&mut ws).await, Message::text("4queued before"));
+    let polling = format!("/engine.io/?EIO=4&transport=polling&sid={sid}");
+    let (status, _) = http(address, "GET", &polling, b"").await;
+    assert_eq!(status, 400, "the session is on the websocket now");
+}
