@@ -1,32 +1,38 @@
 //! Our Engine.IO server (protocol 4, and 3 for socket.io-client 2.x): sessions, the
 //! long-polling and websocket transports, the upgrade between them, and the heartbeat. It
-//! knows nothing of Socket.IO or Frappe: the layer above implements [`EngineHandler`] and
-//! mounts an [`EngineService`].
+//! knows nothing of Socket.IO or Frappe: the layer above implements
+//! [`EngineHandler`](crate::engine::EngineHandler) and mounts an
+//! [`EngineService`](crate::engine::EngineService). (Links here name their full path: with
+//! the line in lib.rs, rustdoc resolves them from the crate root.)
 //!
 //! Why ours and not engineioxide (docs/design.md has the measurements): one task per
-//! websocket session instead of three, no eagerly allocated channel blocks (about 3 KiB per
-//! idle websocket session instead of 17 KiB), the first PING after `pingInterval` as the
+//! websocket session instead of three, no eagerly allocated channel blocks (3.4 KB of heap
+//! per idle websocket session instead of 17 KB), the first PING after `pingInterval` as the
 //! official suite expects, PING/PONG/CLOSE out of band of the data queue, and a queue bounded
 //! in packets and bytes whose overflow names the session and cuts it.
 //!
 //! Reused: engineioxide-core's `Sid`, `Str`, `Packet::parse` and polling payload *decoder*;
 //! tokio-tungstenite for websocket framing.
 //!
-//! Module by responsibility: [`config`](EngineConfig) what the server is told,
-//! `request` what a request asks and the error answers, `session` a session's state and
-//! queue, `heartbeat` the PING/PONG timing, `payload` polling bodies, `polling` and
-//! `websocket` the transports, `upgrade` the move from one to the other.
+//! Modules by responsibility: `config` what the server is told, `request` what a request
+//! asks and the error answers, `session` a session's state and queue, `heartbeat` the
+//! PING/PONG timing, `payload` polling bodies, `polling` and `websocket` the transports,
+//! `upgrade` the move from one to the other.
 //!
-//! Changes to the contract in /tmp/layer-api.md, and why:
-//! - [`EngineConfig::session_headers`]: the headers a session keeps of its request. The
-//!   engine cannot know which the layer above reads, and keeping all of them pins hyper's
-//!   16 KiB read buffer per session (see `request::keep_for_session`).
+//! Where this differs from the contract planned between `src/engine` and the Socket.IO layer
+//! above it, and why:
+//! - [`EngineConfig::session_headers`](crate::engine::EngineConfig::session_headers): the
+//!   headers a session keeps of its request. The engine cannot know which the layer above
+//!   reads, and keeping all of them pins hyper's 16 KiB read buffer per session (see
+//!   `request::keep_for_session`).
 //! - `on_close` runs on the session's own task, never inside `send` or `close`: a broadcast
 //!   holding the layer's room lock may overflow a queue, and an `on_close` that takes that
 //!   lock from inside the `send` would deadlock.
-//! - [`SendErrorKind`] is `QueueFull { limit }`, `TooManyBytes { limit }` or `Closed`.
-//! - [`EngineService`] takes and answers `axum::body::Body`, so it drops into an axum
-//!   `Router` (as `fallback_service` or `route_service`) and wraps one as `inner`.
+//! - [`SendErrorKind`](crate::engine::SendErrorKind) is `QueueFull { limit }`,
+//!   `TooManyBytes { limit }` or `Closed`.
+//! - [`EngineService`](crate::engine::EngineService) takes and answers `axum::body::Body`,
+//!   so it drops into an axum `Router` (as `fallback_service` or `route_service`) and wraps
+//!   one as `inner`.
 //! - Error code 4 (`Forbidden`) is never sent: there is no `allowRequest` hook here.
 
 mod config;
