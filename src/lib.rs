@@ -17,6 +17,8 @@ pub mod coalesce;
 pub mod config;
 pub mod connection;
 pub mod cors;
+/// Our Engine.IO server (v4 and v3): sessions, polling and websocket, upgrade, heartbeat.
+pub mod engine;
 pub mod handlers;
 pub mod handshake;
 pub mod limits;
