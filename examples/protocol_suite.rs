@@ -5,7 +5,10 @@
 //! describes its reference server: path `/engine.io`, pingInterval 300 ms, pingTimeout 200 ms,
 //! maxPayload 1e6, CORS origin `*`, and every text and binary message echoed back.
 //!
-//! `protocol_suite socket-io`: the socket.io-protocol suite's server (not built yet).
+//! `protocol_suite socket-io`: our Socket.IO layer over it, as the socket.io-protocol suite's
+//! README describes its server: path `/socket.io`, the same ping and payload settings,
+//! connectTimeout 1 s, and the namespaces of `support/socketio_suite.rs` (shared with
+//! tests/socketio.rs, so the suite and our own tests check the same handler).
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -18,23 +21,19 @@ use frappe_realtime::engine::{
 };
 use tower_http::cors::{Any, CorsLayer};
 
-const ADDRESS: &str = "127.0.0.1:3000";
+#[path = "support/socketio_suite.rs"]
+mod socketio_suite;
+
+/// Loopback only; the suites' URL is http://localhost:3000.
+const ADDRESSES: [&str; 2] = ["127.0.0.1:3000", "[::1]:3000"];
+/// The socket.io-protocol suite's `connectTimeout`.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
 
 #[tokio::main]
 async fn main() -> ExitCode {
     match std::env::args().nth(1).as_deref() {
         Some("engine-io") => serve(engine_io()).await,
-        // ---- socket-io mode -------------------------------------------------------------
-        // The socket.io-protocol suite's server goes here, on src/socketio/: path /socket.io,
-        // pingInterval 300, pingTimeout 200, maxPayload 1e6, connectTimeout 1000, CORS `*`;
-        // namespaces "/" (emit "auth" with the handshake auth, echo "message" as
-        // "message-back" and acknowledge "message-with-ack" with its arguments, binary
-        // included) and "/custom" (emit "auth"). Until it exists:
-        Some("socket-io") => {
-            eprintln!("protocol_suite socket-io: not yet (src/socketio/ is not built)");
-            ExitCode::from(2)
-        }
-        // ---------------------------------------------------------------------------------
+        Some("socket-io") => serve(socket_io()).await,
         _ => {
             eprintln!("usage: protocol_suite engine-io|socket-io");
             ExitCode::from(2)
@@ -46,35 +45,65 @@ async fn main() -> ExitCode {
 fn engine_io() -> Router {
     let config = EngineConfig {
         path: "/engine.io".into(),
-        ping_interval: Duration::from_millis(300),
-        ping_timeout: Duration::from_millis(200),
-        max_payload: 1_000_000,
-        allow_eio3: false,
-        ..EngineConfig::default()
+        ..suite_engine_config()
     };
     let engine = EngineService::new(Arc::new(Echo), config, Router::new());
     Router::new().fallback_service(engine)
 }
 
+/// The socket.io-protocol suite's server: `/` and `/custom` on `/socket.io`.
+fn socket_io() -> Router {
+    let config = EngineConfig {
+        path: "/socket.io".into(),
+        ..suite_engine_config()
+    };
+    let service = socketio_suite::io(CONNECT_TIMEOUT).service(config, Router::new());
+    Router::new().fallback_service(service)
+}
+
+/// The settings both suites' READMEs give their reference servers.
+fn suite_engine_config() -> EngineConfig {
+    EngineConfig {
+        ping_interval: Duration::from_millis(300),
+        ping_timeout: Duration::from_millis(200),
+        max_payload: 1_000_000,
+        allow_eio3: false,
+        ..EngineConfig::default()
+    }
+}
+
+/// Serve `app` on both loopback addresses. The suites' URL names `localhost`, which Node tries
+/// as `::1` first: with only 127.0.0.1 listening, every request of the suite would first be
+/// refused on `::1`, and the extra round trips push its timed heartbeat tests past the 1 s
+/// connect timeout.
 async fn serve(app: Router) -> ExitCode {
     let cors = CorsLayer::new()
         .allow_origin(Any)
         .allow_methods(Any)
         .allow_headers(Any);
-    let listener = match tokio::net::TcpListener::bind(ADDRESS).await {
-        Ok(listener) => listener,
-        Err(error) => {
-            eprintln!(
-                "protocol_suite: cannot listen on {ADDRESS} ({error}); the suites' URL is \
-                 fixed, so stop what listens there first"
-            );
-            return ExitCode::FAILURE;
+    let app = app.layer(cors);
+    let mut servers = tokio::task::JoinSet::new();
+    for address in ADDRESSES {
+        let listener = match tokio::net::TcpListener::bind(address).await {
+            Ok(listener) => listener,
+            Err(error) => {
+                eprintln!(
+                    "protocol_suite: cannot listen on {address} ({error}); the suites' URL is \
+                     fixed, so stop what listens there first"
+                );
+                return ExitCode::FAILURE;
+            }
+        };
+        println!("protocol_suite: listening on http://{address}");
+        servers.spawn(axum::serve(listener, app.clone()).into_future());
+    }
+    match servers.join_next().await {
+        Some(Ok(Ok(()))) | None => ExitCode::SUCCESS,
+        Some(Ok(Err(error))) => {
+            eprintln!("protocol_suite: {error}");
+            ExitCode::FAILURE
         }
-    };
-    println!("protocol_suite: listening on http://{ADDRESS}");
-    match axum::serve(listener, app.layer(cors)).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
+        Some(Err(error)) => {
             eprintln!("protocol_suite: {error}");
             ExitCode::FAILURE
         }

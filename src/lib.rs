@@ -31,3 +31,5 @@ pub mod rooms;
 pub mod server;
 pub mod sites;
 pub mod slow;
+/// Socket.IO protocol 5 and 4 over an Engine.IO session: namespaces, rooms, events, acks.
+pub mod socketio;

@@ -3,7 +3,9 @@
 //!
 //! Engine.IO 4: the server sends PING `ping_interval` after the session opened (not at once:
 //! the official suite counts packets, and clients expect the open packet to be followed by
-//! data, not by a PING) and after each PONG, then waits `ping_timeout` for the PONG.
+//! data, not by a PING) and then every `ping_interval` (the protocol's "every pingInterval
+//! ms", counted from the previous PING rather than from its PONG, so the client's round trip
+//! does not stretch the cadence), waiting `ping_timeout` for each PONG.
 //! Engine.IO 3: the client pings; the server answers each PING with a PONG and gives up when
 //! no PING came for `ping_interval + ping_timeout`.
 
@@ -23,8 +25,8 @@ pub struct Timing {
 enum Phase {
     /// v4: the next PING goes out at this instant.
     PingAt(Instant),
-    /// v4: a PING went out; its PONG is due by this instant.
-    PongBy(Instant),
+    /// v4: a PING went out at `sent`; its PONG is due by `by`.
+    PongBy { sent: Instant, by: Instant },
     /// v3: the client's next PING is due by this instant.
     ClientPingBy(Instant),
 }
@@ -55,7 +57,7 @@ impl Heartbeat {
     /// When [`Heartbeat::poll`] next has something to do.
     pub fn deadline(&self) -> Instant {
         match self.0 {
-            Phase::PingAt(at) | Phase::PongBy(at) | Phase::ClientPingBy(at) => at,
+            Phase::PingAt(at) | Phase::PongBy { by: at, .. } | Phase::ClientPingBy(at) => at,
         }
     }
 
@@ -63,7 +65,7 @@ impl Heartbeat {
     pub fn expired(&self, now: Instant) -> bool {
         match self.0 {
             Phase::PingAt(_) => false,
-            Phase::PongBy(by) | Phase::ClientPingBy(by) => now >= by,
+            Phase::PongBy { by, .. } | Phase::ClientPingBy(by) => now >= by,
         }
     }
 
@@ -74,17 +76,21 @@ impl Heartbeat {
         }
         match self.0 {
             Phase::PingAt(_) => {
-                self.0 = Phase::PongBy(now + timing.timeout);
+                self.0 = Phase::PongBy {
+                    sent: now,
+                    by: now + timing.timeout,
+                };
                 Due::Ping
             }
-            Phase::PongBy(_) | Phase::ClientPingBy(_) => Due::TimedOut,
+            Phase::PongBy { .. } | Phase::ClientPingBy(_) => Due::TimedOut,
         }
     }
 
-    /// A PONG arrived (v4). One that nobody asked for changes nothing.
+    /// A PONG arrived (v4): the next PING goes an interval after the last one. One that
+    /// nobody asked for changes nothing.
     pub fn pong(&mut self, timing: Timing, now: Instant) {
-        if let Phase::PongBy(_) = self.0 {
-            self.0 = Phase::PingAt(now + timing.interval);
+        if let Phase::PongBy { sent, .. } = self.0 {
+            self.0 = Phase::PingAt((sent + timing.interval).max(now));
         }
     }
 
@@ -124,7 +130,7 @@ mod tests {
     }
 
     #[test]
-    fn v4_pong_schedules_the_next_ping_an_interval_later() {
+    fn v4_pings_every_interval_counted_from_the_last_ping() {
         let start = Instant::now();
         let mut heartbeat = Heartbeat::new(ProtocolVersion::V4, TIMING, start);
         heartbeat.pong(TIMING, start + ms(100));
@@ -135,7 +141,11 @@ mod tests {
         );
         assert_eq!(heartbeat.poll(TIMING, start + ms(300)), Due::Ping);
         heartbeat.pong(TIMING, start + ms(350));
-        assert_eq!(heartbeat.deadline(), start + ms(650));
+        assert_eq!(
+            heartbeat.deadline(),
+            start + ms(600),
+            "the PONG's round trip does not stretch the cadence"
+        );
         assert!(!heartbeat.expired(start + ms(10_000)), "no PONG is awaited");
     }
 

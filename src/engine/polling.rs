@@ -164,9 +164,14 @@ fn status(status: StatusCode) -> Response<Body> {
 fn take_for_get<D>(session: &Session<D>, max_payload: usize) -> Option<Vec<Outgoing>> {
     let mut state = session.state();
     if let Some(reason) = state.closing {
-        // The client closed it (a POSTed CLOSE): end the GET quietly; otherwise tell it.
+        drop(state);
+        // The client closed it (a POSTed CLOSE): end the GET quietly, and this was the last
+        // request the session answers; otherwise tell it.
         let last = match reason {
-            CloseReason::TransportClose => Outgoing::Noop,
+            CloseReason::TransportClose => {
+                session.forget();
+                Outgoing::Noop
+            }
             _ => Outgoing::Close,
         };
         return Some(vec![last]);
@@ -260,7 +265,15 @@ async fn drive<H: EngineHandler>(core: Arc<Core<H>>, session: Arc<Session<H::Dat
         woken.as_mut().enable();
         match next(&core, &session, Instant::now()) {
             Next::Wait(deadline) => timer.as_mut().reset(deadline),
-            Next::Closed(reason) => return core.handler.on_close(&session, reason),
+            Next::Closed(reason) => {
+                core.handler.on_close(&session, reason);
+                // A session the client closed may still be waiting for its last GET.
+                if reason == CloseReason::TransportClose {
+                    tokio::time::sleep(core.config.ping_timeout).await;
+                    session.forget();
+                }
+                return;
+            }
             Next::Upgraded => return,
         }
         tokio::select! {
@@ -320,6 +333,26 @@ mod tests {
         let session = core.new_session(ProtocolVersion::V4, parts, true);
         core.register(&session);
         session
+    }
+
+    /// The client's CLOSE and its next GET race; the GET that comes second is told the session
+    /// ended, and only after that is the session unknown.
+    #[test]
+    fn a_session_the_client_closed_answers_its_last_get_then_is_forgotten() {
+        let core = core();
+        let session = polling_session(&core);
+        session.close(CloseReason::TransportClose);
+        assert_eq!(core.sessions(), 1, "kept for the GET racing the CLOSE");
+        assert_eq!(take_for_get(&session, 100), Some(vec![Outgoing::Noop]));
+        assert_eq!(core.sessions(), 0);
+
+        let by_server = polling_session(&core);
+        by_server.close(CloseReason::PingTimeout);
+        assert_eq!(
+            core.sessions(),
+            0,
+            "a session the server closed is gone at once"
+        );
     }
 
     #[test]

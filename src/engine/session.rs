@@ -310,19 +310,35 @@ impl<D> Session<D> {
     /// the session's own task (never from inside this call, so the caller may hold locks
     /// the handler takes). Closing a closed session does nothing.
     pub fn close(&self, reason: CloseReason) {
-        {
+        let lingers = {
             let mut state = self.state();
             if state.closing.is_some() {
                 return;
             }
             state.closing = Some(reason);
             state.queue.clear();
-        }
+            // A client that POSTs CLOSE often sends its next GET at the same moment; if that
+            // GET comes second it must still find the session, and be told it ended (NOOP),
+            // not that it never existed (400). Such a session stays known until that GET or
+            // its task's grace period (see `polling::drive`) forgets it.
+            reason == CloseReason::TransportClose
+                && state
+                    .polling
+                    .as_ref()
+                    .is_some_and(|polling| !polling.poller)
+        };
         tracing::debug!(sid = %self.id, reason = reason.label(), "engine.io session closed");
+        if !lingers {
+            self.forget();
+        }
+        self.wake.notify_waiters();
+    }
+
+    /// Remove the session from the engine's table: requests naming it get 400 from now on.
+    pub(super) fn forget(&self) {
         if let Some(registry) = self.registry.upgrade() {
             registry.remove(self.id);
         }
-        self.wake.notify_waiters();
     }
 
     pub fn is_closed(&self) -> bool {

@@ -1,6 +1,8 @@
-// The official engine.io-protocol test suite (tests/protocol-suites/engine.io, vendored
-// unmodified) against our Engine.IO server: `protocol_suite engine-io`, the example that
-// serves the suite's contract on 127.0.0.1:3000. Every test of the suite must pass.
+// The official protocol test suites (tests/protocol-suites/, vendored unmodified) against our
+// own layers: engine.io-protocol against our Engine.IO server (`protocol_suite engine-io`),
+// socket.io-protocol against our Socket.IO layer over it (`protocol_suite socket-io`), each
+// serving its suite's contract on 127.0.0.1:3000, one after the other. Every test of each
+// suite must pass.
 //
 // Nothing is built here: scripts/test builds target/release/examples/protocol_suite
 // (`cargo build --release --example protocol_suite`). The suite's URL is fixed at
@@ -8,7 +10,7 @@
 // `npm ci` runs in the suite's folder when its node_modules/ is missing or older than its
 // lock file. Only Node's own modules are used here (the suite brings its own packages). Every
 // wait is bounded; the server is stopped by its own PID.
-import { test, before, after } from "node:test";
+import { describe, test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import fs from "node:fs";
@@ -19,7 +21,10 @@ import { fileURLToPath } from "node:url";
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 const SERVER = path.resolve(process.env.PROTOCOL_SUITE_BIN ?? path.join(ROOT, "target/release/examples/protocol_suite"));
-const ENGINE_IO_SUITE = path.join(ROOT, "tests/protocol-suites/engine.io");
+const SUITES = [
+  { mode: "engine-io", dir: path.join(ROOT, "tests/protocol-suites/engine.io"), name: "engine.io-protocol" },
+  { mode: "socket-io", dir: path.join(ROOT, "tests/protocol-suites/socket.io"), name: "socket.io-protocol" },
+];
 const PORT = 3000;
 
 /** Whether something accepts connections on 127.0.0.1:`port`. */
@@ -93,17 +98,21 @@ function summary(output) {
   return { passing: count("passing"), failing: count("failing") };
 }
 
-let server;
-before(async () => {
-  await npmPackages(ENGINE_IO_SUITE);
-  server = await startServer("engine-io");
-});
-after(async () => { await stopServer(server); });
+for (const suite of SUITES) {
+  describe(`the official ${suite.name} suite`, () => {
+    let server;
+    before(async () => {
+      await npmPackages(suite.dir);
+      server = await startServer(suite.mode);
+    });
+    after(async () => { await stopServer(server); });
 
-test("every test of the official engine.io-protocol suite passes", { timeout: 180_000 }, async () => {
-  const tests = fs.readFileSync(path.join(ENGINE_IO_SUITE, "test-suite.js"), "utf8").match(/\bit\(/g).length;
-  const { code, output } = await run("npm", ["test"], { cwd: ENGINE_IO_SUITE, timeoutMs: 120_000 });
-  const context = `npm test:\n${output}\nserver:\n${server.output}`;
-  assert.deepEqual(summary(output), { passing: tests, failing: 0 }, context);
-  assert.equal(code, 0, context);
-});
+    test(`every test of ${suite.name} passes against protocol_suite ${suite.mode}`, { timeout: 180_000 }, async () => {
+      const tests = fs.readFileSync(path.join(suite.dir, "test-suite.js"), "utf8").match(/\bit\(/g).length;
+      const { code, output } = await run("npm", ["test"], { cwd: suite.dir, timeoutMs: 120_000 });
+      const context = `npm test:\n${output}\nserver:\n${server.output}`;
+      assert.deepEqual(summary(output), { passing: tests, failing: 0 }, context);
+      assert.equal(code, 0, context);
+    });
+  });
+}
