@@ -306,6 +306,14 @@ mod testing {
             registry: Arc::default(),
         }
     }
+
+    /// A registered Engine.IO 4 session on long-polling, from an empty request.
+    pub fn polling_session(core: &Core<Recorder>) -> Arc<Session<()>> {
+        let (parts, ()) = http::Request::new(()).into_parts();
+        let session = core.new_session(ProtocolVersion::V4, parts, true);
+        core.register(&session);
+        session
+    }
 }
 
 #[cfg(test)]

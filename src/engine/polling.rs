@@ -325,15 +325,8 @@ mod tests {
     use std::time::Duration;
 
     use super::super::session::Frame;
-    use super::super::testing::{Recorder, core};
+    use super::super::testing::{core, polling_session};
     use super::*;
-
-    fn polling_session(core: &Core<Recorder>) -> Arc<Session<()>> {
-        let (parts, ()) = Request::new(()).into_parts();
-        let session = core.new_session(ProtocolVersion::V4, parts, true);
-        core.register(&session);
-        session
-    }
 
     /// The client's CLOSE and its next GET race; the GET that comes second is told the session
     /// ended, and only after that is the session unknown.

@@ -143,16 +143,9 @@ impl<D> Drop for Attempt<D> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{Recorder, core};
+    use super::super::testing::{core, polling_session};
     use super::*;
-    use crate::engine::{CloseReason, ProtocolVersion};
-
-    fn polling_session(core: &Core<Recorder>) -> Arc<Session<()>> {
-        let (parts, ()) = Request::new(()).into_parts();
-        let session = core.new_session(ProtocolVersion::V4, parts, true);
-        core.register(&session);
-        session
-    }
+    use crate::engine::CloseReason;
 
     #[test]
     fn one_upgrade_at_a_time_and_a_failed_one_frees_the_slot() {
