@@ -1,7 +1,7 @@
 // Frappe 14 and 13 benches (README "Frappe 14"; spec tags [v14], [v13]): one namespace `/`,
 // rooms prefixed with the site, `redis_socketio`, Frappe 14's refusal texts, permission calls
 // with `?sid=`, doc_viewers and typing indicators; Frappe 13's socket.io-client 2.x speaks
-// Engine.IO 3.
+// Engine.IO 3, which is refused for now (below).
 //
 // Every wait is bounded; non-receipt is proven with a sentinel published after the event.
 import { describe, test, before, after } from "node:test";
@@ -143,42 +143,34 @@ describe("Frappe 14: one namespace, site-prefixed rooms", () => {
   });
 });
 
-describe("Frappe 13: socket.io-client 2.x over Engine.IO 3", () => {
+// Frappe 13's socket.io-client 2.x speaks Engine.IO 3, which is refused (README "Frappe 13"):
+// socketioxide's Engine.IO 3 support decodes polling payloads with a decoder that a 5-byte
+// POST ("1:😀x") sends into an endless loop, a worker thread at 100% CPU for good.
+describe("Frappe 13: socket.io-client 2.x (Engine.IO 3) is refused", () => {
   let stack;
   before(async () => { stack = await startStack({ version: 13 }); });
   after(async () => { await stack?.stop(); });
 
-  for (const transports of [["websocket"], ["polling"], ["polling", "websocket"]]) {
-    test(`connects over ${transports.join(" then ")} and gets its user's events`, async () => {
-      const headers = { origin: stack.frappe.url, "x-frappe-site-name": SITE, cookie: "sid=sid-alice" };
-      // 2.x passes headers to polling requests through transportOptions.
-      const socket = io2(`http://127.0.0.1:${stack.port}/`, {
-        transports, forceNew: true, reconnection: false, extraHeaders: headers,
-        transportOptions: { polling: { extraHeaders: headers } },
-      });
-      socket.received = [];
-      const onevent = socket.onevent;
-      socket.onevent = function (packet) {
-        socket.received.push({ event: packet.data[0], args: packet.data.slice(1) });
-        onevent.call(this, packet);
-      };
-      stack.sockets.push(socket);
-      await new Promise((resolve, reject) => {
-        const timer = setTimeout(() => reject(new Error("no connect within 8 s")), 8000);
-        socket.once("connect", () => { clearTimeout(timer); resolve(); });
-        socket.once("error", (e) => { clearTimeout(timer); reject(new Error(JSON.stringify(e))); });
-      });
-      assert.equal(String(socket.io.engine.transport.query.EIO), "3", "Engine.IO 3");
-      await flush(stack, socket);
-      const event = unique("v13");
-      await publish14(stack, event, { n: 1 }, `${SITE}:user:${ALICE}`);
-      await publish14(stack, event, { n: 2 }, `${SITE}:user:${ALICE}`);
-      await flush(stack, socket);
-      assert.deepEqual(got(socket, event), [{ n: 1 }, { n: 2 }]);
-      if (transports.length === 2) {
-        await waitFor(() => socket.io.engine.transport.name === "websocket", { what: "the upgrade" });
-      }
-      socket.close();
+  test("no Engine.IO 3 session opens, and a 2.x client never connects", async () => {
+    const headers = { origin: stack.frappe.url, "x-frappe-site-name": SITE, cookie: "sid=sid-alice" };
+    const base = `http://127.0.0.1:${stack.port}/socket.io/?EIO=3&transport=polling`;
+    // Without Engine.IO 3 the session opens as Engine.IO 4, which a 2.x client cannot read.
+    const open = await fetch(base, { headers, signal: AbortSignal.timeout(5000) });
+    const body = await open.text();
+    assert.ok(!/^\d+:0\{/.test(body), `an Engine.IO 3 (length-prefixed) open packet: ${body}`);
+    // (The Engine.IO 3 payload decoder that "1:\u{1F600}x" sends into an endless loop is not
+    // compiled in: socketioxide's v4 feature is off.)
+    // The 2.x client itself gets an error, never a connection.
+    const socket = io2(`http://127.0.0.1:${stack.port}/`, {
+      transports: ["polling"], forceNew: true, reconnection: false, extraHeaders: headers,
+      transportOptions: { polling: { extraHeaders: headers } },
     });
-  }
+    stack.sockets.push(socket);
+    await new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error("neither connect nor error within 8 s")), 8000);
+      socket.once("connect", () => { clearTimeout(timer); reject(new Error("a 2.x client connected")); });
+      socket.once("connect_error", () => { clearTimeout(timer); resolve(); });
+    });
+    socket.close();
+  });
 });
