@@ -336,3 +336,23 @@ async fn what_was_queued_on_polling_arrives_on_the_websocket_after_the_upgrade()
     let (status, _) = http(address, "GET", &polling, b"").await;
     assert_eq!(status, 400, "the session is on the websocket now");
 }
+
+/// engineioxide-core's v3 text decoder spun forever, never yielding, on a length that ends
+/// inside a surrogate pair with bytes after it: one such POST took a worker thread for good.
+/// Two workers, so that a regression fails on the client's timeout instead of hanging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_io_3_length_inside_a_surrogate_pair_is_refused_not_spun_on() {
+    let (address, recorder) = start(config()).await;
+    let (_, open) = http(address, "GET", "/engine.io/?EIO=3&transport=polling", b"").await;
+    let path = format!("/engine.io/?EIO=3&transport=polling&sid={}", sid_of(&open));
+    let (status, body) = http(address, "POST", &path, "1:😀x".as_bytes()).await;
+    assert_eq!(
+        (status, body.as_slice()),
+        (400, &br#"{"code":3,"message":"Bad request"}"#[..])
+    );
+    let session = recorder.session().await;
+    assert_eq!(
+        recorder.close_reason(session.id).await,
+        CloseReason::ParseError
+    );
+}

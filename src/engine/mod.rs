@@ -11,8 +11,9 @@
 //! official suite expects, PING/PONG/CLOSE out of band of the data queue, and a queue bounded
 //! in packets and bytes whose overflow names the session and cuts it.
 //!
-//! Reused: engineioxide-core's `Sid`, `Str`, `Packet::parse` and polling payload *decoder*;
-//! tokio-tungstenite for websocket framing.
+//! Reused: engineioxide-core's `Sid`, `Str`, `Packet::parse` and polling payload *decoder*
+//! (but for Engine.IO 3 text payloads: see `payload`); tokio-tungstenite for websocket
+//! framing.
 //!
 //! Modules by responsibility: `config` what the server is told, `request` what a request
 //! asks and the error answers, `session` a session's state and queue, `heartbeat` the
