@@ -20,35 +20,15 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
 use proptest::sample::select;
-use proptest::test_runner::FileFailurePersistence;
 use serde_json::{Map, Value};
 
-// ---------------------------------------------------------------------------------------------
-// Case counts
-// ---------------------------------------------------------------------------------------------
+#[path = "support/fuzz.rs"]
+mod fuzz;
+use fuzz::{RESERVED, WORDS, any_string, config, json_number, json_value, pick};
 
-/// Cases per property on a plain `cargo test`. proptest reads `PROPTEST_CASES` only for
-/// properties that do not set `cases` themselves, so the override is read here.
-fn cases(default: u32) -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|n| n.trim().parse().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or(default)
-}
-
-fn config(default_cases: u32) -> ProptestConfig {
-    ProptestConfig {
-        cases: cases(default_cases),
-        // Shrinking a real failure to a minimal input is worth more than speed.
-        max_shrink_iters: 10_000,
-        // A failure is saved next to this file, to be replayed first on the next run.
-        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource(
-            "proptest-regressions",
-        ))),
-        ..ProptestConfig::default()
-    }
-}
+// ---------------------------------------------------------------------------------------------
+// Case counts (`fuzz::config`)
+// ---------------------------------------------------------------------------------------------
 
 const PARSE_BYTES_CASES: u32 = 10_000;
 const PARSE_JSON_CASES: u32 = 4_096;
@@ -61,76 +41,6 @@ const AUTH_PAYLOAD_CASES: u32 = 4_096;
 const CONFIG_CASES: u32 = 2_048;
 const EVENT_ARGS_JSON_CASES: u32 = 4_096;
 const EVENT_ARGS_BYTES_CASES: u32 = 10_000;
-
-// ---------------------------------------------------------------------------------------------
-// Shared strategies
-// ---------------------------------------------------------------------------------------------
-
-fn pick(items: &'static [&'static str]) -> impl Strategy<Value = String> + Clone {
-    select(items).prop_map(str::to_owned)
-}
-
-/// Event names Socket.IO reserves (spec §6).
-const RESERVED: &[&str] = &bridge::RESERVED_EVENTS;
-
-/// Any string: empty, reserved event names, the keys of a publication, plain ASCII, and
-/// arbitrary Unicode scalar values (control characters, NUL, astral planes included).
-fn any_string() -> impl Strategy<Value = String> {
-    prop_oneof![
-        1 => Just(String::new()),
-        1 => pick(RESERVED),
-        1 => pick(WORDS),
-        2 => "[ -~]{0,16}",
-        3 => vec(any::<char>(), 0..16).prop_map(String::from_iter),
-    ]
-}
-
-/// A JSON number of every shape serde_json keeps apart: i64, u64, finite f64, and -0.0.
-fn json_number() -> impl Strategy<Value = Value> {
-    prop_oneof![
-        select(vec![0i64, 1, -1, i64::MIN, i64::MAX]).prop_map(Value::from),
-        any::<i64>().prop_map(Value::from),
-        any::<u64>().prop_map(Value::from),
-        Just(Value::from(u64::MAX)),
-        finite_f64().prop_map(Value::from),
-        select(vec![
-            0.0f64,
-            -0.0,
-            0.5,
-            1e300,
-            -1e-300,
-            f64::MAX,
-            f64::MIN_POSITIVE
-        ])
-        .prop_map(Value::from),
-    ]
-}
-
-/// Any finite f64 (JSON has no NaN or infinity): normal, subnormal and zero, either sign.
-fn finite_f64() -> impl Strategy<Value = f64> {
-    use prop::num::f64::{NEGATIVE, NORMAL, POSITIVE, SUBNORMAL, ZERO};
-    POSITIVE | NEGATIVE | NORMAL | SUBNORMAL | ZERO
-}
-
-fn json_leaf() -> impl Strategy<Value = Value> {
-    prop_oneof![
-        Just(Value::Null),
-        any::<bool>().prop_map(Value::Bool),
-        json_number(),
-        any_string().prop_map(Value::String),
-    ]
-}
-
-/// Any JSON value, up to 4 levels deep.
-fn json_value() -> impl Strategy<Value = Value> {
-    json_leaf().prop_recursive(4, 48, 6, |inner| {
-        prop_oneof![
-            vec(inner.clone(), 0..6).prop_map(Value::Array),
-            btree_map(any_string(), inner, 0..6)
-                .prop_map(|m| Value::Object(m.into_iter().collect())),
-        ]
-    })
-}
 
 // ---------------------------------------------------------------------------------------------
 // 1. bridge::parse
@@ -231,24 +141,6 @@ fn falsy_room() -> impl Strategy<Value = Option<Value>> {
         Some(Value::from(-0.0)),
     ])
 }
-
-/// Words that matter to a publication, none of them reserved or empty.
-const WORDS: &[&str] = &[
-    "event",
-    "room",
-    "namespace",
-    "message",
-    "list_update",
-    "doc_update",
-    "a.local",
-    "doctype:ToDo",
-    "all",
-    "website",
-    "0",
-    "false",
-    "null",
-    " ",
-];
 
 /// A non-empty string. Built rather than filtered, so that long runs do not hit proptest's
 /// limit on rejected inputs.
