@@ -11,7 +11,9 @@ use http::HeaderName;
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     /// The path requests are answered on, without a trailing slash: `/socket.io` for the
-    /// product, `/engine.io` for the engine.io-protocol suite. `<path>/` is answered too.
+    /// product, `/engine.io` for the engine.io-protocol suite. Everything under `<path>/` is
+    /// answered too, as Node's engine.io does (an unknown name there gets 400, not the 404 of
+    /// whatever serves the rest).
     pub path: Cow<'static, str>,
     /// How long after the last PONG (v4) the server sends the next PING.
     pub ping_interval: Duration,
@@ -30,7 +32,9 @@ pub struct EngineConfig {
     /// Engine.IO packets (a text packet and each binary attachment count one) a session may
     /// have queued; one more cuts it as a slow consumer.
     pub max_queued_packets: usize,
-    /// Payload bytes a session may have queued; more cuts it as a slow consumer.
+    /// Payload bytes that may be queued for a websocket session while its connection takes no
+    /// bytes; more cuts it as a slow consumer. A client that reads, however slowly, and a
+    /// polling one are held by `max_queued_packets` and `stall_timeout`.
     pub max_queued_bytes: usize,
     /// A session with data waiting whose transport takes none for this long is cut as a slow
     /// consumer: a websocket whose connection accepts no bytes, a polling client that sends
@@ -67,7 +71,7 @@ impl EngineConfig {
     pub(super) fn serves(&self, path: &str) -> bool {
         let base = self.path.trim_end_matches('/');
         path.strip_prefix(base)
-            .is_some_and(|rest| rest.is_empty() || rest == "/")
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
     }
 
     /// `max_payload` as a length in memory (it is a `u64` because the handshake says so).
@@ -81,14 +85,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn serves_its_path_with_or_without_the_trailing_slash_and_nothing_else() {
+    fn serves_its_path_and_everything_under_it_like_node() {
         let config = EngineConfig {
             path: "/engine.io".into(),
             ..EngineConfig::default()
         };
         assert!(config.serves("/engine.io"));
         assert!(config.serves("/engine.io/"));
-        assert!(!config.serves("/engine.io/x"));
+        assert!(config.serves("/engine.io/x"));
+        assert!(config.serves("/engine.io/..%2fsites"));
         assert!(!config.serves("/engine.iox"));
         assert!(!config.serves("/socket.io/"));
     }

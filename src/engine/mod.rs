@@ -183,22 +183,15 @@ impl<H: EngineHandler> Core<H> {
     }
 }
 
-/// Closes every session when the last clone of its [`EngineService`] is dropped.
-struct ShutdownOnDrop<D>(Arc<Registry<D>>);
-
-impl<D> Drop for ShutdownOnDrop<D> {
-    fn drop(&mut self) {
-        for session in self.0.all() {
-            session.close(CloseReason::ServerShutdown);
-        }
-    }
-}
-
 /// A tower service: requests for [`EngineConfig::path`] are Engine.IO's, any other goes to
-/// `inner`. Dropping its last clone closes every session (`ServerShutdown`).
+/// `inner`.
+///
+/// Dropping it does not close the sessions: their tasks run on until the clients leave or
+/// [`EngineService::close_all`]. A server that exits closes them with its connections, which
+/// is what a restart wants: the listening port must be closed before any client is told to
+/// go, or clients reconnect to a process that is going away.
 pub struct EngineService<H: EngineHandler, S> {
     core: Arc<Core<H>>,
-    shutdown: Arc<ShutdownOnDrop<H::Data>>,
     inner: S,
 }
 
@@ -206,7 +199,6 @@ impl<H: EngineHandler, S: Clone> Clone for EngineService<H, S> {
     fn clone(&self) -> Self {
         Self {
             core: self.core.clone(),
-            shutdown: self.shutdown.clone(),
             inner: self.inner.clone(),
         }
     }
@@ -214,14 +206,12 @@ impl<H: EngineHandler, S: Clone> Clone for EngineService<H, S> {
 
 impl<H: EngineHandler, S> EngineService<H, S> {
     pub fn new(handler: Arc<H>, config: EngineConfig, inner: S) -> Self {
-        let registry = Arc::new(Registry::default());
         Self {
             core: Arc::new(Core {
                 handler,
                 config,
-                registry: registry.clone(),
+                registry: Arc::default(),
             }),
-            shutdown: Arc::new(ShutdownOnDrop(registry)),
             inner,
         }
     }
@@ -345,7 +335,7 @@ mod tests {
     }
 
     #[test]
-    fn dropping_the_last_service_closes_every_session() {
+    fn dropping_the_service_leaves_the_sessions_and_close_all_ends_them() {
         let service = EngineService::new(
             Arc::new(testing::Recorder::default()),
             EngineConfig::default(),
@@ -357,8 +347,8 @@ mod tests {
         assert_eq!(service.sessions(), 1);
         let clone = service.clone();
         drop(service);
-        assert!(!session.is_closed(), "a clone still serves");
-        drop(clone);
+        assert!(!session.is_closed(), "a dropped service closes nothing");
+        clone.close_all(CloseReason::ServerShutdown);
         assert_eq!(session.close_reason(), Some(CloseReason::ServerShutdown));
     }
 }

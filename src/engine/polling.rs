@@ -7,6 +7,7 @@
 
 use std::pin::pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use engineioxide_core::{Packet, PacketParseError, ProtocolVersion, TransportType};
@@ -21,6 +22,10 @@ use super::payload::{self, Outgoing};
 use super::request::{EngineRequest, RequestError};
 use super::session::{CloseReason, Queue, Session, SlowReason, Upgrade};
 use super::{Core, EngineHandler};
+
+/// How long a GET that arrives during an upgrade waits for it to finish (see
+/// `upgraded_within`): Node's engine.io flushes such a GET on a tick of this length.
+const UPGRADING_GET_WAIT: Duration = Duration::from_millis(100);
 
 /// Open a session on polling: register it, start its task, and answer with the open packet
 /// (and whatever `on_open` queued, which saves the client a round trip).
@@ -50,6 +55,7 @@ pub(super) async fn poll<D>(
     request: &EngineRequest,
     max_payload: usize,
 ) -> Response<Body> {
+    let during_upgrade = session.state().upgrade != Upgrade::None;
     let _poller = match Poller::claim(session) {
         Ok(poller) => poller,
         Err(Refused::Upgraded) => return RequestError::BadRequest.response(),
@@ -58,6 +64,9 @@ pub(super) async fn poll<D>(
             return RequestError::BadRequest.response();
         }
     };
+    if during_upgrade && upgraded_within(session, UPGRADING_GET_WAIT).await {
+        return RequestError::BadRequest.response();
+    }
     loop {
         let mut woken = pin!(session.woken());
         woken.as_mut().enable();
@@ -65,6 +74,34 @@ pub(super) async fn poll<D>(
             return respond(payload::encode(request.protocol, request.base64, &packets));
         }
         woken.await;
+    }
+}
+
+/// Whether the session moves to its websocket within `wait`.
+///
+/// A GET that arrives while a websocket is taking the session over may be racing the
+/// client's `5` on that websocket (the client sent it first, but it has its own connection).
+/// Node's engine.io answers such a GET on a 100 ms tick, by which time the `5` has usually
+/// landed and the GET finds the session upgraded (400); so does this. A GET that was
+/// already waiting when the websocket came is the one a client waits for before it sends
+/// `5`: it is answered at the probe, at once (`take_for_get`).
+async fn upgraded_within<D>(session: &Session<D>, wait: Duration) -> bool {
+    let deadline = Instant::now() + wait;
+    loop {
+        let mut woken = pin!(session.woken());
+        woken.as_mut().enable();
+        {
+            let state = session.state();
+            if state.transport == TransportType::Websocket {
+                return true;
+            }
+            if state.upgrade == Upgrade::None || state.closing.is_some() {
+                return false;
+            }
+        }
+        if tokio::time::timeout_at(deadline, woken).await.is_err() {
+            return false;
+        }
     }
 }
 

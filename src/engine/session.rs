@@ -10,6 +10,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use bytes::Bytes;
@@ -47,7 +48,7 @@ pub enum CloseReason {
 pub enum SlowReason {
     /// Its queue held `max_queued_packets` packets.
     QueueFull,
-    /// Its queue held `max_queued_bytes` bytes.
+    /// `max_queued_bytes` bytes were queued since its transport last took some.
     TooManyBytes,
     /// Data waited and its transport took none for `stall_timeout`.
     Stalled,
@@ -84,7 +85,8 @@ pub enum SendErrorKind {
     /// The queue holds `limit` packets; the session was cut as a slow consumer.
     #[error("{limit} packets queued, cut as a slow consumer")]
     QueueFull { limit: usize },
-    /// The queue would hold more than `limit` bytes; the session was cut as a slow consumer.
+    /// More than `limit` bytes would have been queued since the transport last took some;
+    /// the session was cut as a slow consumer.
     #[error("more than {limit} bytes queued, cut as a slow consumer")]
     TooManyBytes { limit: usize },
     /// The session is closed (or closing).
@@ -122,6 +124,10 @@ pub(super) struct Limits {
 pub(super) struct Queue {
     frames: VecDeque<Frame>,
     bytes: usize,
+    /// Bytes queued since the websocket's connection stopped taking bytes: what the byte
+    /// bound limits. A client that reads, however slowly, is held by the packet bound alone;
+    /// one whose connection stopped is cut once this much waits for it.
+    backlog: usize,
     /// Since when data has waited in the queue for a transport to take some.
     waiting_since: Option<Instant>,
 }
@@ -138,6 +144,7 @@ impl Queue {
         text: Option<Str>,
         binaries: &[Bytes],
         limits: Limits,
+        stalled: bool,
     ) -> Result<bool, SendErrorKind> {
         let packets = usize::from(text.is_some()) + binaries.len();
         let bytes = text.as_ref().map_or(0, |text| text.len())
@@ -147,7 +154,9 @@ impl Queue {
                 limit: limits.packets,
             });
         }
-        if self.bytes.saturating_add(bytes) > limits.bytes {
+        if !stalled {
+            self.backlog = 0;
+        } else if self.backlog.saturating_add(bytes) > limits.bytes {
             return Err(SendErrorKind::TooManyBytes {
                 limit: limits.bytes,
             });
@@ -157,6 +166,9 @@ impl Queue {
         self.frames
             .extend(binaries.iter().cloned().map(Frame::Binary));
         self.bytes += bytes;
+        if stalled {
+            self.backlog += bytes;
+        }
         if was_empty {
             self.waiting_since = Some(Instant::now());
         }
@@ -234,6 +246,9 @@ pub struct Session<D> {
     pub data: D,
     request: Parts,
     limits: Limits,
+    /// The websocket's connection refused bytes at its last write (its task holds the
+    /// connection, the queue is here).
+    stalled: AtomicBool,
     state: Mutex<State>,
     /// Wakes whoever waits on this session's transport side (the websocket task, a GET, the
     /// polling driver) when data arrives in an empty queue or the session changes state.
@@ -269,6 +284,7 @@ impl<D> Session<D> {
             data,
             request,
             limits,
+            stalled: AtomicBool::new(false),
             state: Mutex::new(State {
                 transport,
                 upgrade: Upgrade::None,
@@ -357,7 +373,8 @@ impl<D> Session<D> {
             if state.closing.is_some() {
                 Err(SendErrorKind::Closed)
             } else {
-                state.queue.push(text, binaries, self.limits)
+                let stalled = self.stalled.load(Ordering::Relaxed);
+                state.queue.push(text, binaries, self.limits, stalled)
             }
         };
         match pushed {
@@ -402,6 +419,19 @@ impl<D> Session<D> {
 
     pub(super) fn close_reason(&self) -> Option<CloseReason> {
         self.state().closing
+    }
+}
+
+/// Where a websocket's connection reports whether it takes bytes: the queue's byte bound
+/// applies only while it does not.
+pub(super) trait Written: Send + Sync {
+    /// A write found the connection full (`true`) or took bytes (`false`).
+    fn stalled(&self, stalled: bool);
+}
+
+impl<D: Send + Sync> Written for Session<D> {
+    fn stalled(&self, stalled: bool) {
+        self.stalled.store(stalled, Ordering::Relaxed);
     }
 }
 
@@ -499,6 +529,7 @@ mod tests {
     fn too_many_bytes_refuses_the_whole_group() {
         let registry = Arc::default();
         let session = session(&registry);
+        session.stalled(true);
         session.send("12345".into(), &[]).expect("5 bytes");
         let error = session
             .send("12".into(), &[Bytes::from_static(b"1234")])
@@ -507,6 +538,25 @@ mod tests {
         assert_eq!(
             session.close_reason(),
             Some(CloseReason::SlowConsumer(SlowReason::TooManyBytes))
+        );
+    }
+
+    #[test]
+    fn the_byte_bound_counts_only_while_the_connection_takes_no_bytes() {
+        let mut queue = Queue::default();
+        let limits = Limits {
+            packets: 100,
+            bytes: 10,
+        };
+        let mut push =
+            |text: &'static str, stalled| queue.push(Some(text.into()), &[], limits, stalled);
+        push("1234567", false).expect("7 bytes while it takes bytes");
+        push("123456", true).expect("6 bytes since it stalled");
+        push("1234", false).expect("it takes bytes again");
+        push("123456", true).expect("6 bytes since it stalled again");
+        assert_eq!(
+            push("12345", true),
+            Err(SendErrorKind::TooManyBytes { limit: 10 })
         );
     }
 
@@ -535,8 +585,11 @@ mod tests {
             packets: 10,
             bytes: 100,
         };
-        assert_eq!(queue.push(Some("0123456789".into()), &[], limits), Ok(true));
-        assert_eq!(queue.push(Some("ab".into()), &[], limits), Ok(false));
+        assert_eq!(
+            queue.push(Some("0123456789".into()), &[], limits, true),
+            Ok(true)
+        );
+        assert_eq!(queue.push(Some("ab".into()), &[], limits, true), Ok(false));
         assert_eq!(queue.pop_within(5, false), None);
         assert_eq!(
             queue.pop_within(5, true),
@@ -555,7 +608,9 @@ mod tests {
             bytes: 1000,
         };
         for _ in 0..20 {
-            queue.push(Some("x".into()), &[], limits).expect("fits");
+            queue
+                .push(Some("x".into()), &[], limits, true)
+                .expect("fits");
         }
         while queue.pop_within(usize::MAX, true).is_some() {}
         assert_eq!(queue.frames.capacity(), 0);
@@ -569,9 +624,13 @@ mod tests {
             bytes: 100,
         };
         assert_eq!(queue.waiting_since(), None);
-        queue.push(Some("a".into()), &[], limits).expect("fits");
+        queue
+            .push(Some("a".into()), &[], limits, true)
+            .expect("fits");
         let since = queue.waiting_since().expect("waiting");
-        queue.push(Some("b".into()), &[], limits).expect("fits");
+        queue
+            .push(Some("b".into()), &[], limits, true)
+            .expect("fits");
         assert_eq!(queue.waiting_since(), Some(since));
         queue.pop_within(usize::MAX, true);
         let later = since + std::time::Duration::from_secs(1);

@@ -39,7 +39,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use super::heartbeat::{Due, Heartbeat};
 use super::request::RequestError;
-use super::session::{CloseReason, Frame, Session, SlowReason};
+use super::session::{CloseReason, Frame, Session, SlowReason, Written};
 use super::upgrade::{self, Attempt};
 use super::{Core, EngineConfig, EngineHandler};
 
@@ -90,7 +90,7 @@ pub(super) async fn run<H: EngineHandler>(
     let Ok(upgraded) = on_upgrade.await else {
         return;
     };
-    let Some(ws) = connect(settings(&core.config), upgraded) else {
+    let Some(ws) = connect(settings(&core.config), upgraded, Some(session.clone())) else {
         return;
     };
     let mut connection = Connection {
@@ -141,7 +141,7 @@ pub(super) fn refuse(
     let settings = settings(config);
     tokio::spawn(async move {
         if let Ok(upgraded) = on_upgrade.await
-            && let Some(mut ws) = connect(settings, upgraded)
+            && let Some(mut ws) = connect(settings, upgraded, None)
         {
             let _ = tokio::time::timeout(CLOSE_GRACE, SinkExt::close(&mut ws)).await;
         }
@@ -182,10 +182,15 @@ fn settings(config: &EngineConfig) -> WebSocketConfig {
 /// The websocket over an upgraded connection. tokio-tungstenite builds it in a future that is
 /// ready at its first poll (it only picks up the waker, which every later poll replaces);
 /// polling it here instead of awaiting it keeps that future out of the session's task.
-fn connect(settings: WebSocketConfig, upgraded: Upgraded) -> Option<Ws> {
+fn connect(
+    settings: WebSocketConfig,
+    upgraded: Upgraded,
+    session: Option<Arc<dyn Written>>,
+) -> Option<Ws> {
     let io = Counted {
         inner: TokioIo::new(upgraded),
         written: 0,
+        session,
     };
     WebSocketStream::from_raw_socket(io, Role::Server, Some(settings)).now_or_never()
 }
@@ -436,10 +441,12 @@ fn read_error(error: &WsError) -> CloseReason {
 }
 
 /// A stream that counts the bytes written to it, so the task can tell a slow connection
-/// (bytes trickle out) from a stalled one (none do).
+/// (bytes trickle out) from a stalled one (none do), and tells its session whether the
+/// connection takes bytes (the queue's byte bound counts only while it does not).
 pub(super) struct Counted<S> {
     inner: S,
     written: u64,
+    session: Option<Arc<dyn Written>>,
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
@@ -488,8 +495,16 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
 
 impl<S> Counted<S> {
     fn count(&mut self, polled: &Poll<io::Result<usize>>) {
-        if let Poll::Ready(Ok(n)) = polled {
-            self.written = self.written.wrapping_add(*n as u64);
+        let stalled = match polled {
+            Poll::Ready(Ok(n)) if *n > 0 => {
+                self.written = self.written.wrapping_add(*n as u64);
+                false
+            }
+            Poll::Pending => true,
+            Poll::Ready(_) => return,
+        };
+        if let Some(session) = &self.session {
+            session.stalled(stalled);
         }
     }
 }
