@@ -8,7 +8,6 @@ use crate::config::{Config, Listen};
 use crate::queue_redis::QueueRedis;
 use crate::reconnects::ReconnectTracker;
 use crate::sites::SiteTable;
-use crate::slow::SlowConsumers;
 
 pub struct App {
     /// Replaced as a whole on SIGHUP; a handshake or event uses one snapshot throughout.
@@ -17,7 +16,6 @@ pub struct App {
     pub reconnects: ReconnectTracker,
     /// Connection counts for `realtime_max_connections_per_*`.
     pub seats: Arc<Seats>,
-    pub slow: Arc<SlowConsumers>,
     /// The bench's sites, kept current by the site registry.
     pub sites: Arc<SiteTable>,
 }
@@ -38,7 +36,6 @@ impl App {
             current: RwLock::new(Arc::new(Settings { config, frappe })),
             redis,
             seats: Arc::default(),
-            slow: Arc::default(),
             sites: Arc::default(),
         })
     }
@@ -79,6 +76,15 @@ impl App {
         if config.reconnect_window != old.reconnect_window {
             needs_restart.push("realtime_reconnect_window");
             config.reconnect_window = old.reconnect_window;
+        }
+        // The engine bounds every session's queue and stall with these from the start.
+        if config.slow_client_timeout != old.slow_client_timeout {
+            needs_restart.push("realtime_slow_client_timeout");
+            config.slow_client_timeout = old.slow_client_timeout;
+        }
+        if config.slow_client_max_bytes != old.slow_client_max_bytes {
+            needs_restart.push("realtime_slow_client_max_bytes");
+            config.slow_client_max_bytes = old.slow_client_max_bytes;
         }
         let frappe = FrappeClient::new(&config, self.redis.clone())?;
         *self.current.write().unwrap_or_else(PoisonError::into_inner) =

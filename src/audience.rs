@@ -8,10 +8,7 @@
 //! and 14 named them (spec §5.4). Everything that reaches "the sockets of a site" or "room R
 //! of a site" goes through here, so no caller forgets the root namespace.
 
-use socketioxide::SocketIo;
-use socketioxide::adapter::LocalAdapter;
-use socketioxide::extract::SocketRef;
-use socketioxide::operators::BroadcastOperators;
+use crate::socketio::{Io, Namespace, Socket};
 
 /// The namespace shared by every site.
 pub const ROOT: &str = "/";
@@ -52,16 +49,12 @@ fn root_prefix(site: &str) -> String {
 
 /// Room `room` of `site` in each namespace where it can have members, with the name it has
 /// there: as it is in `/<site>`, prefixed in `/`.
-pub fn room_of_site(
-    io: &SocketIo<LocalAdapter>,
-    site: &str,
-    room: &str,
-) -> Vec<(BroadcastOperators<LocalAdapter>, String)> {
+pub fn room_of_site(io: &Io, site: &str, room: &str) -> Vec<(Namespace, String)> {
     let mut rooms = Vec::with_capacity(2);
-    if let Some(namespace) = io.of(format!("/{site}")) {
+    if let Some(namespace) = io.namespace(&format!("/{site}")) {
         rooms.push((namespace, room.to_owned()));
     }
-    if let Some(root) = io.of(ROOT) {
+    if let Some(root) = io.namespace(ROOT) {
         rooms.push((root, format!("{}{room}", root_prefix(site))));
     }
     rooms
@@ -77,14 +70,14 @@ pub fn site_of_prefixed_room(room: &str) -> Option<&str> {
 
 /// Every socket of `site`: its namespace's, and those in `/` that joined as that site (every
 /// socket there is in its site's `website` room).
-pub fn site_sockets(io: &SocketIo<LocalAdapter>, site: &str) -> Vec<SocketRef<LocalAdapter>> {
+pub fn site_sockets(io: &Io, site: &str) -> Vec<Socket> {
     let mut sockets = io
-        .of(format!("/{site}"))
-        .map(BroadcastOperators::sockets)
+        .namespace(&format!("/{site}"))
+        .map(|namespace| namespace.sockets())
         .unwrap_or_default();
-    if let Some(root) = io.of(ROOT) {
+    if let Some(root) = io.namespace(ROOT) {
         let website = format!("{}{}", root_prefix(site), crate::rooms::WEBSITE);
-        sockets.extend(root.within(website).sockets());
+        sockets.extend(root.sockets_in(&website));
     }
     sockets
 }

@@ -14,15 +14,13 @@ use std::time::{Duration, Instant};
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::StreamExt;
 use serde_json::Value;
-use socketioxide::SocketIo;
-use socketioxide::adapter::LocalAdapter;
 
 use ::metrics::{counter, gauge, histogram};
 
 use crate::app::App;
 use crate::config::{FrappeVersion, is_truthy};
 use crate::sites::SiteTable;
-use crate::slow::SlowConsumers;
+use crate::socketio::{Delivery, Io, SendErrorKind};
 use crate::{audience, metrics, revoke, rooms};
 
 /// The channel `frappe.publish_realtime` publishes on.
@@ -129,99 +127,69 @@ fn split_prefixed_room(room: &str) -> Result<Target, Malformed> {
 }
 
 /// Send a publication to its audience on this node. `size` is the publication's size on
-/// Redis, for the bytes-sent metric and the slow-consumer byte bound. Returns how many
-/// sockets' queues were too full to take it.
-pub async fn deliver(
-    io: &SocketIo<LocalAdapter>,
-    sites: &SiteTable,
-    slow: &SlowConsumers,
-    publication: &Publication,
-    size: usize,
-) -> usize {
+/// Redis, for the bytes-sent metric.
+pub fn deliver(io: &Io, sites: &SiteTable, publication: &Publication, size: usize) {
     match &publication.target {
         Target::Room { site, room } => {
             if !sites.contains(site) {
                 drop_event("unknown_site");
                 tracing::debug!(%site, event = %publication.event, "event for a site this bench does not serve");
-                return 0;
+                return;
             }
-            let sent = deliver_to_room(io, slow, publication, site, room, size).await;
-            if sent.is_none() {
+            if !deliver_to_room(io, publication, site, room, size) {
                 drop_event("no_listeners");
             }
-            sent.unwrap_or(0)
         }
         // Every socket joins its site's `website` room when it connects and never leaves it,
         // so that room is "every socket of the site", in either namespace.
         Target::EverySite => {
-            let mut dropped = 0;
             for site in sites.names() {
-                let sent = deliver_to_room(io, slow, publication, &site, rooms::WEBSITE, size);
-                dropped += sent.await.unwrap_or(0);
+                deliver_to_room(io, publication, &site, rooms::WEBSITE, size);
             }
-            dropped
         }
     }
 }
 
-/// Emit to room `room` of `site` in each namespace it has members in; returns how many
-/// sockets' queues were full, or `None` if the room had no members anywhere.
-async fn deliver_to_room(
-    io: &SocketIo<LocalAdapter>,
-    slow: &SlowConsumers,
+/// Emit to room `room` of `site` in each namespace it has members in; false if it had no
+/// members anywhere.
+fn deliver_to_room(
+    io: &Io,
     publication: &Publication,
     site: &str,
     room: &str,
     size: usize,
-) -> Option<usize> {
-    let mut dropped = None;
+) -> bool {
+    let mut routed = false;
     for (namespace, name) in audience::room_of_site(io, site, room) {
-        let audience = namespace.clone().to(name.clone());
-        let recipients = audience.clone().sockets().len();
-        if recipients == 0 {
+        if namespace.room_len(&name) == 0 {
             continue;
         }
-        if dropped.is_none() {
+        if !routed {
             counter!(metrics::EVENTS_ROUTED, "site" => site.to_owned()).increment(1);
+            routed = true;
         }
-        let result = audience
-            .emit(&publication.event, &publication.message)
-            .await;
-        slow.charge(&namespace, Some(&name), size);
-        *dropped.get_or_insert(0) += record_sent(site, recipients, size, result);
+        let delivery =
+            namespace.broadcast(Some(&name), None, &publication.event, &publication.message);
+        match delivery {
+            Ok(delivery) => record_sent(site, size, &delivery),
+            // A JSON value always encodes; this would be a bug in the codec.
+            Err(error) => {
+                tracing::error!(%site, %error, event = %publication.event, "cannot encode an event");
+            }
+        }
     }
-    dropped
+    routed
 }
 
 fn drop_event(reason: &'static str) {
     counter!(metrics::EVENTS_DROPPED, "reason" => reason).increment(1);
 }
 
-/// Count what a broadcast to `recipients` sockets of `site` queued. A broadcast still reaches
-/// every other socket when some sockets' queues are full; those are counted, and returned, as
-/// dropped. Sockets already closing (cut as slow, disconnecting) are neither sent to nor
-/// dropped: their disconnect is counted where it happens.
-fn record_sent(
-    site: &str,
-    recipients: usize,
-    size: usize,
-    result: Result<(), socketioxide::BroadcastError>,
-) -> usize {
-    let (dropped, closing) = match result {
-        Ok(()) => (0, 0),
-        Err(socketioxide::BroadcastError::Socket(failed)) => {
-            let full = failed
-                .iter()
-                .filter(|e| matches!(e, socketioxide::SocketError::InternalChannelFull))
-                .count();
-            (full, failed.len() - full)
-        }
-        Err(error) => {
-            tracing::warn!(%site, %error, "broadcast failed");
-            (recipients, 0)
-        }
-    };
-    let sent = recipients.saturating_sub(dropped + closing) as u64;
+/// Count what a broadcast to sockets of `site` queued. A broadcast still reaches every other
+/// socket when some refuse it.
+fn record_sent(site: &str, size: usize, delivery: &Delivery) {
+    let dropped = dropped_sends(delivery);
+    let sent = delivery.queued as u64;
     let site = site.to_owned();
     counter!(metrics::PACKETS_SENT, "site" => site.clone()).increment(sent);
     counter!(metrics::SENT_BYTES, "site" => site.clone()).increment(sent * size as u64);
@@ -229,7 +197,19 @@ fn record_sent(
         tracing::debug!(%site, dropped, "event not queued for some sockets");
         counter!(metrics::SEND_DROPPED, "site" => site).increment(dropped as u64);
     }
-    dropped
+}
+
+/// The sends a broadcast dropped because a queue was full of packets. A session whose queue
+/// is full, or would hold more than `realtime_slow_client_max_bytes`, is cut by the engine
+/// and counted as a slow consumer; only the first is a dropped send, as the byte bound cuts
+/// a session *instead of* queueing more for it. Sockets already closing are neither sent to
+/// nor dropped: their disconnect is counted where it happens.
+fn dropped_sends(delivery: &Delivery) -> usize {
+    delivery
+        .refused
+        .iter()
+        .filter(|e| matches!(e.kind, SendErrorKind::QueueFull { .. }))
+        .count()
 }
 
 /// Whether the bridge is subscribed to `events` right now, for `/ready`.
@@ -248,12 +228,7 @@ impl Subscription {
 }
 
 /// Subscribe to `events` forever, delivering each message, reconnecting when the link dies.
-pub async fn run(
-    io: SocketIo<LocalAdapter>,
-    app: Arc<App>,
-    client: redis::Client,
-    subscription: Subscription,
-) {
+pub async fn run(io: Io, app: Arc<App>, client: redis::Client, subscription: Subscription) {
     let mut backoff = new_backoff();
     let mut subscribed_before = false;
     subscription.set(false);
@@ -304,7 +279,7 @@ async fn subscribe(client: &redis::Client) -> Result<redis::aio::PubSub, String>
 }
 
 /// Deliver messages until the link ends or stops answering PING; returns why.
-async fn pump(io: &SocketIo<LocalAdapter>, app: &App, pubsub: redis::aio::PubSub) -> &'static str {
+async fn pump(io: &Io, app: &App, pubsub: redis::aio::PubSub) -> &'static str {
     let (mut sink, mut stream) = pubsub.split();
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.reset();
@@ -315,10 +290,7 @@ async fn pump(io: &SocketIo<LocalAdapter>, app: &App, pubsub: redis::aio::PubSub
                 if message.get_channel_name() == revoke::CHANNEL {
                     revoke::handle(io, app, message.get_payload_bytes());
                 } else {
-                    let dropped = handle(io, app, message.get_payload_bytes()).await;
-                    if dropped > 0 {
-                        app.slow.note_overflow();
-                    }
+                    handle(io, app, message.get_payload_bytes());
                 }
             }
             _ = ping.tick() => {
@@ -333,16 +305,15 @@ async fn pump(io: &SocketIo<LocalAdapter>, app: &App, pubsub: redis::aio::PubSub
     }
 }
 
-/// Parse and deliver one message from `events`; returns how many sends found a full queue.
-async fn handle(io: &SocketIo<LocalAdapter>, app: &App, payload: &[u8]) -> usize {
+/// Parse and deliver one message from `events`.
+fn handle(io: &Io, app: &App, payload: &[u8]) {
     let received = Instant::now();
     counter!(metrics::REDIS_MESSAGES).increment(1);
     gauge!(metrics::REDIS_LAST_MESSAGE).set(metrics::unix_now());
     match parse(payload, app.settings().config.frappe_version) {
         Ok(publication) => {
-            let dropped = deliver(io, &app.sites, &app.slow, &publication, payload.len()).await;
+            deliver(io, &app.sites, &publication, payload.len());
             histogram!(metrics::DELIVERY_DURATION).record(received.elapsed());
-            dropped
         }
         Err(malformed) => {
             drop_event(malformed.as_str());
@@ -352,7 +323,6 @@ async fn handle(io: &SocketIo<LocalAdapter>, app: &App, payload: &[u8]) -> usize
                 bytes = payload.len(),
                 "dropped a malformed message from Redis"
             );
-            0
         }
     }
 }
@@ -363,17 +333,24 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn only_full_queues_count_as_dropped_not_sockets_already_closing() {
-        use socketioxide::{BroadcastError, SocketError};
-        let failed = BroadcastError::Socket(vec![
-            SocketError::InternalChannelFull,
-            SocketError::Closed,
-            SocketError::InternalChannelFull,
-        ]);
-        assert_eq!(record_sent("a.local", 10, 64, Err(failed)), 2);
-        let closing = BroadcastError::Socket(vec![SocketError::Closed]);
-        assert_eq!(record_sent("a.local", 10, 64, Err(closing)), 0);
-        assert_eq!(record_sent("a.local", 10, 64, Ok(())), 0);
+    fn only_queues_full_of_packets_count_as_dropped_sends() {
+        use crate::socketio::{SendError, Sid};
+        let refused = |kind| SendError {
+            sid: Sid::new(),
+            kind,
+        };
+        let delivery = Delivery {
+            recipients: 10,
+            queued: 6,
+            refused: vec![
+                refused(SendErrorKind::QueueFull { limit: 1024 }),
+                refused(SendErrorKind::TooManyBytes { limit: 8 << 20 }),
+                refused(SendErrorKind::QueueFull { limit: 1024 }),
+            ],
+            closed: 1,
+        };
+        assert_eq!(dropped_sends(&delivery), 2);
+        assert_eq!(dropped_sends(&Delivery::default()), 0);
     }
 
     fn parsed(value: Value) -> Result<Publication, Malformed> {

@@ -21,8 +21,8 @@
 use std::fmt;
 use std::net::IpAddr;
 
-use http::header::{AUTHORIZATION, COOKIE, HOST, HeaderName, ORIGIN, SEC_WEBSOCKET_KEY};
-use http::{HeaderMap, HeaderValue, Request};
+use http::header::{AUTHORIZATION, COOKIE, HOST, HeaderName, ORIGIN};
+use http::{HeaderMap, HeaderValue};
 use serde_json::Value;
 
 use crate::auth::AuthFailure;
@@ -36,18 +36,16 @@ const SITE_NAME: HeaderName = HeaderName::from_static("x-frappe-site-name");
 /// Set by a proxy on this machine that forwards the client's address (see [`client_ip`]).
 const FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
-/// The headers an engine.io session keeps from the request that opened it: the ones
-/// [`check`], [`resolve_site`] and [`client_ip`] read, and `Sec-WebSocket-Key`, which
-/// engine.io reads from that same request to answer a websocket upgrade. Reading another
-/// header from `socket.req_parts()` means adding it here.
-pub const SESSION_HEADERS: [HeaderName; 7] = [
+/// The headers an Engine.IO session keeps from the request that opened it: the ones
+/// [`check`], [`resolve_site`] and [`client_ip`] read. Reading another header from
+/// `Socket::request` means adding it here.
+pub const SESSION_HEADERS: [HeaderName; 6] = [
     HOST,
     ORIGIN,
     COOKIE,
     AUTHORIZATION,
     SITE_NAME,
     FORWARDED_FOR,
-    SEC_WEBSOCKET_KEY,
 ];
 
 /// Why a handshake is refused. `Display` is the exact text the client gets in `connect_error`.
@@ -150,7 +148,7 @@ pub enum Namespace<'a> {
 }
 
 impl<'a> Namespace<'a> {
-    /// From a namespace path as socketioxide gives it (`/` or `/<site>`).
+    /// From a namespace path (`/` or `/<site>`).
     pub fn from_path(path: &'a str) -> Self {
         match path.strip_prefix('/') {
             Some("") | None => Self::Root,
@@ -331,39 +329,6 @@ pub fn resolve_site(
     resolved.map(str::to_owned)
 }
 
-/// The request that opens an engine.io session, reduced to what the session needs to keep.
-///
-/// engine.io keeps that request's head (`socket.req_parts()`) for the session's whole life.
-/// hyper parses a head in place: its URI and every header value are slices of the HTTP
-/// connection's read buffer (hyper 1.12 `proto/h1/role.rs`, `Server::parse`), 16 KiB under
-/// `axum::serve`, so the kept head pinned that whole buffer long after a websocket upgrade
-/// had released the connection. Here the URI and the [`SESSION_HEADERS`] are copied into a
-/// right-sized map of their own and the rest is dropped (a browser sends 15 or so headers
-/// behind nginx, ~100 bytes of map entry each, plus the values). Method, version and
-/// extensions (hyper's upgrade handle among them) are left as they are.
-pub fn keep_for_session<B>(request: Request<B>) -> Request<B> {
-    let (mut parts, body) = request.into_parts();
-    if let Ok(uri) = parts.uri.to_string().parse() {
-        parts.uri = uri;
-    }
-    let kept = SESSION_HEADERS
-        .iter()
-        .map(|name| parts.headers.get_all(name).iter().count())
-        .sum();
-    let mut headers = HeaderMap::with_capacity(kept);
-    for name in &SESSION_HEADERS {
-        for value in parts.headers.get_all(name) {
-            let copy = HeaderValue::from_bytes(value.as_bytes()).map(|mut copy| {
-                copy.set_sensitive(value.is_sensitive());
-                copy
-            });
-            headers.append(name.clone(), copy.unwrap_or_else(|_| value.clone()));
-        }
-    }
-    parts.headers = headers;
-    Request::from_parts(parts, body)
-}
-
 /// Frappe's notion of a hostname: drop a `scheme://` prefix and any path, then cut at the
 /// first `:` (so IPv6 literals are mangled, exactly as in Frappe).
 pub fn hostname(value: &str) -> &str {
@@ -442,57 +407,29 @@ mod tests {
         map
     }
 
-    /// `keep_for_session` keeps what the handshake and engine.io read, in copies that share
-    /// nothing with the parsed request (a `from_static` value points into the string below,
-    /// as a parsed one points into hyper's read buffer).
+    /// A session keeps only [`SESSION_HEADERS`] of the request that opened it; they must be
+    /// everything the handshake reads.
     #[test]
-    fn session_request_keeps_copies_of_what_the_handshake_reads() {
-        const URI: &str = "/socket.io/?EIO=4&transport=websocket";
-        const COOKIE_VALUE: &str = "sid=abc; system_user=yes";
-        let request = Request::get(http::Uri::from_static(URI))
-            .header("host", HeaderValue::from_static("a.local:8000"))
-            .header("origin", "http://a.local:8000")
-            .header("cookie", HeaderValue::from_static(COOKIE_VALUE))
-            .header("cookie", "full_name=A")
-            .header("authorization", "token k:s")
-            .header("x-frappe-site-name", "a.local")
-            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
-            .header("user-agent", "Mozilla/5.0")
-            .header("accept-language", "en")
-            .body(())
-            .expect("request");
-        let kept = keep_for_session(request);
-        let pairs: Vec<(&str, &str)> = kept
-            .headers()
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.to_str().expect("ascii")))
-            .collect();
-        assert_eq!(
-            pairs,
-            [
-                ("host", "a.local:8000"),
-                ("origin", "http://a.local:8000"),
-                ("cookie", COOKIE_VALUE),
-                ("cookie", "full_name=A"),
-                ("authorization", "token k:s"),
-                ("x-frappe-site-name", "a.local"),
-                ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
-            ]
-        );
-        assert_eq!(kept.uri(), URI);
-        assert_ne!(kept.uri().path().as_ptr(), URI.as_ptr());
-        let cookie = kept.headers().get(COOKIE).expect("cookie").as_bytes();
-        assert_ne!(cookie.as_ptr(), COOKIE_VALUE.as_ptr());
-        assert!(
-            kept.headers().capacity() < 16,
-            "right-sized: {}",
-            kept.headers().capacity()
-        );
-        let accepted = check_v16("/a.local", kept.headers()).expect("accepted");
-        assert_eq!(
-            accepted.credential,
-            Credential::Authorization("token k:s".into())
-        );
+    fn the_headers_a_session_keeps_are_enough_for_the_handshake() {
+        let full = headers(&[
+            ("host", "a.local:8000"),
+            ("origin", "http://a.local:8000"),
+            ("cookie", "sid=abc; system_user=yes"),
+            ("authorization", "token k:s"),
+            ("x-frappe-site-name", "a.local"),
+            ("user-agent", "Mozilla/5.0"),
+        ]);
+        let mut kept = HeaderMap::new();
+        for name in &SESSION_HEADERS {
+            for value in full.get_all(name) {
+                kept.append(name.clone(), value.clone());
+            }
+        }
+        assert_eq!(kept.len(), 5);
+        let from_full = check_v16("/a.local", &full).expect("accepted");
+        let from_kept = check_v16("/a.local", &kept).expect("accepted");
+        assert_eq!(from_kept.site, from_full.site);
+        assert_eq!(from_kept.credential, from_full.credential);
     }
 
     #[test]

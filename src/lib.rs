@@ -12,6 +12,7 @@ pub mod audience;
 pub mod auth;
 pub mod bridge;
 pub mod caps;
+pub mod client;
 pub mod client_bundle;
 pub mod coalesce;
 pub mod config;
@@ -29,7 +30,7 @@ pub mod reconnects;
 pub mod revoke;
 pub mod rooms;
 pub mod server;
+pub mod sessions;
 pub mod sites;
-pub mod slow;
 /// Socket.IO protocol 5 and 4 over an Engine.IO session: namespaces, rooms, events, acks.
 pub mod socketio;

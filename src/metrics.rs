@@ -9,11 +9,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use metrics::{describe_counter, describe_gauge, describe_histogram, gauge};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use socketioxide::SocketIo;
-use socketioxide::adapter::LocalAdapter;
 
 use crate::audience;
 use crate::sites::SiteTable;
+use crate::socketio::{Io, TransportType};
 
 pub const SOCKETS: &str = "frappe_realtime_sockets";
 pub const SITES: &str = "frappe_realtime_sites";
@@ -85,7 +84,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition, with scrape-time gauges refreshed first.
-    pub fn render(&self, io: &SocketIo<LocalAdapter>, sites: &SiteTable) -> String {
+    pub fn render(&self, io: &Io, sites: &SiteTable) -> String {
         self.process.collect();
         gauge!(UPTIME).set(self.started.elapsed().as_secs_f64());
         sample_sockets(io, sites);
@@ -95,15 +94,15 @@ impl Metrics {
 
 /// Socket counts per site and transport, in both namespaces. O(sockets), so done per scrape,
 /// not per event.
-fn sample_sockets(io: &SocketIo<LocalAdapter>, sites: &SiteTable) {
+fn sample_sockets(io: &Io, sites: &SiteTable) {
     let names = sites.names();
     gauge!(SITES).set(names.len() as f64);
     for site in names {
         let (mut polling, mut websocket) = (0u32, 0u32);
         for socket in audience::site_sockets(io, &site) {
             match socket.transport_type() {
-                socketioxide::TransportType::Polling => polling += 1,
-                socketioxide::TransportType::Websocket => websocket += 1,
+                TransportType::Polling => polling += 1,
+                TransportType::Websocket => websocket += 1,
             }
         }
         gauge!(SOCKETS, "site" => site.clone(), "transport" => "polling").set(polling);

@@ -13,17 +13,16 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
-use socketioxide::SocketIo;
-use socketioxide::adapter::LocalAdapter;
 
 use crate::app::App;
 use crate::bridge::Subscription;
 use crate::metrics::Metrics;
 use crate::revoke::{self, Revocation};
+use crate::socketio::Io;
 
 pub struct Ops {
     pub app: Arc<App>,
-    pub io: SocketIo<LocalAdapter>,
+    pub io: Io,
     /// `None` with `--no-metrics`.
     pub metrics: Option<Metrics>,
     pub subscription: Subscription,

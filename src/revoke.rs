@@ -7,20 +7,16 @@
 //! `{"site": …, "user": …}` published on the Redis channel [`CHANNEL`] of `redis_queue`.
 //! Revoked clients get a Socket.IO DISCONNECT, which socket.io-client does not retry.
 
+use crate::socketio::Io;
 use serde::Deserialize;
-use socketioxide::SocketIo;
-use socketioxide::adapter::LocalAdapter;
 
 use crate::app::App;
+use crate::client::Cause;
+use crate::handlers;
 use crate::{audience, rooms};
 
 /// The Redis channel (on `redis_queue`) that carries revocations.
 pub const CHANNEL: &str = "frappe_realtime:revoke";
-
-/// Why the server itself disconnected a socket, kept on the socket for the disconnect
-/// handler's metrics and log (socketioxide reports every server-side disconnect alike).
-#[derive(Debug, Clone, Copy)]
-pub struct ServerCause(pub &'static str);
 
 /// A revocation as published on [`CHANNEL`].
 #[derive(Debug, Deserialize, PartialEq, Eq)]
@@ -31,17 +27,15 @@ pub struct Revocation {
 
 /// Disconnect every socket of `user` on `site` and forget their remembered `get_user_info`
 /// answers, so they cannot reconnect without Frappe's say; returns how many sockets there were.
-pub fn disconnect_user(io: &SocketIo<LocalAdapter>, app: &App, site: &str, user: &str) -> usize {
+pub fn disconnect_user(io: &Io, app: &App, site: &str, user: &str) -> usize {
     app.settings().frappe.forget_user(site, user);
     let sockets: Vec<_> = audience::room_of_site(io, site, &rooms::user(user))
         .into_iter()
-        .flat_map(|(namespace, room)| namespace.within(room).sockets())
+        .flat_map(|(namespace, room)| namespace.sockets_in(&room))
         .collect();
     let count = sockets.len();
     for socket in sockets {
-        socket.extensions.insert(ServerCause("session_revoked"));
-        // Fails only if the socket is already gone, which is the goal anyway.
-        let _ = socket.disconnect();
+        handlers::disconnect_for(&socket, Cause::SessionRevoked);
     }
     tracing::info!(%site, %user, sockets = count, "session revoked");
     count
@@ -49,7 +43,7 @@ pub fn disconnect_user(io: &SocketIo<LocalAdapter>, app: &App, site: &str, user:
 
 /// Handle one message from [`CHANNEL`]; a malformed one is logged (without its payload) and
 /// dropped.
-pub fn handle(io: &SocketIo<LocalAdapter>, app: &App, payload: &[u8]) {
+pub fn handle(io: &Io, app: &App, payload: &[u8]) {
     match serde_json::from_slice::<Revocation>(payload) {
         Ok(revocation) => {
             disconnect_user(io, app, &revocation.site, &revocation.user);

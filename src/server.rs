@@ -7,13 +7,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use axum::extract::ConnectInfo;
 use axum::extract::connect_info::Connected;
 use axum::http::StatusCode;
 use axum::serve::{IncomingStream, Listener};
-use socketioxide::SocketIo;
-use socketioxide::adapter::LocalAdapter;
-use socketioxide::handler::ConnectHandler;
 use tower::ServiceBuilder;
 use tower_http::cors::CorsLayer;
 
@@ -24,24 +20,26 @@ use crate::audience;
 use crate::bridge::{self, Subscription};
 use crate::client_bundle::{self, ClientBundle};
 use crate::config::{Config, Listen, Overrides};
-use crate::connection::{MeteredListener, Peer};
-use crate::handlers;
+use crate::connection::Peer;
+use crate::engine::{EngineConfig, EngineService};
+use crate::handlers::Frappe;
 use crate::handshake;
 use crate::metrics::{self, Metrics};
 use crate::ops::{self, Ops};
+use crate::sessions::Sessions;
 use crate::sites::{SiteRegistry, SiteTable};
-use crate::slow::SlowConsumers;
+use crate::socketio::{Io, IoConfig};
 
-/// Node's `maxHttpBufferSize` default, which Frappe's clients expect (socketioxide: 100 KB).
+/// Node's `maxHttpBufferSize` default, which Frappe's clients expect.
 const MAX_PAYLOAD: u64 = 1_000_000;
-/// Packets queued per socket before sends to it are dropped (socketioxide's default is 128,
-/// which a burst of `list_update`s overruns between two polls).
+/// Packets queued per session; one more cuts it as a slow consumer. A burst of
+/// `list_update`s between two polls stays well below it.
 const MAX_QUEUED_PACKETS: usize = 1024;
-/// Bytes tungstenite allocates (and zeroes) per websocket to read frames into; engineioxide's
-/// default is 4 KiB. Frappe's clients send events of well under 1 KiB (`doc_subscribe` with a
-/// doctype and a name, pongs), which still take one read each; a larger frame is read 1 KiB
-/// per syscall into a buffer reserved for its full length (tungstenite 0.30
-/// `FrameCodec::read_frame`). Every KiB here is a KiB of RSS per idle connection.
+/// Bytes tungstenite allocates (and zeroes) per websocket to read frames into. Frappe's
+/// clients send events of well under 1 KiB (`doc_subscribe` with a doctype and a name,
+/// pongs), which still take one read each; a larger frame is read 1 KiB per syscall into a
+/// buffer reserved for its full length (tungstenite 0.30 `FrameCodec::read_frame`). Every KiB
+/// here is a KiB of RSS per idle connection.
 const WS_READ_BUFFER: usize = 1024;
 /// Time a client has to send its namespace CONNECT, beyond the callback to Frappe that the
 /// handshake waits for. See [`connect_timeout`].
@@ -79,15 +77,18 @@ pub async fn run(
     let redis = app.redis.client();
     let reloader = tokio::spawn(reload_on_hangup(app.clone(), options.overrides.clone()));
 
-    let (layer, io) = socket_io_layer(app.clone());
+    let io = Io::new(IoConfig {
+        connect_timeout: connect_timeout(app.settings().config.callback_timeout),
+        ..IoConfig::default()
+    });
+    let frappe = Frappe::new(app.clone(), io.clone());
     // The root namespace: Frappe 13 and 14's only one, and where non-browser clients connect
     // on any version; its handshakes name the site.
-    io.ns(
-        audience::ROOT,
-        handlers::on_connect.with(handlers::authenticate),
-    );
+    io.add_namespace(audience::ROOT, frappe.clone())
+        .context("serving the root namespace")?;
     let mut registry = SiteRegistry::new(
         io.clone(),
+        frappe,
         sites_dir.clone(),
         app.sites.clone(),
         app.settings().config.frappe_version.has_site_namespaces(),
@@ -119,8 +120,8 @@ pub async fn run(
         shutdown.await;
         tracing::info!("shutting down");
     };
-    let slow_consumers = tokio::spawn(app.slow.clone().run(app.clone()));
-    let service = http_service(layer, ops, app.slow.clone(), client_bundle);
+    let engine = engine_config(&app.settings().config);
+    let service = http_service(&io, engine, ops, client_bundle);
     let result = match &listen {
         Listen::Port(port) => {
             let listener = bind_tcp(options.host, *port).await?;
@@ -139,7 +140,6 @@ pub async fn run(
     note_shutdown_disconnects(&io, &app.sites);
     watcher.abort();
     subscriber.abort();
-    slow_consumers.abort();
     reloader.abort();
     if let Some(listener) = metrics_listener {
         listener.abort();
@@ -152,7 +152,7 @@ pub async fn run(
 
 /// Count and log the sockets a shutdown disconnects, per site: they go with the process, so
 /// their own disconnect handlers never run.
-fn note_shutdown_disconnects(io: &SocketIo<LocalAdapter>, sites: &SiteTable) {
+fn note_shutdown_disconnects(io: &Io, sites: &SiteTable) {
     for site in sites.names() {
         let sockets = audience::site_sockets(io, &site).len();
         if sockets > 0 {
@@ -166,8 +166,8 @@ fn note_shutdown_disconnects(io: &SocketIo<LocalAdapter>, sites: &SiteTable) {
 /// Re-read the bench's configuration on SIGHUP (`supervisorctl signal HUP …`,
 /// `systemctl reload`). What can change live: `default_site`, `developer_mode`,
 /// `webserver_host`, `webserver_port`, `realtime_callback_url`, `realtime_callback_timeout`,
-/// `realtime_frappe_version`; the listener, `redis_queue` and `realtime_reconnect_window`
-/// need a restart. A configuration that does not load leaves the running one in place.
+/// `realtime_frappe_version`; the listener, `redis_queue`, `realtime_reconnect_window` and the
+/// slow-consumer bounds need a restart. A configuration that does not load leaves the running one in place.
 async fn reload_on_hangup(app: Arc<App>, overrides: Overrides) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hangups = match signal(SignalKind::hangup()) {
@@ -199,26 +199,15 @@ async fn reload_on_hangup(app: Arc<App>, overrides: Overrides) {
 /// Origin with credentials like Frappe's service.
 ///
 /// The client files are routes of the outer router, so their requests never reach the
-/// Socket.IO layer, which claims every path under `/socket.io` (as Node's socket.io looks at
-/// its client files before handing a request to engine.io). Every other request, including
-/// any other name under `/socket.io/`, falls through to that layer.
-///
-/// The Socket.IO layer must wrap the router *once*: `Router::layer` applies a layer to each
-/// route separately, and every application builds its own engine.io session table (a session
-/// opened by a polling GET would then be unknown to the POST that follows).
-fn http_service(
-    layer: socketioxide::layer::SocketIoLayer,
-    ops: Router,
-    slow: Arc<SlowConsumers>,
-    client_bundle: ClientBundle,
-) -> Router {
+/// engine, which claims `/socket.io/` (as Node's socket.io looks at its client files before
+/// handing a request to engine.io). Every other request falls through to the engine, which
+/// passes what is not its own to the operators' endpoints.
+fn http_service(io: &Io, engine: EngineConfig, ops: Router, client_bundle: ClientBundle) -> Router {
     let rest = ops.fallback(|| async { (StatusCode::NOT_FOUND, "Not Found\n") });
+    let sessions = Arc::new(Sessions::new(io.clone()));
     let socket_io = ServiceBuilder::new()
-        .map_request(count_engine_session)
-        .map_request(move |request| track_upgrade(&slow, request))
         .layer(CorsLayer::very_permissive())
-        .layer(layer)
-        .service(rest);
+        .service(EngineService::new(sessions, engine, rest));
     // Node's socket.io runs its CORS middleware for the client files too. Layered before the
     // fallback is set, so only the client routes get this one.
     client_bundle::router(client_bundle)
@@ -226,53 +215,20 @@ fn http_service(
         .fallback_service(socket_io)
 }
 
-/// Watch the connection of a polling session upgrading to websocket (`transport=websocket`
-/// with the session's `sid`): the socket's own request is the polling one, on another
-/// connection.
-fn track_upgrade<B>(
-    slow: &SlowConsumers,
-    request: axum::http::Request<B>,
-) -> axum::http::Request<B> {
-    if let Some(query) = request.uri().query()
-        && query.split('&').any(|pair| pair == "transport=websocket")
-        && let Some(sid) = query.split('&').find_map(|pair| pair.strip_prefix("sid="))
-        && let Ok(sid) = sid.parse()
-        && let Some(ConnectInfo(peer)) = request.extensions().get::<ConnectInfo<Peer>>()
-    {
-        slow.track(sid, peer.meter.clone());
+/// The engine's settings: Node's defaults where Frappe's clients rely on them, and the
+/// bench's slow-consumer bounds (read once: they apply from the start, see `App::reload`).
+fn engine_config(config: &Config) -> EngineConfig {
+    EngineConfig {
+        max_payload: MAX_PAYLOAD,
+        ws_read_buffer: WS_READ_BUFFER,
+        max_queued_packets: MAX_QUEUED_PACKETS,
+        max_queued_bytes: usize::try_from(config.slow_client_max_bytes).unwrap_or(usize::MAX),
+        stall_timeout: config.slow_client_timeout,
+        // Frappe 13's socket.io-client 2.x is refused for now (README, "Frappe 13").
+        allow_eio3: false,
+        session_headers: handshake::SESSION_HEADERS.to_vec(),
+        ..EngineConfig::default()
     }
-    request
-}
-
-/// Count engine.io sessions as they open: a `/socket.io/` request without a `sid`.
-///
-/// Also trim the requests engine.io holds on to (see [`handshake::keep_for_session`]; 16 KiB
-/// per connection otherwise): the one that opens a session is kept for the session's life,
-/// and a websocket request, opening or upgrading, for the websocket's life. Preflights are
-/// left alone: the CORS layer below reads headers the trimming drops.
-fn count_engine_session<B>(request: axum::http::Request<B>) -> axum::http::Request<B> {
-    if request.uri().path().starts_with("/socket.io")
-        && let Some(query) = request.uri().query()
-    {
-        let opens = !query.split('&').any(|pair| pair.starts_with("sid="));
-        let transport = query
-            .split('&')
-            .find_map(|pair| pair.strip_prefix("transport="))
-            .and_then(|t| {
-                ["polling", "websocket"]
-                    .into_iter()
-                    .find(|known| *known == t)
-            });
-        if opens && let Some(transport) = transport {
-            counter!(metrics::ENGINE_SESSIONS_OPENED, "transport" => transport).increment(1);
-        }
-        if request.method() == axum::http::Method::GET
-            && (opens && transport.is_some() || transport == Some("websocket"))
-        {
-            return handshake::keep_for_session(request);
-        }
-    }
-    request
 }
 
 /// `/metrics`, `/health` and `/ready` on their own address (e.g. 127.0.0.1:9101), so
@@ -292,25 +248,12 @@ async fn spawn_metrics_listener(
     }))
 }
 
-/// socketioxide keeps an engine.io session alive until this timeout unless its CONNECT
-/// *succeeds*, even when the client has gone: every refused handshake holds its session
-/// (about 20 KiB) for this long. Node's 45 s default would let a stream of refused handshakes
-/// hold 45 s worth of sessions; Frappe's clients send CONNECT as soon as the transport opens,
-/// so the time the handshake needs is our call to Frappe plus a margin.
+/// How long a session may go without a connected namespace before it is closed. Node's 45 s
+/// default would let a stream of refused handshakes hold 45 s worth of sessions; Frappe's
+/// clients send CONNECT as soon as the transport opens, so the time the handshake needs is
+/// our call to Frappe plus a margin.
 fn connect_timeout(callback_timeout: Duration) -> Duration {
     callback_timeout + CONNECT_MARGIN
-}
-
-fn socket_io_layer(app: Arc<App>) -> (socketioxide::layer::SocketIoLayer, SocketIo<LocalAdapter>) {
-    SocketIo::builder()
-        .connect_timeout(connect_timeout(app.settings().config.callback_timeout))
-        .max_payload(MAX_PAYLOAD)
-        .ws_max_message_size(MAX_PAYLOAD as usize)
-        .ws_max_frame_size(MAX_PAYLOAD as usize)
-        .max_buffer_size(MAX_QUEUED_PACKETS)
-        .ws_read_buffer_size(WS_READ_BUFFER)
-        .with_state(app)
-        .build_layer()
 }
 
 /// Serve until `shutdown` resolves, then return at once. Dropping the server future drops
@@ -332,11 +275,11 @@ async fn serve<L>(
 where
     L: Listener,
     L::Addr: std::fmt::Debug,
-    Peer: for<'a> Connected<IncomingStream<'a, MeteredListener<L>>>,
+    Peer: for<'a> Connected<IncomingStream<'a, L>>,
 {
     let service = service.into_make_service_with_connect_info::<Peer>();
     tokio::select! {
-        result = axum::serve(MeteredListener(listener), service) => result.context("serving HTTP"),
+        result = axum::serve(listener, service) => result.context("serving HTTP"),
         () = shutdown => Ok(()),
     }
 }

@@ -1,13 +1,11 @@
 //! The bench's sites: which exist, what each allows, and one Socket.IO namespace each from
 //! Frappe 15 on (spec §3.1).
 //!
-//! A site exists when `sites/<site>/site_config.json` exists. Each site gets a *static*
-//! namespace registered here, instead of socketioxide's dynamic namespaces: those are created
-//! before the middleware runs (so refused handshakes to junk names pile up in memory) and
-//! two first CONNECTs racing to one new child can orphan a socket (notes §A1). With static
-//! namespaces an unknown name gets the library's own `Invalid namespace`, allocating nothing.
-//! The root namespace `/`, where Frappe 13 and 14 and non-browser clients connect, is
-//! registered once by the server; the [`SiteTable`] tells its handshakes which sites exist.
+//! A site exists when `sites/<site>/site_config.json` exists. Each site gets a namespace
+//! registered here as the site appears and removed as it goes; a CONNECT to any other name
+//! gets the layer's own `Invalid namespace`, allocating nothing. The root namespace `/`,
+//! where Frappe 13 and 14 and non-browser clients connect, is registered once by the server;
+//! the [`SiteTable`] tells its handshakes which sites exist.
 //!
 //! `sites/` and each site folder are watched (inotify on Linux) so sites created or dropped
 //! later, and edits to a site's `allow_cors`, are picked up without a restart; a slow periodic
@@ -21,14 +19,13 @@ use std::time::Duration;
 use notify::event::{AccessKind, AccessMode};
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use serde_json::Value;
-use socketioxide::SocketIo;
-use socketioxide::adapter::LocalAdapter;
-use socketioxide::handler::ConnectHandler;
 use tokio::sync::mpsc;
 
+use crate::client::Cause;
 use crate::cors::AllowCors;
-use crate::revoke::ServerCause;
-use crate::{audience, handlers, metrics};
+use crate::handlers::{self, Frappe};
+use crate::socketio::Io;
+use crate::{audience, metrics};
 
 const RESCAN_EVERY: Duration = Duration::from_secs(5);
 
@@ -145,7 +142,9 @@ fn read_settings(sites_dir: &Path, site: &str) -> (SiteSettings, Option<String>)
 
 /// Keeps the [`SiteTable`], and the namespaces of `io`, equal to the sites on disk.
 pub struct SiteRegistry {
-    io: SocketIo<LocalAdapter>,
+    io: Io,
+    /// The handler of every site's namespace.
+    frappe: Arc<Frappe>,
     sites_dir: PathBuf,
     table: Arc<SiteTable>,
     /// Frappe 15 on: a namespace per site. Before, every site shares `/`.
@@ -157,13 +156,15 @@ pub struct SiteRegistry {
 
 impl SiteRegistry {
     pub fn new(
-        io: SocketIo<LocalAdapter>,
+        io: Io,
+        frappe: Arc<Frappe>,
         sites_dir: PathBuf,
         table: Arc<SiteTable>,
         site_namespaces: bool,
     ) -> Self {
         Self {
             io,
+            frappe,
             sites_dir,
             table,
             site_namespaces,
@@ -186,25 +187,22 @@ impl SiteRegistry {
         let settings = self.read_all_settings(&on_disk);
         self.table.replace(settings);
         for site in on_disk.difference(&self.served) {
-            if self.site_namespaces {
-                self.io.ns(
-                    format!("/{site}"),
-                    handlers::on_connect.with(handlers::authenticate),
-                );
+            if self.site_namespaces
+                && let Err(e) = self
+                    .io
+                    .add_namespace(&format!("/{site}"), self.frappe.clone())
+            {
+                tracing::warn!(%site, error = %e, "the site's namespace was already served");
             }
             tracing::info!(%site, "serving site");
         }
         for site in self.served.difference(&on_disk) {
-            // Tell the site's clients they were disconnected: `delete_ns` alone closes the
-            // sockets on our side only, leaving each client with a dead connection.
+            // Its sockets in `/` as well as in its own namespace; each client is told.
             for socket in audience::site_sockets(&self.io, site) {
-                socket.extensions.insert(ServerCause("site_removed"));
-                if let Err(e) = socket.disconnect() {
-                    tracing::debug!(%site, error = %e, "a socket was already gone");
-                }
+                handlers::disconnect_for(&socket, Cause::SiteRemoved);
             }
             if self.site_namespaces {
-                self.io.delete_ns(format!("/{site}"));
+                self.io.remove_namespace(&format!("/{site}"));
             }
             metrics::forget_site(site);
             tracing::info!(%site, "site removed; its clients were disconnected");

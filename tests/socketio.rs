@@ -510,7 +510,10 @@ async fn a_full_queue_is_reported_with_its_session() {
         .expect("encodes");
     assert_eq!(delivery.recipients, 2);
     assert_eq!(delivery.queued, 1);
-    assert_eq!(delivery.full, [full.sid()]);
+    assert_eq!(
+        delivery.refused.iter().map(|e| e.sid).collect::<Vec<_>>(),
+        [full.sid()]
+    );
     assert_eq!(delivery.closed, 0);
 }
 

@@ -12,7 +12,7 @@ use super::event::Event;
 use super::hub::Hub;
 use super::packet::{self, EncodeError, Encoded};
 use super::socket::{DisconnectReason, Socket};
-use super::transport::SendErrorKind;
+use super::transport::{SendError, SendErrorKind};
 
 /// What a namespace does with its sockets. The callbacks other than `connect` are
 /// synchronous and run on the session's own task, in the order the client sent its packets:
@@ -86,8 +86,9 @@ pub struct Delivery {
     /// The sockets it was addressed to.
     pub recipients: usize,
     pub queued: usize,
-    /// The sessions whose queue was full; the engine cuts them as slow consumers.
-    pub full: Vec<Sid>,
+    /// The sends a session's queue refused, each naming the session and the bound it hit;
+    /// the engine cuts those sessions as slow consumers.
+    pub refused: Vec<SendError>,
     /// Sockets whose session was already closing.
     pub closed: usize,
 }
@@ -192,7 +193,7 @@ fn deliver(encoded: &Encoded, recipients: &[Socket]) -> Delivery {
     for socket in recipients {
         match socket.send(encoded) {
             Ok(()) => delivery.queued += 1,
-            Err(e) if e.kind != SendErrorKind::Closed => delivery.full.push(e.sid),
+            Err(e) if e.kind != SendErrorKind::Closed => delivery.refused.push(e),
             Err(_) => delivery.closed += 1,
         }
     }

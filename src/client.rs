@@ -1,0 +1,102 @@
+//! One socket's Frappe state: who the client is, how its rooms are named, which documents it
+//! has open, its event budget, its place under the connection caps, and why the server
+//! disconnected it, if it did. Kept in the socket (`Socket::set_state`) for its life.
+
+use std::collections::BTreeSet;
+use std::sync::{Mutex, OnceLock, PoisonError};
+
+use crate::audience::Scope;
+use crate::auth::Session;
+use crate::caps::Seat;
+use crate::limits::{EventBudget, Limits, Verdict};
+
+/// Why the server itself disconnected a socket; `label` is the `reason` of its disconnect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// It kept sending events over its budget.
+    RateLimited,
+    /// Its user's sessions were revoked (see [`crate::revoke`]).
+    SessionRevoked,
+    /// Its site is gone from the bench.
+    SiteRemoved,
+}
+
+impl Cause {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::RateLimited => "rate_limited",
+            Self::SessionRevoked => "session_revoked",
+            Self::SiteRemoved => "site_removed",
+        }
+    }
+}
+
+/// A socket's own state: who it is, how its rooms are named, and which documents it has open.
+#[derive(Debug)]
+pub struct ClientState {
+    pub session: Session,
+    scope: Scope,
+    open_docs: Mutex<BTreeSet<(String, String)>>,
+    budget: Mutex<EventBudget>,
+    /// Set when the server disconnects the socket on purpose, for the disconnect's label.
+    cause: OnceLock<Cause>,
+    /// Held for the socket's lifetime; dropping the state frees the connection's place.
+    _seat: Seat,
+}
+
+impl ClientState {
+    pub fn new(session: Session, seat: Seat, limits: &Limits, scope: Scope) -> Self {
+        Self {
+            session,
+            scope,
+            open_docs: Mutex::new(BTreeSet::new()),
+            budget: Mutex::new(EventBudget::new(limits)),
+            cause: OnceLock::new(),
+            _seat: seat,
+        }
+    }
+
+    /// Why the server disconnected this socket, if it did so on purpose.
+    pub fn cause(&self) -> Option<Cause> {
+        self.cause.get().copied()
+    }
+
+    /// Remember why the server is disconnecting the socket; the first reason given stays.
+    pub fn note_cause(&self, cause: Cause) {
+        let _ = self.cause.set(cause);
+    }
+
+    /// `room` (a Frappe room name) as this socket joins it.
+    pub fn room(&self, room: String) -> String {
+        self.scope.room(room)
+    }
+
+    /// Spend one client event from this socket's budget.
+    pub fn spend_event(&self, limits: &Limits) -> Verdict {
+        self.budget
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .spend(limits)
+    }
+
+    fn open_docs(&self) -> std::sync::MutexGuard<'_, BTreeSet<(String, String)>> {
+        // The set stays consistent even if a holder panicked: every update is one call.
+        self.open_docs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn remember_open(&self, doctype: &str, docname: &str) {
+        self.open_docs()
+            .insert((doctype.to_owned(), docname.to_owned()));
+    }
+
+    pub fn forget_open(&self, doctype: &str, docname: &str) {
+        self.open_docs()
+            .remove(&(doctype.to_owned(), docname.to_owned()));
+    }
+
+    pub fn take_open(&self) -> BTreeSet<(String, String)> {
+        std::mem::take(&mut *self.open_docs())
+    }
+}
