@@ -1,7 +1,8 @@
 // Slow consumers (docs/reliability.md): a websocket client that stops reading holds at most
 // its bounded send queue; it is cut once its connection has taken no bytes for
 // realtime_slow_client_timeout, or at once when its queue overflows; the cut shows in metrics
-// and logs with the reason, and clients that do read get every event meanwhile.
+// and logs with the reason, and clients that do read get every event meanwhile. A polling
+// client that stops polling while events wait for it is cut the same way.
 //
 // The slow client is a raw Engine.IO websocket (the `ws` package) that joins the namespace as
 // Frappe's client does, then stops reading its TCP socket.
@@ -105,6 +106,36 @@ describe("a client that stops reading, with realtime_slow_client_timeout 2 s", (
     await waitFor(async () => (await stack.metric("frappe_realtime_disconnects_total",
       { site: SITE, reason: "slow_consumer" })) === 3, { timeoutMs: 10000, what: "the slow consumer to be cut" });
     slow.terminate();
+  });
+});
+
+describe("a polling client that stops polling, with realtime_slow_client_timeout 2 s", () => {
+  let stack;
+  before(async () => {
+    stack = await startStack({ common: { realtime_slow_client_timeout: 2, realtime_slow_client_max_bytes: 1e9 } });
+  });
+  after(async () => { await stack?.stop(); });
+
+  test("is cut once events have waited unpolled for the timeout, with reason slow_consumer", async () => {
+    const reader = await stack.connect({ sid: "sid-alice", transports: ["websocket"] });
+    const headers = { origin: stack.frappe.url, cookie: "sid=sid-bob", "x-frappe-site-name": SITE };
+    const base = `http://127.0.0.1:${stack.port}/socket.io/?EIO=4&transport=polling`;
+    const open = await (await fetch(base, { headers })).text();
+    const sid = JSON.parse(open.slice(1)).sid;
+    await fetch(`${base}&sid=${sid}`, { method: "POST", headers, body: `40/${SITE},` });
+    let polled = "";
+    for (let poll = 0; poll < 5 && !polled.includes(`40/${SITE},`); poll += 1) {
+      polled += await (await fetch(`${base}&sid=${sid}`, { headers })).text();
+    }
+    assert.ok(polled.includes(`40/${SITE},`), `namespace joined over polling: ${polled}`);
+    // From here on the client sends no GET; what is published to `all` waits for it.
+    await publishAndRead(stack, reader, "unpolled", 3, "z");
+    await waitFor(async () => (await stack.metric("frappe_realtime_disconnects_total",
+      { site: SITE, reason: "slow_consumer" })) === 1, { timeoutMs: 10000, what: "the polling client to be cut" });
+    assert.equal(await stack.metric("frappe_realtime_slow_consumers_disconnected_total"), 1);
+    assert.match(stack.server.output,
+      /cutting a slow consumer.*transport="?polling"?.*took no bytes for realtime_slow_client_timeout/);
+    assert.ok(reader.connected, "the reading client stays connected");
   });
 });
 
