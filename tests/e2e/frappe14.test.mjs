@@ -157,6 +157,9 @@ describe("Frappe 13: socket.io-client 2.x (Engine.IO 3) is refused", () => {
     const open = await fetch(base, { headers, signal: AbortSignal.timeout(5000) });
     const body = await open.text();
     assert.ok(!/^\d+:0\{/.test(body), `an Engine.IO 3 (length-prefixed) open packet: ${body}`);
+    // As socket.io answers it: a numeric code.
+    assert.equal(open.status, 400);
+    assert.deepEqual(JSON.parse(body), { code: 5, message: "Unsupported protocol version" });
     // The 2.x client itself gets an error, never a connection.
     const socket = io2(`http://127.0.0.1:${stack.port}/`, {
       transports: ["polling"], forceNew: true, reconnection: false, extraHeaders: headers,
