@@ -11,7 +11,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use frappe_realtime::socketio::{
     AckError, CloseReason, ConnectFuture, DisconnectReason, Event, Handshake, Io, IoConfig,
-    NamespaceHandler, ProtocolVersion, Refusal, Sid, Socket, Str, TransportType,
+    NamespaceHandler, ProtocolVersion, Recovery, RecoveryConfig, Refusal, Sid, Socket, Str,
+    TransportType,
 };
 use serde_json::json;
 use tokio::sync::oneshot;
@@ -237,6 +238,10 @@ struct Recorder {
     gates: Mutex<Vec<oneshot::Receiver<()>>>,
     events: Mutex<Vec<(String, String)>>,
     disconnects: Mutex<Vec<(Sid, DisconnectReason)>>,
+    /// Admit recovering sockets without their kept rooms.
+    declines_recovery: bool,
+    /// What each CONNECT found, in order.
+    recoveries: Mutex<Vec<Recovery>>,
 }
 
 impl Recorder {
@@ -273,12 +278,19 @@ impl NamespaceHandler for Recorder {
         let rooms = self.rooms.clone();
         let refusal = self.refusal;
         let gate = lock(&self.gates).pop();
+        lock(&self.recoveries).push(handshake.recovery().clone());
+        let declines = self.declines_recovery;
         Box::pin(async move {
             if let Some(gate) = gate {
                 let _ = gate.await;
             }
             for room in rooms {
                 handshake.socket.join(room);
+            }
+            match handshake.recovery() {
+                Recovery::Restoring(_) if declines => handshake.socket.decline_recovery(),
+                Recovery::Restoring(kept) => kept.iter().for_each(|r| handshake.socket.join(r)),
+                _ => {}
             }
             refusal.map_or(Ok(()), |message| Err(Refusal::new(message)))
         })
@@ -669,4 +681,154 @@ fn namespaces_are_unique_and_get_their_leading_slash() {
     assert!(io.add_namespace("/site", handler).is_err());
     assert!(io.namespace("site").is_some());
     assert_eq!(io.namespaces().len(), 1);
+}
+
+// ---------------------------------------------------------------------------------------
+// Connection state recovery.
+
+fn recovering_io(handler: Arc<Recorder>) -> Io {
+    let io = Io::new(IoConfig {
+        connect_timeout: LONG,
+        recovery: Some(RecoveryConfig {
+            max_events: 4,
+            ..RecoveryConfig::default()
+        }),
+        ..IoConfig::default()
+    });
+    io.add_namespace("/site", handler).expect("a new namespace");
+    io
+}
+
+/// CONNECT to `/site` with `auth`; the reply's `(sid, pid)` and the packets after it.
+fn connect_with(client: &Client, auth: &str) -> (String, String, Vec<String>) {
+    client.send(&format!("0/site,{auth}"));
+    let mut texts = client.texts().into_iter();
+    let reply = texts.next().expect("a CONNECT reply");
+    let payload = reply.strip_prefix("0/site,").expect("a CONNECT reply");
+    let payload: serde_json::Value = serde_json::from_str(payload).expect("JSON");
+    let field = |name: &str| payload[name].as_str().expect(name).to_owned();
+    (field("sid"), field("pid"), texts.collect())
+}
+
+fn publish(io: &Io, room: Option<&str>, n: u32) {
+    let namespace = io.namespace("/site").expect("registered");
+    namespace.broadcast(room, None, "e", &n).expect("encodes");
+}
+
+#[tokio::test]
+async fn a_cut_socket_gets_its_id_rooms_and_what_it_missed_once_in_order() {
+    let handler = Recorder::joining(&["user:a"]);
+    let io = recovering_io(handler.clone());
+    let first = Client::open(&io);
+    let (sid, pid, _) = connect_with(&first, r#"{"recovery":true}"#);
+    let socket = io.namespace("/site").expect("registered").sockets()[0].clone();
+    socket.join("doc:1");
+    publish(&io, Some("doc:1"), 1);
+    assert_eq!(first.texts(), [r#"2/site,["e",1,"1"]"#]);
+    first.end(CloseReason::TransportClose);
+
+    publish(&io, Some("doc:1"), 2);
+    publish(&io, Some("doc:2"), 99);
+    publish(&io, None, 3);
+    publish(&io, Some("user:a"), 4);
+    let second = Client::open(&io);
+    let auth = format!(r#"{{"pid":"{pid}","offset":"1"}}"#);
+    let (again, same_pid, replayed) = connect_with(&second, &auth);
+    assert_eq!(
+        (again.as_str(), same_pid.as_str()),
+        (sid.as_str(), pid.as_str())
+    );
+    assert_eq!(
+        replayed,
+        [
+            r#"2/site,["e",2,"2"]"#,
+            r#"2/site,["e",3,"4"]"#,
+            r#"2/site,["e",4,"5"]"#
+        ]
+    );
+    let socket = io.namespace("/site").expect("registered").sockets()[0].clone();
+    assert!(socket.recovered());
+    assert_eq!(socket.replayed(), 3);
+    publish(&io, Some("doc:1"), 5);
+    assert_eq!(second.texts(), [r#"2/site,["e",5,"6"]"#], "live, once");
+    assert!(matches!(
+        lock(&handler.recoveries)[1],
+        Recovery::Restoring(_)
+    ));
+}
+
+#[tokio::test]
+async fn a_client_disconnect_keeps_nothing_and_an_unknown_pid_connects_afresh() {
+    let handler = Recorder::joining(&["user:a"]);
+    let io = recovering_io(handler.clone());
+    let first = Client::open(&io);
+    let (_, pid, _) = connect_with(&first, r#"{"recovery":true}"#);
+    first.send("1/site,");
+    publish(&io, Some("user:a"), 1);
+    let second = Client::open(&io);
+    let auth = format!(r#"{{"pid":"{pid}","offset":"0"}}"#);
+    let (_, new_pid, replayed) = connect_with(&second, &auth);
+    assert_ne!(new_pid, pid);
+    assert!(replayed.is_empty());
+    let (_, _, nothing) = connect_with(&Client::open(&io), r#"{"pid":"bogus"}"#);
+    assert!(nothing.is_empty());
+    let found: Vec<_> = lock(&handler.recoveries)
+        .iter()
+        .filter_map(Recovery::label)
+        .collect();
+    assert_eq!(found, ["unknown", "unknown"]);
+}
+
+#[tokio::test]
+async fn a_log_that_lost_what_was_missed_gives_an_ordinary_connect() {
+    let handler = Recorder::joining(&["user:a"]);
+    let io = recovering_io(handler.clone());
+    let first = Client::open(&io);
+    let (_, pid, _) = connect_with(&first, r#"{"recovery":true}"#);
+    first.end(CloseReason::PingTimeout);
+    for n in 0..10 {
+        publish(&io, Some("user:a"), n);
+    }
+    let namespace = io.namespace("/site").expect("registered");
+    let stats = namespace.recovery_stats().expect("recovery is on");
+    assert_eq!((stats.log_events, stats.kept_sessions), (4, 1), "bounded");
+    let auth = format!(r#"{{"pid":"{pid}","offset":"0"}}"#);
+    let (_, new_pid, replayed) = connect_with(&Client::open(&io), &auth);
+    assert_ne!(new_pid, pid);
+    assert!(replayed.is_empty());
+    assert_eq!(lock(&handler.recoveries)[1], Recovery::TooOld);
+}
+
+#[tokio::test]
+async fn a_declined_recovery_replays_nothing_and_gives_a_new_pid() {
+    let handler = Arc::new(Recorder {
+        rooms: vec!["user:a"],
+        declines_recovery: true,
+        ..Recorder::default()
+    });
+    let io = recovering_io(handler);
+    let first = Client::open(&io);
+    let (_, pid, _) = connect_with(&first, r#"{"recovery":true}"#);
+    first.end(CloseReason::TransportError);
+    publish(&io, Some("user:a"), 1);
+    let auth = format!(r#"{{"pid":"{pid}","offset":"0"}}"#);
+    let (_, new_pid, replayed) = connect_with(&Client::open(&io), &auth);
+    assert_ne!(new_pid, pid);
+    assert!(replayed.is_empty());
+}
+
+#[tokio::test]
+async fn sockets_that_do_not_ask_get_events_without_offsets_and_still_recover() {
+    let io = recovering_io(Recorder::joining(&["user:a"]));
+    let first = Client::open(&io);
+    let (_, pid, _) = connect_with(&first, "");
+    publish(&io, Some("user:a"), 1);
+    assert_eq!(first.texts(), [r#"2/site,["e",1]"#]);
+    first.end(CloseReason::TransportClose);
+    publish(&io, Some("user:a"), 2);
+    // A string argument it took for an offset cannot skip anything.
+    let auth = format!(r#"{{"pid":"{pid}","offset":"2"}}"#);
+    let (_, same, replayed) = connect_with(&Client::open(&io), &auth);
+    assert_eq!(same, pid);
+    assert_eq!(replayed, [r#"2/site,["e",2,"2"]"#]);
 }

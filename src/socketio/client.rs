@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
-use engineioxide_core::{ProtocolVersion, Sid, Str};
+use engineioxide_core::{ProtocolVersion, Str};
 use socketioxide_core::packet::{Packet, PacketData};
 use socketioxide_core::parser::{ParseError, ParserState};
 
@@ -21,6 +21,7 @@ use super::ack::AckSender;
 use super::event::{self, Event, InvalidPayload};
 use super::namespace::{ConnectFuture, Handshake, Refusal};
 use super::packet::{self, Encoded};
+use super::recovery::Recovery;
 use super::socket::{Admission, DisconnectReason, Socket};
 use super::transport::{CloseReason, Transport};
 
@@ -230,9 +231,12 @@ fn connect<T: Transport>(io: &Shared, transport: &Arc<T>, path: Str, auth: Optio
         );
         return;
     };
+    let mut recovery = Recovery::Fresh;
     let make = || {
+        let arrival = namespace.arrival(transport.as_ref(), auth.as_deref());
+        recovery = arrival.recovery;
         let session: Arc<dyn Transport> = transport.clone();
-        Socket::new(socket_id(transport.as_ref()), namespace.clone(), session)
+        Socket::new(arrival.id, namespace.clone(), session, arrival.continuity)
     };
     let socket = match transport.state().start(&path, make) {
         Start::New(socket) => socket,
@@ -246,17 +250,8 @@ fn connect<T: Transport>(io: &Shared, transport: &Arc<T>, path: Str, auth: Optio
     };
     let verdict = namespace
         .handler()
-        .connect(Handshake::new(socket.clone(), auth));
+        .connect(Handshake::new(socket.clone(), auth, recovery));
     decide(verdict, move |verdict| finish(&socket, verdict));
-}
-
-/// Protocol 5 sockets get their own id, as in Node; protocol 4 clients name their socket
-/// after the session themselves.
-fn socket_id(transport: &dyn Transport) -> Sid {
-    match transport.protocol() {
-        ProtocolVersion::V3 => transport.id(),
-        ProtocolVersion::V4 => Sid::new(),
-    }
 }
 
 /// Take a verdict that is ready at once inline (no task, and the reply goes out before the

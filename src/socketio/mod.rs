@@ -10,11 +10,12 @@
 //! of the frame) until a handler reads them. A broadcast is encoded once and each recipient's
 //! queue gets the same bytes.
 //!
+//! Connection state recovery (`recovery`): [`Namespace::broadcast`] gives each publication
+//! an offset and logs it; a socket cut by something not its doing leaves its id and rooms in
+//! the namespace's store; a CONNECT whose auth names that session gets them back and what it
+//! missed.
+//!
 //! Later, without reshaping this:
-//! - Connection state recovery: the CONNECT reply's `pid` goes in `packet::ConnectReply`;
-//!   [`Namespace::broadcast`] gives each publication an offset and keeps it for replay; a
-//!   CONNECT whose auth carries a known `pid` and offset restores the socket's id (sockets
-//!   have their own id, not the session's, for this), its rooms, and replays what it missed.
 //! - Several instances: a broker next to the hub carries each broadcast to the other
 //!   instances, which fan it out to their own hub; room membership other processes can see
 //!   is an index kept beside the hub, fed by its join and leave.
@@ -26,6 +27,7 @@ mod event;
 mod hub;
 mod namespace;
 mod packet;
+mod recovery;
 mod serve;
 mod socket;
 mod transport;
@@ -44,6 +46,7 @@ pub use engineioxide_core::{ProtocolVersion, Sid, Str, TransportType};
 pub use event::{Args, Event};
 pub use namespace::{ConnectFuture, Delivery, Handshake, Namespace, NamespaceHandler, Refusal};
 pub use packet::EncodeError;
+pub use recovery::{Recovery, RecoveryConfig, RecoveryStats};
 pub use serve::SocketIoHandler;
 pub use socket::{DisconnectReason, EmitError, Socket};
 pub use transport::{CloseReason, SendError, SendErrorKind, SlowReason, Transport};
@@ -63,6 +66,9 @@ pub struct IoConfig {
     pub max_attachment_bytes: usize,
     /// How long a binary packet may wait for its attachments (checked as each one arrives).
     pub attachment_timeout: Duration,
+    /// Connection state recovery, per namespace; `None` turns it off (CONNECT replies then
+    /// carry `sid` alone, as the official protocol suite requires).
+    pub recovery: Option<RecoveryConfig>,
 }
 
 impl Default for IoConfig {
@@ -73,6 +79,7 @@ impl Default for IoConfig {
             max_attachments: 16,
             max_attachment_bytes: 1_000_000,
             attachment_timeout: Duration::from_secs(60),
+            recovery: None,
         }
     }
 }
@@ -86,6 +93,7 @@ pub(crate) struct Shared {
     namespaces: RwLock<HashMap<Box<str>, Namespace>>,
     limits: Limits,
     deadlines: Arc<ConnectDeadlines>,
+    recovery: Option<RecoveryConfig>,
 }
 
 impl Shared {
@@ -122,6 +130,7 @@ impl Io {
             namespaces: RwLock::new(HashMap::new()),
             limits,
             deadlines: ConnectDeadlines::new(config.connect_timeout),
+            recovery: config.recovery,
         }))
     }
 
@@ -136,7 +145,8 @@ impl Io {
         if namespaces.contains_key(path.as_str()) {
             return Err(NamespaceTaken(path));
         }
-        let namespace = Namespace::new(Str::from(path.clone()), handler);
+        let recovery = self.0.recovery.clone();
+        let namespace = Namespace::new(Str::from(path.clone()), handler, recovery);
         namespaces.insert(path.into_boxed_str(), namespace.clone());
         Ok(namespace)
     }

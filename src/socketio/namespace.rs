@@ -2,17 +2,19 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
 
-use engineioxide_core::{Sid, Str};
+use engineioxide_core::{ProtocolVersion, Sid, Str};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::event::Event;
 use super::hub::Hub;
 use super::packet::{self, EncodeError, Encoded};
-use super::socket::{DisconnectReason, Socket};
-use super::transport::{SendError, SendErrorKind};
+use super::recovery::{self, Lookup, Offset, Recovery, RecoveryConfig, RecoveryStats, Store};
+use super::socket::{Continuity, DisconnectReason, Restore, Socket};
+use super::transport::{SendError, SendErrorKind, Transport};
 
 /// What a namespace does with its sockets. The callbacks other than `connect` are
 /// synchronous and run on the session's own task, in the order the client sent its packets:
@@ -55,17 +57,31 @@ impl Refusal {
     }
 }
 
-/// A CONNECT being decided: the socket it would admit, and the client's auth payload.
+/// A CONNECT being decided: the socket it would admit, the client's auth payload, and what
+/// connection state recovery found for it.
 #[derive(Debug)]
 pub struct Handshake {
     /// Not connected yet: it may join rooms, keep state and read the request.
     pub socket: Socket,
     auth: Option<Str>,
+    recovery: Recovery,
 }
 
 impl Handshake {
-    pub(crate) fn new(socket: Socket, auth: Option<Str>) -> Self {
-        Self { socket, auth }
+    pub(crate) fn new(socket: Socket, auth: Option<Str>, recovery: Recovery) -> Self {
+        Self {
+            socket,
+            auth,
+            recovery,
+        }
+    }
+
+    /// Whether the client came back for a kept session, and if so which rooms it had. The
+    /// handler re-checks the client as on any connect, and joins those of the rooms it still
+    /// allows: only events to rooms joined again are replayed. A socket it admits without
+    /// them should [`Socket::decline_recovery`].
+    pub fn recovery(&self) -> &Recovery {
+        &self.recovery
     }
 
     /// The auth payload's JSON text: an object, checked before the handler is asked. It is a
@@ -101,6 +117,17 @@ struct Inner {
     path: Str,
     handler: Arc<dyn NamespaceHandler>,
     hub: Hub<Socket>,
+    /// The replay log and kept sessions, when connection state recovery is on. Publications
+    /// are logged and fanned out, and recovering sockets admitted, under its lock: so none
+    /// falls between a replay and the live stream, and none is in both.
+    recovery: Option<Mutex<Store>>,
+}
+
+/// A new socket's id and recovery state, decided from its CONNECT.
+pub(crate) struct Arrival {
+    pub(crate) id: Sid,
+    pub(crate) continuity: Option<Continuity>,
+    pub(crate) recovery: Recovery,
 }
 
 impl std::fmt::Debug for Namespace {
@@ -110,11 +137,16 @@ impl std::fmt::Debug for Namespace {
 }
 
 impl Namespace {
-    pub(crate) fn new(path: Str, handler: Arc<dyn NamespaceHandler>) -> Self {
+    pub(crate) fn new(
+        path: Str,
+        handler: Arc<dyn NamespaceHandler>,
+        recovery: Option<RecoveryConfig>,
+    ) -> Self {
         Self(Arc::new(Inner {
             path,
             handler,
             hub: Hub::new(),
+            recovery: recovery.map(|config| Mutex::new(Store::new(config))),
         }))
     }
 
@@ -148,6 +180,57 @@ impl Namespace {
         self.0.hub.room_len(room)
     }
 
+    /// What recovery holds now (trimmed to its bounds first); `None` when it is off.
+    pub fn recovery_stats(&self) -> Option<RecoveryStats> {
+        let mut store = self.recovery_store()?;
+        Some(store.stats(Instant::now()))
+    }
+
+    /// The recovery store, locked; `None` when recovery is off. Lock order: the store, then a
+    /// socket's rooms, then the hub.
+    pub(crate) fn recovery_store(&self) -> Option<MutexGuard<'_, Store>> {
+        let store = self.0.recovery.as_ref()?;
+        Some(store.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// The id and recovery state of a socket a CONNECT with `auth` starts on `transport`.
+    /// A kept session the auth names is taken out of the store here (one use).
+    pub(crate) fn arrival(&self, transport: &dyn Transport, auth: Option<&str>) -> Arrival {
+        let fresh = |id, continuity, recovery| Arrival {
+            id,
+            continuity,
+            recovery,
+        };
+        // Protocol 4 clients name their socket after the session, and know no recovery.
+        if transport.protocol() == ProtocolVersion::V3 {
+            return fresh(transport.id(), None, Recovery::Fresh);
+        }
+        let Some(mut store) = self.recovery_store() else {
+            return fresh(Sid::new(), None, Recovery::Fresh);
+        };
+        let request = recovery::Request::from_auth(auth);
+        let takes_offsets = recovery::takes_offsets(transport.request(), &request);
+        let lookup = match request.pid() {
+            None => {
+                let continuity = Continuity::new(takes_offsets, None);
+                return fresh(Sid::new(), Some(continuity), Recovery::Fresh);
+            }
+            Some(Err(())) => Lookup::Unknown,
+            Some(Ok(pid)) => store.take(pid, request.offset(), Instant::now()),
+        };
+        let (id, restore, recovery) = match lookup {
+            Lookup::Found { pid, kept, after } => {
+                let rooms = kept.rooms.clone();
+                let restore = Restore { pid, after, rooms };
+                (kept.sid, Some(restore), Recovery::Restoring(kept.rooms))
+            }
+            Lookup::Expired => (Sid::new(), None, Recovery::Expired),
+            Lookup::Unknown => (Sid::new(), None, Recovery::Unknown),
+            Lookup::TooOld => (Sid::new(), None, Recovery::TooOld),
+        };
+        fresh(id, Some(Continuity::new(takes_offsets, restore)), recovery)
+    }
+
     pub fn sockets(&self) -> Vec<Socket> {
         self.0.hub.snapshot(None, None)
     }
@@ -160,8 +243,9 @@ impl Namespace {
     /// or in the whole namespace when `None`, except the socket `except`. The packet is
     /// encoded once; each recipient's queue gets a reference to the same bytes.
     ///
-    /// Connection state recovery hooks in here: give each publication an offset, keep it in
-    /// the room's history for replay, and put the offset in the packet.
+    /// With connection state recovery, the publication also gets the next offset and goes
+    /// into the replay log; sockets that take offsets get the packet with its offset (encoded
+    /// once too), the others the plain one.
     pub fn broadcast<T: Serialize + ?Sized>(
         &self,
         room: Option<&str>,
@@ -169,12 +253,51 @@ impl Namespace {
         event: &str,
         payload: &T,
     ) -> Result<Delivery, EncodeError> {
+        if self.0.recovery.is_some() {
+            return self.broadcast_logged(room, except, event, payload);
+        }
         let recipients = self.0.hub.snapshot(room, except);
         if recipients.is_empty() {
             return Ok(Delivery::default());
         }
         let encoded = packet::event(&self.0.path, event, payload, None)?;
-        Ok(deliver(&encoded, &recipients))
+        Ok(deliver(&encoded, None, &recipients))
+    }
+
+    fn broadcast_logged<T: Serialize + ?Sized>(
+        &self,
+        room: Option<&str>,
+        except: Option<Sid>,
+        event: &str,
+        payload: &T,
+    ) -> Result<Delivery, EncodeError> {
+        if self.audience_len(room) == 0 && !self.has_kept_sessions() {
+            // No one hears it now, and no one could ask for it later.
+            return Ok(Delivery::default());
+        }
+        let plain = packet::event(&self.0.path, event, payload, None)?;
+        let Some(mut store) = self.recovery_store() else {
+            return Ok(Delivery::default());
+        };
+        let offset = store.next_offset();
+        let numbered = plain.with_offset(&offset.to_string());
+        let logged = numbered.clone();
+        store.log(offset, room.map(Arc::from), except, logged, Instant::now());
+        let recipients = self.0.hub.snapshot(room, except);
+        drop(store);
+        Ok(deliver(&plain, Some((&numbered, offset)), &recipients))
+    }
+
+    fn audience_len(&self, room: Option<&str>) -> usize {
+        match room {
+            Some(room) => self.0.hub.room_len(room),
+            None => self.0.hub.len(),
+        }
+    }
+
+    fn has_kept_sessions(&self) -> bool {
+        self.recovery_store()
+            .is_some_and(|store| store.has_kept_sessions())
     }
 
     /// Disconnect every socket and admit none from now on.
@@ -185,13 +308,23 @@ impl Namespace {
     }
 }
 
-fn deliver(encoded: &Encoded, recipients: &[Socket]) -> Delivery {
+/// Queue a publication to each recipient: `numbered` (with its offset) to the sockets that
+/// take offsets, `plain` to the others.
+fn deliver(
+    plain: &Encoded,
+    numbered: Option<(&Encoded, Offset)>,
+    recipients: &[Socket],
+) -> Delivery {
     let mut delivery = Delivery {
         recipients: recipients.len(),
         ..Delivery::default()
     };
     for socket in recipients {
-        match socket.send(encoded) {
+        let sent = match numbered {
+            Some((numbered, offset)) => socket.send_logged(plain, numbered, offset),
+            None => socket.send(plain),
+        };
+        match sent {
             Ok(()) => delivery.queued += 1,
             Err(e) if e.kind != SendErrorKind::Closed => delivery.refused.push(e),
             Err(_) => delivery.closed += 1,

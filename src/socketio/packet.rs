@@ -24,6 +24,27 @@ pub(crate) struct Encoded {
     pub(crate) attachments: Vec<Bytes>,
 }
 
+impl Encoded {
+    /// Bytes on the wire, attachments included.
+    pub(crate) fn size(&self) -> usize {
+        self.text.len() + self.attachments.iter().map(Bytes::len).sum::<usize>()
+    }
+
+    /// The same event with `offset` as its last argument, as connection state recovery sends
+    /// it: `2["ev",{…}]` becomes `2["ev",{…},"12"]`. Spliced into the text, so the payload is
+    /// not encoded again. Only for events, whose text always ends with the array's `]`.
+    pub(crate) fn with_offset(&self, offset: &str) -> Encoded {
+        let text = self.text.as_str();
+        let body = text.strip_suffix(']').unwrap_or(text);
+        // A `&str` always serialises.
+        let offset = serde_json::to_string(offset).unwrap_or_default();
+        Encoded {
+            text: Str::from(format!("{body},{offset}]")),
+            attachments: self.attachments.clone(),
+        }
+    }
+}
+
 /// An event or ack payload that does not serialise (e.g. a map with non-string keys).
 #[derive(Debug, thiserror::Error)]
 #[error("payload does not serialize: {0}")]
@@ -39,26 +60,36 @@ fn encode(packet: Packet) -> Encoded {
     }
 }
 
-/// `{"sid"}` and nothing else: the protocol suite requires exactly that key.
+/// `{"sid"}`, and `pid` only with connection state recovery on: the official protocol suite
+/// requires `sid` alone.
 #[derive(Serialize)]
 struct ConnectReply<'a> {
     sid: &'a str,
-    // Connection state recovery adds its `pid` here (`#[serde(skip_serializing_if =
-    // "Option::is_none")] pid: Option<&'a str>`), set only when recovery is on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pid: Option<&'a str>,
 }
 
-/// The CONNECT reply: `0[/ns,]{"sid":…}` in protocol 5; protocol 4 replies carry no payload.
-pub(crate) fn connect_reply(ns: &Str, protocol: ProtocolVersion, sid: Sid) -> Encoded {
+/// The CONNECT reply: `0[/ns,]{"sid":…[,"pid":…]}` in protocol 5; protocol 4 replies carry no
+/// payload.
+pub(crate) fn connect_reply(
+    ns: &Str,
+    protocol: ProtocolVersion,
+    sid: Sid,
+    pid: Option<Sid>,
+) -> Encoded {
     let payload = match protocol {
         ProtocolVersion::V3 => None,
-        ProtocolVersion::V4 => Some(connect_payload(sid)),
+        ProtocolVersion::V4 => Some(connect_payload(sid, pid)),
     };
     encode(Packet::connect(ns.clone(), payload))
 }
 
-fn connect_payload(sid: Sid) -> Value {
-    let reply = ConnectReply { sid: sid.as_str() };
-    // A struct of one string field always serialises.
+fn connect_payload(sid: Sid, pid: Option<Sid>) -> Value {
+    let reply = ConnectReply {
+        sid: sid.as_str(),
+        pid: pid.as_ref().map(Sid::as_str),
+    };
+    // A struct of string fields always serialises.
     let json = serde_json::to_string(&reply).unwrap_or_default();
     Value::Str(Str::from(json), None)
 }
@@ -177,13 +208,38 @@ mod tests {
         let root = Str::from("/");
         let custom = Str::from("/custom");
         let sid = Sid::new();
-        let reply = connect_reply(&root, ProtocolVersion::V4, sid);
+        let reply = connect_reply(&root, ProtocolVersion::V4, sid, None);
         assert_eq!(text(&reply), format!("0{{\"sid\":\"{sid}\"}}"));
-        let reply = connect_reply(&custom, ProtocolVersion::V4, sid);
+        let reply = connect_reply(&custom, ProtocolVersion::V4, sid, None);
         assert_eq!(text(&reply), format!("0/custom,{{\"sid\":\"{sid}\"}}"));
-        assert_eq!(text(&connect_reply(&root, ProtocolVersion::V3, sid)), "0");
-        let reply = connect_reply(&custom, ProtocolVersion::V3, sid);
+        assert_eq!(
+            text(&connect_reply(&root, ProtocolVersion::V3, sid, None)),
+            "0"
+        );
+        let reply = connect_reply(&custom, ProtocolVersion::V3, sid, None);
         assert_eq!(text(&reply), "0/custom,");
+    }
+
+    #[test]
+    fn recovery_adds_the_pid_to_the_reply_and_offsets_to_events() {
+        let (sid, pid) = (Sid::new(), Sid::new());
+        let reply = connect_reply(&Str::from("/s"), ProtocolVersion::V4, sid, Some(pid));
+        assert_eq!(
+            text(&reply),
+            format!("0/s,{{\"sid\":\"{sid}\",\"pid\":\"{pid}\"}}")
+        );
+        let plain = event(&Str::from("/s"), "ev", &serde_json::json!({"a": [1]}), None);
+        let numbered = plain.expect("encodes").with_offset("12");
+        assert_eq!(text(&numbered), r#"2/s,["ev",{"a":[1]},"12"]"#);
+        let binary = (Bytes::from_static(&[1, 2]),);
+        let numbered = event(&Str::from("/"), "file", &binary, None)
+            .expect("encodes")
+            .with_offset("3");
+        assert_eq!(
+            text(&numbered),
+            r#"51-["file",{"_placeholder":true,"num":0},"3"]"#
+        );
+        assert_eq!(numbered.attachments.len(), 1);
     }
 
     #[test]

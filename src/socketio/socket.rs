@@ -6,8 +6,9 @@
 //! a socket can neither join a room after it left them all nor enter a hub after closing.
 
 use std::any::Any;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::time::Instant;
 
 use engineioxide_core::{ProtocolVersion, Sid, TransportType};
 use serde::Serialize;
@@ -16,6 +17,7 @@ use super::ack::{AckReply, Pending};
 use super::event::Args;
 use super::namespace::Namespace;
 use super::packet::{self, EncodeError, Encoded};
+use super::recovery::{self, Leaving, Offset, Store};
 use super::transport::{CloseReason, SendError, SendErrorKind, Transport};
 
 /// A socket. Cheap to clone; clones are the same socket.
@@ -34,6 +36,91 @@ struct Inner {
     rooms: Mutex<Vec<Arc<str>>>,
     state: OnceLock<Box<dyn Any + Send + Sync>>,
     acks: Mutex<Pending>,
+    /// Connection state recovery, when the namespace has it (protocol 5 only).
+    continuity: Option<Continuity>,
+}
+
+/// A socket's part in connection state recovery.
+#[derive(Debug)]
+pub(crate) struct Continuity {
+    /// Whether its events carry their offset (see `recovery::takes_offsets`).
+    takes_offsets: bool,
+    /// The private id the client recovers with; set on admission (the kept one on recovery).
+    pid: OnceLock<Sid>,
+    /// The kept session this socket would resume; taken on admission.
+    restore: Mutex<Option<Restore>>,
+    /// The handler admitted the socket without its kept rooms.
+    declined: AtomicBool,
+    recovered: AtomicBool,
+    replayed: AtomicUsize,
+    /// Replay after this if the client names no offset: the log's newest offset on admission,
+    /// then, for a socket without offsets, the newest publication queued to it.
+    since: AtomicU64,
+}
+
+/// A kept session being resumed.
+#[derive(Debug)]
+pub(crate) struct Restore {
+    pub(crate) pid: Sid,
+    /// Replay what the log holds after this.
+    pub(crate) after: Offset,
+    pub(crate) rooms: Vec<Arc<str>>,
+}
+
+impl Continuity {
+    pub(crate) fn new(takes_offsets: bool, restore: Option<Restore>) -> Self {
+        Self {
+            takes_offsets,
+            pid: OnceLock::new(),
+            restore: Mutex::new(restore),
+            declined: AtomicBool::new(false),
+            recovered: AtomicBool::new(false),
+            replayed: AtomicUsize::new(0),
+            since: AtomicU64::new(0),
+        }
+    }
+
+    /// Settle the socket's pid on admission, under the store's lock, and return what it
+    /// missed: the kept session's pid and the log after its offset for the rooms it is in
+    /// again, if the handler did not decline it and the log still holds all of it; else a
+    /// new pid and nothing.
+    fn admit(&self, store: &Store, id: Sid, rooms: &[Arc<str>]) -> (Sid, Vec<Encoded>) {
+        self.since.store(store.last_offset(), Ordering::Relaxed);
+        let restore = self
+            .restore
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let resumable = restore.filter(|restore| {
+            !self.declined.load(Ordering::Relaxed) && store.holds_after(restore.after)
+        });
+        let (pid, missed) = match resumable {
+            Some(restore) => {
+                let back: Vec<Arc<str>> = restore
+                    .rooms
+                    .into_iter()
+                    .filter(|room| rooms.contains(room))
+                    .collect();
+                self.recovered.store(true, Ordering::Relaxed);
+                (restore.pid, store.missed(restore.after, id, &back))
+            }
+            None => (Sid::new(), Vec::new()),
+        };
+        self.replayed.store(missed.len(), Ordering::Relaxed);
+        let pid = *self.pid.get_or_init(|| pid);
+        (pid, missed)
+    }
+
+    /// What the socket leaves in the store when it is cut.
+    fn leaving(&self, sid: Sid, rooms: Vec<Arc<str>>) -> Option<Leaving> {
+        Some(Leaving {
+            pid: *self.pid.get()?,
+            sid,
+            rooms,
+            after: self.since.load(Ordering::Relaxed),
+            took_offsets: self.takes_offsets,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,7 +184,12 @@ impl std::fmt::Debug for Socket {
 }
 
 impl Socket {
-    pub(crate) fn new(id: Sid, namespace: Namespace, transport: Arc<dyn Transport>) -> Self {
+    pub(crate) fn new(
+        id: Sid,
+        namespace: Namespace,
+        transport: Arc<dyn Transport>,
+        continuity: Option<Continuity>,
+    ) -> Self {
         Self(Arc::new(Inner {
             id,
             namespace,
@@ -106,6 +198,7 @@ impl Socket {
             rooms: Mutex::new(Vec::new()),
             state: OnceLock::new(),
             acks: Mutex::new(Pending::default()),
+            continuity,
         }))
     }
 
@@ -147,6 +240,26 @@ impl Socket {
 
     pub fn is_connected(&self) -> bool {
         self.phase() == Phase::Connected
+    }
+
+    /// Whether the socket resumed a kept session: its id, its rooms, and what it missed.
+    pub fn recovered(&self) -> bool {
+        let continuity = self.0.continuity.as_ref();
+        continuity.is_some_and(|c| c.recovered.load(Ordering::Relaxed))
+    }
+
+    /// How many missed publications were replayed to it on admission.
+    pub fn replayed(&self) -> usize {
+        let continuity = self.0.continuity.as_ref();
+        continuity.map_or(0, |c| c.replayed.load(Ordering::Relaxed))
+    }
+
+    /// Admit this connecting socket as a new one rather than resuming its kept session (its
+    /// client is no longer who it was): a new pid, nothing replayed. Call from `connect`.
+    pub fn decline_recovery(&self) {
+        if let Some(continuity) = &self.0.continuity {
+            continuity.declined.store(true, Ordering::Relaxed);
+        }
     }
 
     /// Join `room`. While connecting, the room is entered on admission.
@@ -220,7 +333,7 @@ impl Socket {
     /// The server's side of a disconnect, for any reason.
     pub(crate) fn kick(&self, reason: DisconnectReason) {
         self.0.transport.state().forget(self);
-        if self.shut() == Phase::Connected {
+        if self.shut().0 == Phase::Connected {
             let packet = packet::disconnect(self.0.namespace.path_str());
             // Full: the engine is cutting the session; closed: it is gone. Either way the
             // client is no longer in this namespace.
@@ -231,17 +344,36 @@ impl Socket {
 
     /// Close the socket for `reason` without telling the client (it asked, or its session
     /// ended); runs the handler's `on_disconnect` if it was connected.
+    /// A socket cut by something not its doing leaves its session for recovery first.
     pub(crate) fn end(&self, reason: DisconnectReason) {
-        if self.shut() == Phase::Connected {
+        let (was, left) = self.shut();
+        if was == Phase::Connected {
+            if recovery::keeps_session(reason) {
+                self.keep(left);
+            }
             self.0.namespace.handler().on_disconnect(self, reason);
         }
     }
 
+    fn keep(&self, rooms: Vec<Arc<str>>) {
+        let Some(continuity) = &self.0.continuity else {
+            return;
+        };
+        let Some(leaving) = continuity.leaving(self.0.id, rooms) else {
+            return;
+        };
+        if let Some(mut store) = self.0.namespace.recovery_store() {
+            store.keep(leaving, Instant::now());
+        }
+    }
+
     /// Admit a connecting socket: enter the hub and the rooms joined while connecting, queue
-    /// the CONNECT reply, and only then count as connected. Publications before that skip
-    /// the socket (the client has not seen `connect`); every later one is queued after the
-    /// reply.
+    /// the CONNECT reply (and, on recovery, what it missed), and only then count as
+    /// connected. Publications before that skip the socket (the client has not seen
+    /// `connect`); every later one is queued after the reply. With recovery this all happens
+    /// under the store's lock, so no publication is both replayed and sent, or neither.
     pub(crate) fn admit(&self) -> Admission {
+        let store = self.0.namespace.recovery_store();
         let mut rooms = self.joined();
         if self.phase() != Phase::Connecting {
             return Admission::Gone;
@@ -254,9 +386,21 @@ impl Socket {
         for room in rooms.iter_mut() {
             *room = hub.join(room, self.0.id, self.clone());
         }
+        let (pid, missed) = match (&self.0.continuity, store.as_deref()) {
+            (Some(continuity), Some(store)) => {
+                let (pid, missed) = continuity.admit(store, self.0.id, &rooms);
+                (Some(pid), missed)
+            }
+            _ => (None, Vec::new()),
+        };
         // A full or closed queue means the engine is ending the session; its on_close then
         // takes this socket out again.
-        let _ = self.queue(&self.connect_reply());
+        let reply =
+            packet::connect_reply(self.0.namespace.path_str(), self.protocol(), self.0.id, pid);
+        let _ = self.queue(&reply);
+        for packet in &missed {
+            let _ = self.queue(packet);
+        }
         self.set_phase(Phase::Connected);
         Admission::Admitted
     }
@@ -264,15 +408,40 @@ impl Socket {
     /// Refuse a connecting socket: CONNECT_ERROR `{"message"}`, unless it was closed meanwhile.
     pub(crate) fn refuse(&self, message: &str) {
         self.0.transport.state().forget(self);
-        if self.shut() == Phase::Connecting {
+        if self.shut().0 == Phase::Connecting {
             tracing::debug!(namespace = self.0.namespace.path(), session = %self.session_id(),
                 message, "CONNECT refused");
             let _ = self.queue(&packet::connect_error(self.0.namespace.path_str(), message));
         }
     }
 
+    /// The CONNECT reply again, for a client that asks twice.
     pub(crate) fn connect_reply(&self) -> Encoded {
-        packet::connect_reply(self.0.namespace.path_str(), self.protocol(), self.0.id)
+        let pid = self
+            .0
+            .continuity
+            .as_ref()
+            .and_then(|c| c.pid.get().copied());
+        packet::connect_reply(self.0.namespace.path_str(), self.protocol(), self.0.id, pid)
+    }
+
+    /// Queue a logged publication: with its offset if the socket takes offsets, else plain
+    /// (and then remember it was queued: the client cannot say what it last saw).
+    pub(crate) fn send_logged(
+        &self,
+        plain: &Encoded,
+        numbered: &Encoded,
+        offset: Offset,
+    ) -> Result<(), SendError> {
+        let Some(continuity) = &self.0.continuity else {
+            return self.send(plain);
+        };
+        if continuity.takes_offsets {
+            return self.send(numbered);
+        }
+        self.send(plain)?;
+        continuity.since.fetch_max(offset, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Queue `encoded` if the socket is connected.
@@ -305,12 +474,13 @@ impl Socket {
     }
 
     /// Close the socket: out of its rooms and hub, pending acks dropped. Returns the phase it
-    /// was in, so that only the first closer acts on a connected socket.
-    fn shut(&self) -> Phase {
+    /// was in, so that only the first closer acts on a connected socket, and the rooms it
+    /// left.
+    fn shut(&self) -> (Phase, Vec<Arc<str>>) {
         let mut rooms = self.joined();
         let was = self.phase();
         if was == Phase::Closed {
-            return was;
+            return (was, Vec::new());
         }
         self.set_phase(Phase::Closed);
         let left = std::mem::take(&mut *rooms);
@@ -323,7 +493,7 @@ impl Socket {
         }
         drop(rooms);
         self.acks().clear();
-        was
+        (was, left)
     }
 
     fn hub_join(&self, room: &str) -> Arc<str> {

@@ -1,0 +1,602 @@
+//! Connection state recovery (socket.io ≥ 4.6): a namespace's replay log and the sessions
+//! kept for sockets that were cut, in memory.
+//!
+//! Every publication a namespace broadcasts gets an offset and goes into the log, unless
+//! nobody could ever ask for it again (no recipient and no kept session). A socket cut by
+//! something that is not its doing (see [`keeps_session`]) leaves its id and rooms here under
+//! its private id (`pid`). A client that comes back in time names the pid and the last
+//! offset it saw; it gets the same id, its rooms, and what the log holds after that offset
+//! for those rooms. One use: a kept session is taken out when a CONNECT names it, whatever
+//! the namespace's handler then decides.
+//!
+//! The log is bounded by events, bytes and age, kept sessions by count and age: a flood of
+//! publications trims the log rather than growing it, and a client whose offset has been
+//! trimmed away gets an ordinary connect ([`Lookup::TooOld`]).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use engineioxide_core::Sid;
+use serde::Deserialize;
+
+use super::packet::Encoded;
+use super::socket::DisconnectReason;
+use super::transport::CloseReason;
+
+/// A publication's place in its namespace's log: 1, 2, 3… Clients see it as a decimal
+/// string, the last argument of each event.
+pub(crate) type Offset = u64;
+
+/// The bounds of recovery, per namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveryConfig {
+    /// How long a cut socket's session is kept, and publications with it.
+    pub window: Duration,
+    /// Publications the log holds at most.
+    pub max_events: usize,
+    /// Their total encoded size.
+    pub max_bytes: usize,
+    /// Kept sessions at most; the oldest goes first.
+    pub max_sessions: usize,
+}
+
+impl Default for RecoveryConfig {
+    fn default() -> Self {
+        Self {
+            window: Duration::from_secs(120),
+            max_events: 10_000,
+            max_bytes: 16 * 1024 * 1024,
+            max_sessions: 100_000,
+        }
+    }
+}
+
+/// What a namespace's recovery holds now, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RecoveryStats {
+    pub log_events: usize,
+    pub log_bytes: usize,
+    pub kept_sessions: usize,
+}
+
+/// What a CONNECT asked of recovery, and what it found; the namespace's handler reads it
+/// from the [`Handshake`](super::Handshake).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recovery {
+    /// Recovery is off, or the client named no previous session.
+    Fresh,
+    /// A kept session: the socket has its old id, and these rooms come back if the handler
+    /// admits it (see [`Socket::decline_recovery`](super::Socket::decline_recovery)).
+    Restoring(Vec<Arc<str>>),
+    /// The session was kept but its time ran out.
+    Expired,
+    /// No such session: never kept, already taken, or forgotten.
+    Unknown,
+    /// The session was kept, but the log no longer holds everything it missed.
+    TooOld,
+}
+
+impl Recovery {
+    /// A bounded label for metrics (`outcome`); `None` for a CONNECT that asked nothing.
+    pub fn label(&self) -> Option<&'static str> {
+        match self {
+            Self::Fresh => None,
+            Self::Restoring(_) => Some("recovered"),
+            Self::Expired => Some("expired"),
+            Self::Unknown => Some("unknown"),
+            Self::TooOld => Some("too_old"),
+        }
+    }
+}
+
+/// The recovery fields of a CONNECT's auth payload. socket.io-client sends `pid` and `offset`
+/// once it has a pid; `recovery: true` is ours, for clients that want offsets from their first
+/// connect.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct Request {
+    pid: Option<String>,
+    offset: Option<String>,
+    #[serde(default)]
+    recovery: bool,
+}
+
+impl Request {
+    /// Read from the auth text; anything unreadable asks nothing.
+    pub(crate) fn from_auth(auth: Option<&str>) -> Self {
+        auth.and_then(|text| serde_json::from_str(text).ok())
+            .unwrap_or_default()
+    }
+
+    /// A client names its previous session; unparseable pids name none we could have issued.
+    pub(crate) fn pid(&self) -> Option<Result<Sid, ()>> {
+        let pid = self.pid.as_deref()?;
+        Some(pid.parse().map_err(|_| ()))
+    }
+
+    pub(crate) fn offset(&self) -> Option<Offset> {
+        self.offset.as_deref()?.parse().ok()
+    }
+
+    /// Whether the socket is given offsets with its events (see `takes_offsets`).
+    pub(crate) fn wants_offsets(&self) -> bool {
+        self.recovery || self.pid.is_some()
+    }
+}
+
+/// Whether a socket gets each event's offset as an extra last argument. JavaScript handlers
+/// ignore an extra argument; python-socketio's call `handler(*args)` and fail on it, and
+/// Frappe's Node service never sent one. So: a page in a browser (socket.io-client in
+/// JavaScript), a client that names its previous session (only socket.io-client ≥ 4.6 does),
+/// and a client that asks.
+pub(crate) fn takes_offsets(request: &http::request::Parts, asked: &Request) -> bool {
+    let browser = request
+        .headers
+        .get(http::header::USER_AGENT)
+        .and_then(|ua| ua.to_str().ok())
+        .is_some_and(|ua| ua.starts_with("Mozilla/"));
+    browser || asked.wants_offsets()
+}
+
+/// Whether a socket that left for `reason` keeps its session: not when the client left or
+/// was sent away for cause, nor when it broke the protocol.
+pub(crate) fn keeps_session(reason: DisconnectReason) -> bool {
+    match reason {
+        DisconnectReason::Session(closed) => matches!(
+            closed,
+            CloseReason::TransportClose
+                | CloseReason::TransportError
+                | CloseReason::PingTimeout
+                | CloseReason::SlowConsumer(_)
+                | CloseReason::ServerShutdown
+        ),
+        DisconnectReason::ClientDisconnect
+        | DisconnectReason::ServerDisconnect
+        | DisconnectReason::NamespaceRemoved => false,
+    }
+}
+
+/// One logged publication.
+struct Entry {
+    offset: Offset,
+    room: Option<Arc<str>>,
+    except: Option<Sid>,
+    /// The event with its offset, as a recovering socket gets it.
+    packet: Encoded,
+    size: usize,
+    at: Instant,
+}
+
+/// A session kept for a socket that was cut.
+#[derive(Debug, Clone)]
+pub(crate) struct Kept {
+    /// The socket's id, given back.
+    pub(crate) sid: Sid,
+    pub(crate) rooms: Vec<Arc<str>>,
+    /// Replay after this offset when the client names none it can be trusted with.
+    pub(crate) after: Offset,
+    /// Whether the socket had offsets: only then is the client's own offset its last seen.
+    pub(crate) took_offsets: bool,
+    order: u64,
+    at: Instant,
+}
+
+/// What a socket leaves when it is cut.
+#[derive(Debug)]
+pub(crate) struct Leaving {
+    pub(crate) pid: Sid,
+    pub(crate) sid: Sid,
+    pub(crate) rooms: Vec<Arc<str>>,
+    pub(crate) after: Offset,
+    pub(crate) took_offsets: bool,
+}
+
+/// What a CONNECT's pid found.
+#[derive(Debug)]
+pub(crate) enum Lookup {
+    /// Replay after `after`, to the kept rooms.
+    Found {
+        pid: Sid,
+        kept: Kept,
+        after: Offset,
+    },
+    Expired,
+    Unknown,
+    TooOld,
+}
+
+/// One namespace's log and kept sessions.
+pub(crate) struct Store {
+    config: RecoveryConfig,
+    log: VecDeque<Entry>,
+    log_bytes: usize,
+    /// The newest offset given.
+    last: Offset,
+    /// The newest offset trimmed from the log: a replay after an older one is incomplete.
+    trimmed: Offset,
+    kept: HashMap<Sid, Kept>,
+    /// Kept sessions by age, for expiry and for evicting the oldest.
+    kept_order: BTreeMap<u64, Sid>,
+    /// Sessions that expired, remembered one more window so a late client hears `Expired`
+    /// rather than `Unknown`; the same bounds as `kept`.
+    expired: HashMap<Sid, u64>,
+    expired_order: BTreeMap<u64, (Sid, Instant)>,
+    next_order: u64,
+}
+
+impl Store {
+    pub(crate) fn new(config: RecoveryConfig) -> Self {
+        Self {
+            config,
+            log: VecDeque::new(),
+            log_bytes: 0,
+            last: 0,
+            trimmed: 0,
+            kept: HashMap::new(),
+            kept_order: BTreeMap::new(),
+            expired: HashMap::new(),
+            expired_order: BTreeMap::new(),
+            next_order: 0,
+        }
+    }
+
+    /// The newest offset given: a socket admitted now has seen nothing after it.
+    pub(crate) fn last_offset(&self) -> Offset {
+        self.last
+    }
+
+    /// Whether a publication with no recipient could still be asked for.
+    pub(crate) fn has_kept_sessions(&self) -> bool {
+        !self.kept.is_empty()
+    }
+
+    /// Give the next publication its offset.
+    pub(crate) fn next_offset(&mut self) -> Offset {
+        self.last += 1;
+        self.last
+    }
+
+    /// Log the publication `offset` (given by [`Store::next_offset`]), then trim the log to
+    /// its bounds.
+    pub(crate) fn log(
+        &mut self,
+        offset: Offset,
+        room: Option<Arc<str>>,
+        except: Option<Sid>,
+        packet: Encoded,
+        now: Instant,
+    ) {
+        let size = packet.size();
+        self.log_bytes += size;
+        self.log.push_back(Entry {
+            offset,
+            room,
+            except,
+            packet,
+            size,
+            at: now,
+        });
+        self.trim(now);
+    }
+
+    /// Keep the session of a socket that was cut.
+    pub(crate) fn keep(&mut self, leaving: Leaving, now: Instant) {
+        self.trim(now);
+        while self.kept.len() >= self.config.max_sessions.max(1) {
+            let Some((_, oldest)) = self.kept_order.pop_first() else {
+                break;
+            };
+            self.kept.remove(&oldest);
+        }
+        self.forget_expired(leaving.pid);
+        let order = self.order();
+        let kept = Kept {
+            sid: leaving.sid,
+            rooms: leaving.rooms,
+            after: leaving.after,
+            took_offsets: leaving.took_offsets,
+            order,
+            at: now,
+        };
+        if let Some(replaced) = self.kept.insert(leaving.pid, kept) {
+            self.kept_order.remove(&replaced.order);
+        }
+        self.kept_order.insert(order, leaving.pid);
+    }
+
+    /// Take the session `pid` names, if the log still holds everything it missed after
+    /// `offset` (the client's last seen; trusted only from a socket that had offsets).
+    pub(crate) fn take(&mut self, pid: Sid, offset: Option<Offset>, now: Instant) -> Lookup {
+        self.trim(now);
+        let Some(kept) = self.kept.remove(&pid) else {
+            return match self.forget_expired(pid) {
+                true => Lookup::Expired,
+                false => Lookup::Unknown,
+            };
+        };
+        self.kept_order.remove(&kept.order);
+        let after = match offset {
+            // An offset we never gave is no one's last seen.
+            Some(offset) if kept.took_offsets && offset <= self.last => offset,
+            _ => kept.after,
+        };
+        if after < self.trimmed {
+            return Lookup::TooOld;
+        }
+        Lookup::Found { pid, kept, after }
+    }
+
+    /// Whether a replay after `after` would still be complete.
+    pub(crate) fn holds_after(&self, after: Offset) -> bool {
+        after >= self.trimmed
+    }
+
+    /// The packets a socket `sid` in `rooms` missed after `after`, in order: those to the
+    /// whole namespace or to one of its rooms, and not sent with it excepted.
+    pub(crate) fn missed(&self, after: Offset, sid: Sid, rooms: &[Arc<str>]) -> Vec<Encoded> {
+        let start = self.log.partition_point(|entry| entry.offset <= after);
+        let log = self.log.range(start..);
+        log.filter(|entry| entry.except != Some(sid))
+            .filter(|entry| match &entry.room {
+                None => true,
+                Some(room) => rooms.iter().any(|joined| joined == room),
+            })
+            .map(|entry| entry.packet.clone())
+            .collect()
+    }
+
+    /// Trim by age first, then report.
+    pub(crate) fn stats(&mut self, now: Instant) -> RecoveryStats {
+        self.trim(now);
+        RecoveryStats {
+            log_events: self.log.len(),
+            log_bytes: self.log_bytes,
+            kept_sessions: self.kept.len(),
+        }
+    }
+
+    fn trim(&mut self, now: Instant) {
+        let window = self.config.window;
+        let expired = |at: Instant| now.saturating_duration_since(at) > window;
+        while let Some(oldest) = self.log.front() {
+            let over =
+                self.log.len() > self.config.max_events || self.log_bytes > self.config.max_bytes;
+            if !over && !expired(oldest.at) {
+                break;
+            }
+            self.trimmed = oldest.offset;
+            self.log_bytes -= oldest.size;
+            self.log.pop_front();
+        }
+        while let Some((&order, &pid)) = self.kept_order.first_key_value() {
+            let Some(kept) = self.kept.get(&pid) else {
+                self.kept_order.remove(&order);
+                continue;
+            };
+            if !expired(kept.at) {
+                break;
+            }
+            let at = kept.at;
+            self.kept.remove(&pid);
+            self.kept_order.remove(&order);
+            self.remember_expired(pid, at);
+        }
+        while let Some((&order, &(pid, at))) = self.expired_order.first_key_value() {
+            if now.saturating_duration_since(at) <= window * 2 {
+                break;
+            }
+            self.expired_order.remove(&order);
+            self.expired.remove(&pid);
+        }
+    }
+
+    fn remember_expired(&mut self, pid: Sid, at: Instant) {
+        while self.expired.len() >= self.config.max_sessions.max(1) {
+            let Some((_, (oldest, _))) = self.expired_order.pop_first() else {
+                break;
+            };
+            self.expired.remove(&oldest);
+        }
+        let order = self.order();
+        self.expired.insert(pid, order);
+        self.expired_order.insert(order, (pid, at));
+    }
+
+    /// Forget that `pid` expired; true if it had.
+    fn forget_expired(&mut self, pid: Sid) -> bool {
+        match self.expired.remove(&pid) {
+            Some(order) => {
+                self.expired_order.remove(&order);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn order(&mut self) -> u64 {
+        self.next_order += 1;
+        self.next_order
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use engineioxide_core::Str;
+
+    use crate::socketio::SlowReason;
+
+    fn packet(text: &str) -> Encoded {
+        Encoded {
+            text: Str::from(text.to_owned()),
+            attachments: Vec::new(),
+        }
+    }
+
+    fn texts(packets: &[Encoded]) -> Vec<&str> {
+        packets.iter().map(|p| p.text.as_str()).collect()
+    }
+
+    fn config(max_events: usize, max_bytes: usize) -> RecoveryConfig {
+        RecoveryConfig {
+            window: Duration::from_secs(10),
+            max_events,
+            max_bytes,
+            max_sessions: 2,
+        }
+    }
+
+    fn publish(store: &mut Store, room: Option<&str>, text: &str, now: Instant) -> Offset {
+        let offset = store.next_offset();
+        store.log(offset, room.map(Arc::from), None, packet(text), now);
+        offset
+    }
+
+    fn leaving(pid: Sid, rooms: &[&str], after: Offset) -> Leaving {
+        Leaving {
+            pid,
+            sid: Sid::new(),
+            rooms: rooms.iter().map(|r| Arc::from(*r)).collect(),
+            after,
+            took_offsets: true,
+        }
+    }
+
+    #[test]
+    fn a_kept_session_gets_what_its_rooms_missed_in_order_once() {
+        let now = Instant::now();
+        let mut store = Store::new(config(100, 1 << 20));
+        let seen = publish(&mut store, Some("a"), "1", now);
+        let pid = Sid::new();
+        store.keep(leaving(pid, &["a", "b"], seen), now);
+        publish(&mut store, Some("a"), "2", now);
+        publish(&mut store, Some("c"), "other room", now);
+        publish(&mut store, None, "everyone", now);
+        publish(&mut store, Some("b"), "3", now);
+        let Lookup::Found { kept, after, .. } = store.take(pid, Some(seen), now) else {
+            panic!("the session is kept");
+        };
+        let missed = store.missed(after, kept.sid, &kept.rooms);
+        assert_eq!(texts(&missed), ["2", "everyone", "3"]);
+        assert!(matches!(store.take(pid, Some(seen), now), Lookup::Unknown));
+    }
+
+    #[test]
+    fn the_clients_offset_wins_only_if_it_had_offsets() {
+        let now = Instant::now();
+        let mut store = Store::new(config(100, 1 << 20));
+        for text in ["1", "2", "3"] {
+            publish(&mut store, None, text, now);
+        }
+        let pid = Sid::new();
+        store.keep(leaving(pid, &[], 1), now);
+        let Lookup::Found { after, .. } = store.take(pid, Some(2), now) else {
+            panic!("kept");
+        };
+        assert_eq!(after, 2);
+        let mut without = leaving(pid, &[], 1);
+        without.took_offsets = false;
+        store.keep(without, now);
+        let Lookup::Found { after, .. } = store.take(pid, Some(2), now) else {
+            panic!("kept");
+        };
+        assert_eq!(after, 1, "a string argument is not an offset");
+        store.keep(leaving(pid, &[], 1), now);
+        let Lookup::Found { after, .. } = store.take(pid, Some(99), now) else {
+            panic!("kept");
+        };
+        assert_eq!(after, 1, "an offset never given is ignored");
+    }
+
+    #[test]
+    fn the_log_is_bounded_by_events_bytes_and_age() {
+        let now = Instant::now();
+        let mut store = Store::new(config(3, 1 << 20));
+        for n in 0..1000 {
+            publish(&mut store, None, &n.to_string(), now);
+        }
+        assert_eq!(store.stats(now).log_events, 3);
+        let mut store = Store::new(config(100, 10));
+        for _ in 0..50 {
+            publish(&mut store, None, "abcd", now);
+        }
+        let stats = store.stats(now);
+        assert!(stats.log_bytes <= 10, "{stats:?}");
+        publish(&mut store, None, "late", now);
+        let later = now + Duration::from_secs(11);
+        assert_eq!(store.stats(later).log_events, 0);
+    }
+
+    #[test]
+    fn a_trimmed_offset_is_too_old() {
+        let now = Instant::now();
+        let mut store = Store::new(config(2, 1 << 20));
+        let seen = publish(&mut store, None, "1", now);
+        let pid = Sid::new();
+        store.keep(leaving(pid, &[], seen), now);
+        assert!(store.holds_after(seen));
+        for text in ["2", "3", "4"] {
+            publish(&mut store, None, text, now);
+        }
+        assert!(!store.holds_after(seen));
+        assert!(matches!(store.take(pid, Some(seen), now), Lookup::TooOld));
+    }
+
+    #[test]
+    fn kept_sessions_expire_and_are_bounded() {
+        let now = Instant::now();
+        let mut store = Store::new(config(10, 1 << 20));
+        let [a, b, c] = [Sid::new(), Sid::new(), Sid::new()];
+        for pid in [a, b, c] {
+            store.keep(leaving(pid, &[], 0), now);
+        }
+        assert_eq!(store.stats(now).kept_sessions, 2);
+        assert!(
+            matches!(store.take(a, None, now), Lookup::Unknown),
+            "oldest evicted"
+        );
+        let later = now + Duration::from_secs(11);
+        assert_eq!(store.stats(later).kept_sessions, 0);
+        assert!(matches!(store.take(b, None, later), Lookup::Expired));
+        assert!(matches!(store.take(b, None, later), Lookup::Unknown));
+        let much_later = now + Duration::from_secs(31);
+        assert!(matches!(store.take(c, None, much_later), Lookup::Unknown));
+    }
+
+    #[test]
+    fn excepted_sockets_miss_nothing_of_their_own() {
+        let now = Instant::now();
+        let mut store = Store::new(config(10, 1 << 20));
+        let sid = Sid::new();
+        let offset = store.next_offset();
+        store.log(offset, None, Some(sid), packet("mine"), now);
+        assert!(store.missed(0, sid, &[]).is_empty());
+        assert_eq!(store.missed(0, Sid::new(), &[]).len(), 1);
+    }
+
+    #[test]
+    fn sessions_are_kept_only_for_cuts_that_are_not_the_clients_doing() {
+        let session = DisconnectReason::Session;
+        assert!(keeps_session(session(CloseReason::TransportClose)));
+        assert!(keeps_session(session(CloseReason::PingTimeout)));
+        assert!(keeps_session(session(CloseReason::SlowConsumer(
+            SlowReason::QueueFull
+        ))));
+        assert!(!keeps_session(session(CloseReason::ParseError)));
+        assert!(!keeps_session(DisconnectReason::ClientDisconnect));
+        assert!(!keeps_session(DisconnectReason::ServerDisconnect));
+    }
+
+    #[test]
+    fn requests_read_from_auth() {
+        let request = Request::from_auth(Some(r#"{"pid":"x","offset":"12"}"#));
+        assert!(request.wants_offsets());
+        assert_eq!(request.offset(), Some(12));
+        assert!(matches!(request.pid(), Some(Err(()))));
+        let request = Request::from_auth(Some(r#"{"recovery":true}"#));
+        assert!(request.wants_offsets() && request.pid().is_none());
+        assert!(!Request::from_auth(None).wants_offsets());
+        assert!(!Request::from_auth(Some("[1]")).wants_offsets());
+    }
+}
