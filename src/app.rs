@@ -86,6 +86,11 @@ impl App {
             needs_restart.push("realtime_slow_client_max_bytes");
             config.slow_client_max_bytes = old.slow_client_max_bytes;
         }
+        // Every namespace's store is made with these at start.
+        if config.recovery != old.recovery {
+            needs_restart.push("realtime_recovery_*");
+            config.recovery = old.recovery.clone();
+        }
         let frappe = FrappeClient::new(&config, self.redis.clone())?;
         *self.current.write().unwrap_or_else(PoisonError::into_inner) =
             Arc::new(Settings { config, frappe });

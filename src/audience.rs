@@ -41,6 +41,14 @@ impl Scope {
             Self::Root { prefix } => format!("{prefix}{room}"),
         }
     }
+
+    /// The Frappe room name of a room this socket joined: [`Scope::room`] undone.
+    pub fn frappe_room<'a>(&self, joined: &'a str) -> Option<&'a str> {
+        match self {
+            Self::SiteNamespace => Some(joined),
+            Self::Root { prefix } => joined.strip_prefix(prefix.as_str()),
+        }
+    }
 }
 
 fn root_prefix(site: &str) -> String {

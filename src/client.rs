@@ -40,6 +40,8 @@ pub struct ClientState {
     budget: Mutex<EventBudget>,
     /// Set when the server disconnects the socket on purpose, for the disconnect's label.
     cause: OnceLock<Cause>,
+    /// It came back for a kept session and got its rooms back.
+    resuming: OnceLock<()>,
     /// Held for the socket's lifetime; dropping the state frees the connection's place.
     _seat: Seat,
 }
@@ -52,6 +54,7 @@ impl ClientState {
             open_docs: Mutex::new(BTreeSet::new()),
             budget: Mutex::new(EventBudget::new(limits)),
             cause: OnceLock::new(),
+            resuming: OnceLock::new(),
             _seat: seat,
         }
     }
@@ -66,9 +69,23 @@ impl ClientState {
         let _ = self.cause.set(cause);
     }
 
+    /// Mark the socket as resuming a kept session (its rooms are back).
+    pub fn resuming(&self) {
+        let _ = self.resuming.set(());
+    }
+
+    pub fn is_resuming(&self) -> bool {
+        self.resuming.get().is_some()
+    }
+
     /// `room` (a Frappe room name) as this socket joins it.
     pub fn room(&self, room: String) -> String {
         self.scope.room(room)
+    }
+
+    /// The Frappe room name of a room this socket joined (without the site prefix of `/`).
+    pub fn frappe_room<'a>(&self, joined: &'a str) -> Option<&'a str> {
+        self.scope.frappe_room(joined)
     }
 
     /// Spend one client event from this socket's budget.
@@ -94,6 +111,11 @@ impl ClientState {
     pub fn forget_open(&self, doctype: &str, docname: &str) {
         self.open_docs()
             .remove(&(doctype.to_owned(), docname.to_owned()));
+    }
+
+    /// The documents it has open.
+    pub fn open(&self) -> BTreeSet<(String, String)> {
+        self.open_docs().clone()
     }
 
     pub fn take_open(&self) -> BTreeSet<(String, String)> {

@@ -16,6 +16,7 @@ use serde_json::{Map, Value};
 use crate::caps::Caps;
 use crate::cors::AllowCors;
 use crate::limits::Limits;
+use crate::socketio::RecoveryConfig;
 use url::Url;
 
 /// Environment variables Frappe's service honours, and the config key each one overrides.
@@ -40,6 +41,9 @@ const DEFAULT_SLOW_CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Far beyond what a desk page receives in a few seconds, small enough that a thousand
 /// stalled clients cannot hold gigabytes.
 const DEFAULT_SLOW_CLIENT_MAX_BYTES: u64 = 8 * 1024 * 1024;
+/// socket.io's own default `maxDisconnectionDuration` is 2 minutes: longer than a tab's
+/// network blip or a laptop's Wi-Fi switch, short enough that kept sessions stay few.
+const DEFAULT_RECOVERY_WINDOW: Duration = Duration::from_secs(120);
 /// Enough to keep a bench's gunicorn workers busy without queueing hundreds behind them.
 const DEFAULT_CALLBACK_CONCURRENCY: usize = 16;
 
@@ -137,6 +141,10 @@ pub struct Config {
     /// `realtime_slow_client_max_bytes`: a websocket that takes no bytes while publications
     /// worth more than this are queued for it is disconnected as a slow consumer.
     pub slow_client_max_bytes: u64,
+    /// Connection state recovery, per site namespace (`None`: off). From
+    /// `realtime_recovery_seconds` (0 turns it off), `realtime_recovery_max_events`,
+    /// `…_max_bytes` and `…_max_sessions`.
+    pub recovery: Option<RecoveryConfig>,
 }
 
 /// A configuration value that must never be printed; `Debug` shows `<redacted>`.
@@ -292,6 +300,39 @@ pub(crate) fn is_truthy(value: &Value) -> bool {
     }
 }
 
+/// Connection state recovery's window and bounds; a window of 0 turns it off.
+fn recovery(layered: &Layered) -> Result<Option<RecoveryConfig>, ConfigError> {
+    let defaults = RecoveryConfig::default();
+    let window = layered
+        .typed("realtime_recovery_seconds", |value| {
+            value
+                .as_f64()
+                .and_then(|s| Duration::try_from_secs_f64(s).ok())
+                .ok_or_else(|| "must be a number of seconds (0 turns recovery off)".to_owned())
+        })?
+        .unwrap_or(DEFAULT_RECOVERY_WINDOW);
+    if window.is_zero() {
+        return Ok(None);
+    }
+    let count = |key, least: u64, default: usize| {
+        layered
+            .typed(key, |value| {
+                value
+                    .as_u64()
+                    .filter(|n| *n >= least)
+                    .and_then(|n| usize::try_from(n).ok())
+                    .ok_or_else(|| format!("must be a whole number, at least {least}"))
+            })
+            .map(|n| n.unwrap_or(default))
+    };
+    Ok(Some(RecoveryConfig {
+        window,
+        max_events: count("realtime_recovery_max_events", 1, defaults.max_events)?,
+        max_bytes: count("realtime_recovery_max_bytes", 1024, defaults.max_bytes)?,
+        max_sessions: count("realtime_recovery_max_sessions", 1, defaults.max_sessions)?,
+    }))
+}
+
 /// Overrides given on the command line; they win over files and environment.
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
@@ -404,6 +445,7 @@ impl Config {
                         .ok_or_else(|| "must be a whole number of bytes, at least 1024".to_owned())
                 })?
                 .unwrap_or(DEFAULT_SLOW_CLIENT_MAX_BYTES),
+            recovery: recovery(layered)?,
         })
     }
 

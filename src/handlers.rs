@@ -25,7 +25,7 @@ use crate::metrics;
 use crate::rooms::{self, Announcer};
 use crate::sessions::transport_label;
 use crate::socketio::{
-    self, ConnectFuture, DisconnectReason, Event, Handshake, Io, NamespaceHandler, Socket,
+    self, ConnectFuture, DisconnectReason, Event, Handshake, Io, NamespaceHandler, Recovery, Socket,
 };
 
 /// Socket.IO emit with no arguments: an empty tuple-like value, so the frame is `["pong"]`.
@@ -56,9 +56,10 @@ impl NamespaceHandler for Frappe {
         let auth = handshake
             .auth()
             .and_then(|text| serde_json::from_str::<Value>(text).ok());
+        let recovery = handshake.recovery().clone();
         let socket = handshake.socket;
         Box::pin(async move {
-            authenticate(&app, &socket, auth.as_ref())
+            authenticate(&app, &socket, auth.as_ref(), &recovery)
                 .await
                 .map_err(|refusal| socketio::Refusal::new(refusal.to_string()))
         })
@@ -70,8 +71,11 @@ impl NamespaceHandler for Frappe {
         };
         let session = &client.session;
         tracing::info!(site = %session.site, user = %session.user,
-            namespace = socket.namespace().path(),
+            namespace = socket.namespace().path(), recovered = socket.recovered(),
             transport = transport_label(socket.transport_type()), "client connected");
+        if client.is_resuming() {
+            self.resumed(socket, client);
+        }
         if session.is_guest() {
             return;
         }
@@ -130,6 +134,26 @@ impl NamespaceHandler for Frappe {
 }
 
 impl Frappe {
+    /// A socket that came back for its kept session was admitted: count how, and tell the
+    /// viewers of the documents it has open again that it is back.
+    fn resumed(&self, socket: &Socket, client: &ClientState) {
+        let site = client.session.site.clone();
+        // It can lose its replay between the handshake and admission, if the log was
+        // trimmed meanwhile; it is then admitted afresh.
+        let outcome = if socket.recovered() {
+            "recovered"
+        } else {
+            "too_old"
+        };
+        counter!(metrics::RECOVERIES, "site" => site.clone(), "outcome" => outcome).increment(1);
+        counter!(metrics::EVENTS_REPLAYED, "site" => site).increment(socket.replayed() as u64);
+        let here = self.here(socket, client);
+        let presence = here.presence();
+        for (doctype, docname) in client.open() {
+            presence.viewers(&doctype, &docname);
+        }
+    }
+
     fn here<'a>(&'a self, socket: &'a Socket, client: &'a ClientState) -> Here<'a> {
         Here {
             socket,
@@ -149,7 +173,12 @@ pub fn disconnect_for(socket: &Socket, cause: Cause) {
     socket.disconnect();
 }
 
-async fn authenticate(app: &App, socket: &Socket, auth: Option<&Value>) -> Result<(), Refusal> {
+async fn authenticate(
+    app: &App,
+    socket: &Socket,
+    auth: Option<&Value>,
+    recovery: &Recovery,
+) -> Result<(), Refusal> {
     let path = socket.namespace().path();
     let namespace = Namespace::from_path(path);
     let headers = &socket.request().headers;
@@ -194,10 +223,24 @@ async fn authenticate(app: &App, socket: &Socket, auth: Option<&Value>) -> Resul
             let scope = Scope::new(path, &session.site);
             let client = ClientState::new(session, seat, &settings.config.limits, scope);
             join_own_rooms(socket, &client);
+            if let Recovery::Restoring(kept) = recovery {
+                restore_rooms(socket, &client, kept, &site);
+            } else if let Some(outcome) = recovery.label() {
+                counter!(metrics::RECOVERIES, "site" => site, "outcome" => outcome).increment(1);
+            }
             socket.set_state(client);
             Ok(())
         }
         Err(refusal) => {
+            if let Some(outcome) = recovery.label() {
+                // A kept session whose client is no longer let in is not resumed.
+                let outcome = match recovery {
+                    Recovery::Restoring(_) => "refused",
+                    _ => outcome,
+                };
+                counter!(metrics::RECOVERIES, "site" => site.clone(), "outcome" => outcome)
+                    .increment(1);
+            }
             tracing::info!(%site, namespace = path, reason = label,
                 transport = transport_label(socket.transport_type()), refusal = %refusal,
                 "handshake refused");
@@ -213,6 +256,28 @@ fn join_own_rooms(socket: &Socket, client: &ClientState) {
     socket.join(&client.room(rooms::WEBSITE.to_owned()));
     if session.is_system_user() {
         socket.join(&client.room(rooms::ALL.to_owned()));
+    }
+}
+
+/// Give a socket that came back for its kept session the rooms it had: its `doc:`,
+/// `doctype:`, `task_progress:` and `open_doc:` subscriptions were checked when it made them,
+/// for the same user. A client that is now someone else (its own rooms are not among the kept
+/// ones: another user, site or user type) starts afresh instead.
+fn restore_rooms(socket: &Socket, client: &ClientState, kept: &[Arc<str>], site: &str) {
+    let own = socket.rooms();
+    if !own.iter().all(|room| kept.contains(room)) {
+        counter!(metrics::RECOVERIES, "site" => site.to_owned(), "outcome" => "refused")
+            .increment(1);
+        socket.decline_recovery();
+        return;
+    }
+    client.resuming();
+    for room in kept {
+        socket.join(room);
+        let open = client.frappe_room(room).and_then(rooms::open_doc_of);
+        if let Some((doctype, docname)) = open {
+            client.remember_open(doctype, docname);
+        }
     }
 }
 

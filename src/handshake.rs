@@ -21,7 +21,7 @@
 use std::fmt;
 use std::net::IpAddr;
 
-use http::header::{AUTHORIZATION, COOKIE, HOST, HeaderName, ORIGIN};
+use http::header::{AUTHORIZATION, COOKIE, HOST, HeaderName, ORIGIN, USER_AGENT};
 use http::{HeaderMap, HeaderValue};
 use serde_json::Value;
 
@@ -38,14 +38,16 @@ const FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// The headers an Engine.IO session keeps from the request that opened it: the ones
 /// [`check`], [`resolve_site`] and [`client_ip`] read. Reading another header from
-/// `Socket::request` means adding it here.
-pub const SESSION_HEADERS: [HeaderName; 6] = [
+/// `Socket::request` means adding it here. The Socket.IO layer also reads `User-Agent`.
+pub const SESSION_HEADERS: [HeaderName; 7] = [
     HOST,
     ORIGIN,
     COOKIE,
     AUTHORIZATION,
     SITE_NAME,
     FORWARDED_FOR,
+    // Not the handshake's: connection state recovery sends offsets to browsers.
+    USER_AGENT,
 ];
 
 /// Why a handshake is refused. `Display` is the exact text the client gets in `connect_error`.
@@ -417,7 +419,7 @@ mod tests {
             ("cookie", "sid=abc; system_user=yes"),
             ("authorization", "token k:s"),
             ("x-frappe-site-name", "a.local"),
-            ("user-agent", "Mozilla/5.0"),
+            ("accept-language", "en"),
         ]);
         let mut kept = HeaderMap::new();
         for name in &SESSION_HEADERS {

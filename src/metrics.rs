@@ -37,6 +37,11 @@ pub const REDIS_RECONNECTS: &str = "frappe_realtime_redis_reconnects_total";
 pub const REDIS_LAST_MESSAGE: &str = "frappe_realtime_redis_last_message_timestamp_seconds";
 pub const USER_INFO_CACHE_HITS: &str = "frappe_realtime_user_info_cache_hits_total";
 pub const SLOW_CONSUMERS: &str = "frappe_realtime_slow_consumers_disconnected_total";
+pub const RECOVERIES: &str = "frappe_realtime_recoveries_total";
+pub const EVENTS_REPLAYED: &str = "frappe_realtime_recovery_events_replayed_total";
+pub const RECOVERY_LOG_EVENTS: &str = "frappe_realtime_recovery_log_events";
+pub const RECOVERY_LOG_BYTES: &str = "frappe_realtime_recovery_log_bytes";
+pub const RECOVERY_SESSIONS_KEPT: &str = "frappe_realtime_recovery_sessions_kept";
 pub const UPTIME: &str = "frappe_realtime_uptime_seconds";
 pub const BUILD_INFO: &str = "frappe_realtime_build_info";
 
@@ -88,6 +93,7 @@ impl Metrics {
         self.process.collect();
         gauge!(UPTIME).set(self.started.elapsed().as_secs_f64());
         sample_sockets(io, sites);
+        sample_recovery(io, sites);
         self.handle.render()
     }
 }
@@ -110,10 +116,35 @@ fn sample_sockets(io: &Io, sites: &SiteTable) {
     }
 }
 
+/// What connection state recovery holds, per site namespace; the root namespace's (shared by
+/// the sites its clients name) under site `/`.
+fn sample_recovery(io: &Io, sites: &SiteTable) {
+    let namespaces = sites
+        .names()
+        .into_iter()
+        .map(|site| (format!("/{site}"), site));
+    let root = (audience::ROOT.to_owned(), audience::ROOT.to_owned());
+    for (path, site) in namespaces.chain([root]) {
+        let Some(stats) = io.namespace(&path).and_then(|ns| ns.recovery_stats()) else {
+            continue;
+        };
+        gauge!(RECOVERY_LOG_EVENTS, "site" => site.clone()).set(stats.log_events as f64);
+        gauge!(RECOVERY_LOG_BYTES, "site" => site.clone()).set(stats.log_bytes as f64);
+        gauge!(RECOVERY_SESSIONS_KEPT, "site" => site).set(stats.kept_sessions as f64);
+    }
+}
+
 /// A removed site has no sockets: zero its gauges, which scrapes no longer refresh.
 pub fn forget_site(site: &str) {
     for transport in ["polling", "websocket"] {
         gauge!(SOCKETS, "site" => site.to_owned(), "transport" => transport).set(0.0);
+    }
+    for name in [
+        RECOVERY_LOG_EVENTS,
+        RECOVERY_LOG_BYTES,
+        RECOVERY_SESSIONS_KEPT,
+    ] {
+        gauge!(name, "site" => site.to_owned()).set(0.0);
     }
 }
 
@@ -190,6 +221,24 @@ fn describe() {
     describe_gauge!(
         REDIS_LAST_MESSAGE,
         "Unix time of the last message received on the events channel"
+    );
+    describe_counter!(
+        RECOVERIES,
+        "Connects that named a kept session (connection state recovery), by outcome"
+    );
+    describe_counter!(
+        EVENTS_REPLAYED,
+        "Publications replayed to sockets that recovered their session"
+    );
+    describe_gauge!(RECOVERY_LOG_EVENTS, "Publications held for replay, by site");
+    describe_gauge!(
+        RECOVERY_LOG_BYTES,
+        metrics::Unit::Bytes,
+        "Encoded size of the publications held for replay, by site"
+    );
+    describe_gauge!(
+        RECOVERY_SESSIONS_KEPT,
+        "Sessions of cut sockets kept for recovery, by site"
     );
     describe_gauge!(
         UPTIME,

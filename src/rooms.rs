@@ -34,6 +34,11 @@ pub fn open_doc(doctype: &str, docname: &str) -> String {
     format!("open_doc:{doctype}/{docname}")
 }
 
+/// The document of an [`open_doc`] room: doctype names have no `/`, docnames may.
+pub fn open_doc_of(room: &str) -> Option<(&str, &str)> {
+    room.strip_prefix("open_doc:")?.split_once('/')
+}
+
 pub fn task(task_id: &str) -> String {
     format!("task_progress:{task_id}")
 }

@@ -79,6 +79,7 @@ pub async fn run(
 
     let io = Io::new(IoConfig {
         connect_timeout: connect_timeout(app.settings().config.callback_timeout),
+        recovery: app.settings().config.recovery.clone(),
         ..IoConfig::default()
     });
     let frappe = Frappe::new(app.clone(), io.clone());
