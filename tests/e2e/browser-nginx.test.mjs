@@ -463,6 +463,49 @@ for (const mode of MODES) describe(`a browser behind bench nginx (${mode.name}),
     assert.ok(items.some((t) => t.includes("task_progress")) && items.some((t) => t.includes("doc_update")));
   });
 
+  test("a transport cut under the page: it comes back with the same id, its rooms, and every event it missed, once, in order", { timeout: 40000 }, async () => {
+    const before = await rt();
+    const kept = async () => {
+      const text = await (await fetch(`http://127.0.0.1:${s.socketioPort}/metrics`)).text();
+      const line = text.split("\n").find((l) => l.startsWith("frappe_realtime_recovery_sessions_kept{") && l.includes(`site="${SITE}"`));
+      return line ? Number(line.split(" ").pop()) : 0;
+    };
+    // Reconnect after a fixed 2 s, so the publications below fall inside the gap; then close
+    // the websocket from the page, as a network drop would end it.
+    await page.evaluate(() => {
+      const manager = window.__rt.socket.io;
+      manager.reconnectionDelay(2000);
+      manager.reconnectionDelayMax(2000);
+      manager.randomizationFactor(0);
+      manager.engine.transport.ws.close();
+    });
+    await waitPage(page, (now) => now.disconnects.length > before.disconnects.length, "the page to see the cut", 5000);
+    await waitFor(async () => (await kept()) >= 1, { timeoutMs: 5000, what: "the server to keep the session" });
+    const marker = `gap-${Math.random()}`;
+    for (let seq = 0; seq < 10; seq += 1) {
+      await publish("doc_update", { marker, seq }, `doc:${DOCTYPE}/${DOCNAME}`);
+      await publish("task_progress", { marker, seq }, `task_progress:${TASK}`);
+    }
+    await waitPage(page, (now) => now.connects > before.connects && now.connected, "the page to reconnect", 15000);
+    assert.equal(await page.evaluate(() => window.__rt.socket.recovered), true, "socket.recovered");
+    const after = await rt();
+    assert.equal(after.id, before.id, "the same socket id");
+    await waitPage(page, (now) => now.events.filter((e) => e.args[0]?.marker === marker).length >= 20, "the missed events", 5000);
+    await publishUntilSeen(page, `user:${USER}`, "sentinel");
+    for (const event of ["doc_update", "task_progress"]) {
+      const seqs = (await rt()).events.filter((e) => e.event === event && e.args[0]?.marker === marker).map((e) => e.args[0].seq);
+      assert.deepEqual(seqs, [...Array(10).keys()], `every missed ${event} once, in order`);
+    }
+    // The rooms are back: a new publication to the doc room arrives without a new subscribe.
+    await publishUntilSeen(page, `doc:${DOCTYPE}/${DOCNAME}`, "doc_update");
+    await page.evaluate(() => {
+      const manager = window.__rt.socket.io;
+      manager.reconnectionDelay(1000);
+      manager.reconnectionDelayMax(5000);
+      manager.randomizationFactor(0.5);
+    });
+  });
+
   test("`supervisorctl restart <bench>-node-socketio`: the page reconnects by itself and gets the next event", { timeout: 40000 }, async () => {
     const before = await rt();
     const oldPid = (await supervisorctl("pid", program())).stdout.trim();
