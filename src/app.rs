@@ -5,6 +5,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use crate::auth::FrappeClient;
 use crate::caps::Seats;
 use crate::config::{Config, Listen};
+use crate::last_state::LastState;
 use crate::queue_redis::QueueRedis;
 use crate::reconnects::ReconnectTracker;
 use crate::sites::SiteTable;
@@ -18,6 +19,8 @@ pub struct App {
     pub seats: Arc<Seats>,
     /// The bench's sites, kept current by the site registry.
     pub sites: Arc<SiteTable>,
+    /// The latest publications late subscribers get at once.
+    pub last_state: LastState,
 }
 
 /// The configuration and what is built from it that can change without a restart.
@@ -31,7 +34,9 @@ impl App {
         let redis = QueueRedis::new(&config.redis_queue)
             .map_err(|e| anyhow::anyhow!("redis_queue is not usable: {}", e.category()))?;
         let frappe = FrappeClient::new(&config, redis.clone())?;
+        let last_state = LastState::new(config.last_state.clone());
         Ok(Self {
+            last_state,
             reconnects: ReconnectTracker::new(config.reconnect_window),
             current: RwLock::new(Arc::new(Settings { config, frappe })),
             redis,
@@ -90,6 +95,10 @@ impl App {
         if config.recovery != old.recovery {
             needs_restart.push("realtime_recovery_*");
             config.recovery = old.recovery.clone();
+        }
+        if config.last_state != old.last_state {
+            needs_restart.push("realtime_last_state_*");
+            config.last_state = old.last_state.clone();
         }
         let frappe = FrappeClient::new(&config, self.redis.clone())?;
         *self.current.write().unwrap_or_else(PoisonError::into_inner) =

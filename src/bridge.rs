@@ -313,6 +313,11 @@ fn handle(io: &Io, app: &App, payload: &[u8]) {
     gauge!(metrics::REDIS_LAST_MESSAGE).set(metrics::unix_now());
     match parse(payload, app.settings().config.frappe_version) {
         Ok(publication) => {
+            if let Target::Room { site, room } = &publication.target {
+                let event = &publication.event;
+                app.last_state
+                    .record(site, room, event, &publication.message, payload.len());
+            }
             deliver(io, &app.sites, &publication, payload.len());
             histogram!(metrics::DELIVERY_DURATION).record(received.elapsed());
         }

@@ -15,6 +15,7 @@ use serde_json::{Map, Value};
 
 use crate::caps::Caps;
 use crate::cors::AllowCors;
+use crate::last_state::LastStateConfig;
 use crate::limits::Limits;
 use crate::socketio::RecoveryConfig;
 use url::Url;
@@ -44,6 +45,9 @@ const DEFAULT_SLOW_CLIENT_MAX_BYTES: u64 = 8 * 1024 * 1024;
 /// socket.io's own default `maxDisconnectionDuration` is 2 minutes: longer than a tab's
 /// network blip or a laptop's Wi-Fi switch, short enough that kept sessions stay few.
 const DEFAULT_RECOVERY_WINDOW: Duration = Duration::from_secs(120);
+/// Keys of ours (Node reads none of them) where 0 turns a feature off: merged even though 0
+/// is falsy, which Node's `get_conf` would skip.
+const ZERO_MEANS_OFF: [&str; 2] = ["realtime_recovery_seconds", "realtime_last_state_seconds"];
 /// Enough to keep a bench's gunicorn workers busy without queueing hundreds behind them.
 const DEFAULT_CALLBACK_CONCURRENCY: usize = 16;
 
@@ -145,6 +149,9 @@ pub struct Config {
     /// `realtime_recovery_seconds` (0 turns it off), `realtime_recovery_max_events`,
     /// `…_max_bytes` and `…_max_sessions`.
     pub recovery: Option<RecoveryConfig>,
+    /// Last state on subscribe (`None`: off). From `realtime_last_state_seconds` (0 turns it
+    /// off), `…_rooms` (room name prefixes), `…_events`, `…_max_entries`, `…_max_bytes`.
+    pub last_state: Option<LastStateConfig>,
 }
 
 /// A configuration value that must never be printed; `Debug` shows `<redacted>`.
@@ -217,10 +224,11 @@ struct Layered {
 }
 
 impl Layered {
-    /// Copy every truthy key of `object` over what is already there (Node's `get_conf`).
+    /// Copy every truthy key of `object` over what is already there (Node's `get_conf`),
+    /// and our keys whose 0 means off ([`ZERO_MEANS_OFF`]) whatever their value.
     fn merge_truthy(&mut self, object: Map<String, Value>, source: &Source) {
         for (key, value) in object {
-            if is_truthy(&value) {
+            if is_truthy(&value) || ZERO_MEANS_OFF.contains(&key.as_str()) {
                 self.values.insert(key, (value, source.clone()));
             }
         }
@@ -300,36 +308,107 @@ pub(crate) fn is_truthy(value: &Value) -> bool {
     }
 }
 
-/// Connection state recovery's window and bounds; a window of 0 turns it off.
-fn recovery(layered: &Layered) -> Result<Option<RecoveryConfig>, ConfigError> {
-    let defaults = RecoveryConfig::default();
-    let window = layered
-        .typed("realtime_recovery_seconds", |value| {
+/// A whole number of at least `least` (a count or a size), or `default` when unset.
+fn at_least(
+    layered: &Layered,
+    key: &'static str,
+    least: u64,
+    default: usize,
+) -> Result<usize, ConfigError> {
+    layered
+        .typed(key, |value| {
+            value
+                .as_u64()
+                .filter(|n| *n >= least)
+                .and_then(|n| usize::try_from(n).ok())
+                .ok_or_else(|| format!("must be a whole number, at least {least}"))
+        })
+        .map(|n| n.unwrap_or(default))
+}
+
+/// A number of seconds where 0 means off: `None`, else the duration (`default` when unset).
+fn seconds_or_off(
+    layered: &Layered,
+    key: &'static str,
+    default: Duration,
+) -> Result<Option<Duration>, ConfigError> {
+    let duration = layered
+        .typed(key, |value| {
             value
                 .as_f64()
                 .and_then(|s| Duration::try_from_secs_f64(s).ok())
-                .ok_or_else(|| "must be a number of seconds (0 turns recovery off)".to_owned())
+                .ok_or_else(|| "must be a number of seconds (0 turns it off)".to_owned())
         })?
-        .unwrap_or(DEFAULT_RECOVERY_WINDOW);
-    if window.is_zero() {
+        .unwrap_or(default);
+    Ok(Some(duration).filter(|d| !d.is_zero()))
+}
+
+/// A list of non-empty strings.
+fn names(layered: &Layered, key: &'static str) -> Result<Vec<String>, ConfigError> {
+    let list = layered.typed(key, |value| {
+        let items = value.as_array().ok_or("must be a list of strings")?;
+        items
+            .iter()
+            .map(|item| item.as_str().filter(|s| !s.is_empty()).map(str::to_owned))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| "must be a list of non-empty strings".to_owned())
+    })?;
+    Ok(list.unwrap_or_default())
+}
+
+/// Last state on subscribe: what is kept, how long, and its bounds.
+fn last_state(layered: &Layered) -> Result<Option<LastStateConfig>, ConfigError> {
+    let defaults = LastStateConfig::default();
+    let key = "realtime_last_state_seconds";
+    let Some(max_age) = seconds_or_off(layered, key, defaults.max_age)? else {
         return Ok(None);
-    }
-    let count = |key, least: u64, default: usize| {
-        layered
-            .typed(key, |value| {
-                value
-                    .as_u64()
-                    .filter(|n| *n >= least)
-                    .and_then(|n| usize::try_from(n).ok())
-                    .ok_or_else(|| format!("must be a whole number, at least {least}"))
-            })
-            .map(|n| n.unwrap_or(default))
+    };
+    Ok(Some(LastStateConfig {
+        max_age,
+        rooms: names(layered, "realtime_last_state_rooms")?,
+        events: names(layered, "realtime_last_state_events")?,
+        max_entries: at_least(
+            layered,
+            "realtime_last_state_max_entries",
+            1,
+            defaults.max_entries,
+        )?,
+        max_bytes: at_least(
+            layered,
+            "realtime_last_state_max_bytes",
+            1024,
+            defaults.max_bytes,
+        )?,
+    }))
+}
+
+/// Connection state recovery's window and bounds; a window of 0 turns it off.
+fn recovery(layered: &Layered) -> Result<Option<RecoveryConfig>, ConfigError> {
+    let defaults = RecoveryConfig::default();
+    let key = "realtime_recovery_seconds";
+    let Some(window) = seconds_or_off(layered, key, DEFAULT_RECOVERY_WINDOW)? else {
+        return Ok(None);
     };
     Ok(Some(RecoveryConfig {
         window,
-        max_events: count("realtime_recovery_max_events", 1, defaults.max_events)?,
-        max_bytes: count("realtime_recovery_max_bytes", 1024, defaults.max_bytes)?,
-        max_sessions: count("realtime_recovery_max_sessions", 1, defaults.max_sessions)?,
+        max_events: at_least(
+            layered,
+            "realtime_recovery_max_events",
+            1,
+            defaults.max_events,
+        )?,
+        max_bytes: at_least(
+            layered,
+            "realtime_recovery_max_bytes",
+            1024,
+            defaults.max_bytes,
+        )?,
+        max_sessions: at_least(
+            layered,
+            "realtime_recovery_max_sessions",
+            1,
+            defaults.max_sessions,
+        )?,
     }))
 }
 
@@ -446,6 +525,7 @@ impl Config {
                 })?
                 .unwrap_or(DEFAULT_SLOW_CLIENT_MAX_BYTES),
             recovery: recovery(layered)?,
+            last_state: last_state(layered)?,
         })
     }
 
@@ -836,5 +916,46 @@ mod tests {
         );
         let message = load(dir.path(), &[]).expect_err("bad url").to_string();
         assert!(message.contains("realtime_callback_url"), "{message}");
+    }
+
+    #[test]
+    fn recovery_and_last_state_are_on_by_default_and_0_turns_them_off() {
+        let dir = bench(json!({"redis_queue": "redis://q:1"}), None);
+        let config = load(dir.path(), &[]).expect("config");
+        let recovery = config.recovery.expect("on by default");
+        assert_eq!(recovery.window, Duration::from_secs(120));
+        assert_eq!(
+            config.last_state.expect("on").max_age,
+            Duration::from_secs(600)
+        );
+        let off = json!({"redis_queue": "redis://q:1", "realtime_recovery_seconds": 0,
+            "realtime_last_state_seconds": 0});
+        let config = load(bench(off, None).path(), &[]).expect("config");
+        assert!(config.recovery.is_none() && config.last_state.is_none());
+    }
+
+    #[test]
+    fn last_state_lists_and_recovery_bounds_are_checked() {
+        let listed = json!({"redis_queue": "redis://q:1", "realtime_last_state_rooms": ["doc:"],
+            "realtime_last_state_events": ["ai_progress"], "realtime_recovery_max_events": 5});
+        let config = load(bench(listed, None).path(), &[]).expect("config");
+        let last_state = config.last_state.expect("on");
+        assert_eq!(
+            (last_state.rooms, last_state.events),
+            (vec!["doc:".to_owned()], vec!["ai_progress".to_owned()])
+        );
+        assert_eq!(config.recovery.expect("on").max_events, 5);
+        for (key, value) in [
+            ("realtime_last_state_rooms", json!("doc:")),
+            ("realtime_last_state_events", json!([""])),
+            ("realtime_recovery_max_bytes", json!(10)),
+            ("realtime_recovery_seconds", json!(-1)),
+        ] {
+            let bad = json!({"redis_queue": "redis://q:1", key: value});
+            let message = load(bench(bad, None).path(), &[])
+                .expect_err("bad")
+                .to_string();
+            assert!(message.contains(key), "{message}");
+        }
     }
 }

@@ -378,7 +378,15 @@ impl Here<'_> {
                 max_rooms, "room limit reached; subscription ignored");
             return false;
         }
-        self.socket.join(&self.client.room(room));
+        let (socket, client) = (self.socket, self.client);
+        let join = || socket.join(&client.room(room.clone()));
+        // A full queue cuts the client as a slow consumer; a closed one means it is gone.
+        let send = |event: &str, message: &Value| {
+            let _ = socket.emit(event, message);
+        };
+        self.app
+            .last_state
+            .subscribe(&client.session.site, &room, join, send);
         true
     }
 

@@ -22,6 +22,7 @@ pub mod cors;
 pub mod engine;
 pub mod handlers;
 pub mod handshake;
+pub mod last_state;
 pub mod limits;
 pub mod metrics;
 pub mod ops;

@@ -11,6 +11,7 @@ use metrics::{describe_counter, describe_gauge, describe_histogram, gauge};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::audience;
+use crate::last_state::LastState;
 use crate::sites::SiteTable;
 use crate::socketio::{Io, TransportType};
 
@@ -42,6 +43,8 @@ pub const EVENTS_REPLAYED: &str = "frappe_realtime_recovery_events_replayed_tota
 pub const RECOVERY_LOG_EVENTS: &str = "frappe_realtime_recovery_log_events";
 pub const RECOVERY_LOG_BYTES: &str = "frappe_realtime_recovery_log_bytes";
 pub const RECOVERY_SESSIONS_KEPT: &str = "frappe_realtime_recovery_sessions_kept";
+pub const LAST_STATE_ENTRIES: &str = "frappe_realtime_last_state_entries";
+pub const LAST_STATE_BYTES: &str = "frappe_realtime_last_state_bytes";
 pub const UPTIME: &str = "frappe_realtime_uptime_seconds";
 pub const BUILD_INFO: &str = "frappe_realtime_build_info";
 
@@ -89,11 +92,14 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition, with scrape-time gauges refreshed first.
-    pub fn render(&self, io: &Io, sites: &SiteTable) -> String {
+    pub fn render(&self, io: &Io, sites: &SiteTable, last_state: &LastState) -> String {
         self.process.collect();
         gauge!(UPTIME).set(self.started.elapsed().as_secs_f64());
         sample_sockets(io, sites);
         sample_recovery(io, sites);
+        let (entries, bytes) = last_state.size();
+        gauge!(LAST_STATE_ENTRIES).set(entries as f64);
+        gauge!(LAST_STATE_BYTES).set(bytes as f64);
         self.handle.render()
     }
 }
@@ -239,6 +245,15 @@ fn describe() {
     describe_gauge!(
         RECOVERY_SESSIONS_KEPT,
         "Sessions of cut sockets kept for recovery, by site"
+    );
+    describe_gauge!(
+        LAST_STATE_ENTRIES,
+        "Publications kept for late subscribers (last state on subscribe)"
+    );
+    describe_gauge!(
+        LAST_STATE_BYTES,
+        metrics::Unit::Bytes,
+        "Their size as published on Redis"
     );
     describe_gauge!(
         UPTIME,

@@ -44,7 +44,7 @@ async fn metrics(State(ops): State<Arc<Ops>>) -> Response {
                 header::CONTENT_TYPE,
                 "text/plain; version=0.0.4; charset=utf-8",
             )],
-            metrics.render(&ops.io, &ops.app.sites),
+            metrics.render(&ops.io, &ops.app.sites, &ops.app.last_state),
         )
             .into_response(),
         None => (StatusCode::NOT_FOUND, "metrics are off (--no-metrics)\n").into_response(),

@@ -39,8 +39,12 @@ pub fn open_doc_of(room: &str) -> Option<(&str, &str)> {
     room.strip_prefix("open_doc:")?.split_once('/')
 }
 
+/// A long job's progress room: its last state is sent to late subscribers
+/// ([`crate::last_state`]).
+pub const TASK_PREFIX: &str = "task_progress:";
+
 pub fn task(task_id: &str) -> String {
-    format!("task_progress:{task_id}")
+    format!("{TASK_PREFIX}{task_id}")
 }
 
 /// Frappe 13 and 14: who is typing in a document.
