@@ -808,13 +808,16 @@ async fn a_declined_recovery_replays_nothing_and_gives_a_new_pid() {
     });
     let io = recovering_io(handler);
     let first = Client::open(&io);
-    let (_, pid, _) = connect_with(&first, r#"{"recovery":true}"#);
+    let (sid, pid, _) = connect_with(&first, r#"{"recovery":true}"#);
     first.end(CloseReason::TransportError);
     publish(&io, Some("user:a"), 1);
     let auth = format!(r#"{{"pid":"{pid}","offset":"0"}}"#);
-    let (_, new_pid, replayed) = connect_with(&Client::open(&io), &auth);
+    let (new_sid, new_pid, replayed) = connect_with(&Client::open(&io), &auth);
     assert_ne!(new_pid, pid);
+    assert_ne!(new_sid, sid, "not the kept session's id either");
     assert!(replayed.is_empty());
+    let namespace = io.namespace("/site").expect("registered");
+    assert_eq!(namespace.sockets()[0].id().to_string(), new_sid);
 }
 
 #[tokio::test]

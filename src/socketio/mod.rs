@@ -46,7 +46,9 @@ pub use engineioxide_core::{ProtocolVersion, Sid, Str, TransportType};
 pub use event::{Args, Event};
 pub use namespace::{ConnectFuture, Delivery, Handshake, Namespace, NamespaceHandler, Refusal};
 pub use packet::EncodeError;
-pub use recovery::{Recovery, RecoveryConfig, RecoveryStats};
+pub use recovery::{
+    KeptSession, LoggedEntry, Mirror, Recovery, RecoveryConfig, RecoveryMirror, RecoveryStats,
+};
 pub use serve::SocketIoHandler;
 pub use socket::{DisconnectReason, EmitError, Socket};
 pub use transport::{CloseReason, SendError, SendErrorKind, SlowReason, Transport};
@@ -69,6 +71,8 @@ pub struct IoConfig {
     /// Connection state recovery, per namespace; `None` turns it off (CONNECT replies then
     /// carry `sid` alone, as the official protocol suite requires).
     pub recovery: Option<RecoveryConfig>,
+    /// Where recovery's state is copied to outlive the process (recovery on only).
+    pub recovery_mirror: Option<Mirror>,
 }
 
 impl Default for IoConfig {
@@ -80,6 +84,7 @@ impl Default for IoConfig {
             max_attachment_bytes: 1_000_000,
             attachment_timeout: Duration::from_secs(60),
             recovery: None,
+            recovery_mirror: None,
         }
     }
 }
@@ -94,6 +99,7 @@ pub(crate) struct Shared {
     limits: Limits,
     deadlines: Arc<ConnectDeadlines>,
     recovery: Option<RecoveryConfig>,
+    mirror: Option<Mirror>,
 }
 
 impl Shared {
@@ -131,6 +137,7 @@ impl Io {
             limits,
             deadlines: ConnectDeadlines::new(config.connect_timeout),
             recovery: config.recovery,
+            mirror: config.recovery_mirror,
         }))
     }
 
@@ -145,8 +152,8 @@ impl Io {
         if namespaces.contains_key(path.as_str()) {
             return Err(NamespaceTaken(path));
         }
-        let recovery = self.0.recovery.clone();
-        let namespace = Namespace::new(Str::from(path.clone()), handler, recovery);
+        let (recovery, mirror) = (self.0.recovery.clone(), self.0.mirror.clone());
+        let namespace = Namespace::new(Str::from(path.clone()), handler, recovery, mirror);
         namespaces.insert(path.into_boxed_str(), namespace.clone());
         Ok(namespace)
     }
@@ -170,6 +177,14 @@ impl Io {
             .values()
             .cloned()
             .collect()
+    }
+
+    /// Keep the session of every connected socket in every namespace, for a process about to
+    /// exit whose recovery mirror outlives it.
+    pub fn keep_all_sessions(&self) {
+        for namespace in self.namespaces() {
+            namespace.keep_all();
+        }
     }
 
     /// An Engine.IO session opened. Call on the runtime.

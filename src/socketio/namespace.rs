@@ -12,7 +12,10 @@ use serde::de::DeserializeOwned;
 use super::event::Event;
 use super::hub::Hub;
 use super::packet::{self, EncodeError, Encoded};
-use super::recovery::{self, Lookup, Offset, Recovery, RecoveryConfig, RecoveryStats, Store};
+use super::recovery::{
+    self, KeptSession, Leaving, LoggedEntry, Lookup, Mirror, Offset, Recovery, RecoveryConfig,
+    RecoveryStats, Store,
+};
 use super::socket::{Continuity, DisconnectReason, Restore, Socket};
 use super::transport::{SendError, SendErrorKind, Transport};
 
@@ -121,6 +124,8 @@ struct Inner {
     /// are logged and fanned out, and recovering sockets admitted, under its lock: so none
     /// falls between a replay and the live stream, and none is in both.
     recovery: Option<Mutex<Store>>,
+    /// Where the store is copied to outlive the process, if anywhere.
+    mirror: Option<Mirror>,
 }
 
 /// A new socket's id and recovery state, decided from its CONNECT.
@@ -141,12 +146,14 @@ impl Namespace {
         path: Str,
         handler: Arc<dyn NamespaceHandler>,
         recovery: Option<RecoveryConfig>,
+        mirror: Option<Mirror>,
     ) -> Self {
         Self(Arc::new(Inner {
             path,
             handler,
             hub: Hub::new(),
             recovery: recovery.map(|config| Mutex::new(Store::new(config))),
+            mirror,
         }))
     }
 
@@ -216,7 +223,13 @@ impl Namespace {
                 return fresh(Sid::new(), Some(continuity), Recovery::Fresh);
             }
             Some(Err(())) => Lookup::Unknown,
-            Some(Ok(pid)) => store.take(pid, request.offset(), Instant::now()),
+            Some(Ok(pid)) => {
+                let lookup = store.take(pid, request.offset(), Instant::now());
+                if matches!(lookup, Lookup::Found { .. } | Lookup::TooOld) {
+                    self.mirror(|mirror| mirror.taken(self.path(), pid));
+                }
+                lookup
+            }
         };
         let (id, restore, recovery) = match lookup {
             Lookup::Found { pid, kept, after } => {
@@ -281,11 +294,55 @@ impl Namespace {
         };
         let offset = store.next_offset();
         let numbered = plain.with_offset(&offset.to_string());
+        if numbered.attachments.is_empty() {
+            let entry = LoggedEntry {
+                offset,
+                room: room.map(str::to_owned),
+                except,
+                text: numbered.text.to_string(),
+            };
+            self.mirror(|mirror| mirror.logged(self.path(), &entry));
+        }
         let logged = numbered.clone();
         store.log(offset, room.map(Arc::from), except, logged, Instant::now());
         let recipients = self.0.hub.snapshot(room, except);
         drop(store);
         Ok(deliver(&plain, Some((&numbered, offset)), &recipients))
+    }
+
+    /// Keep a cut socket's session, in the store and its mirror.
+    pub(crate) fn keep(&self, leaving: Leaving) {
+        let Some(mut store) = self.recovery_store() else {
+            return;
+        };
+        self.mirror(|mirror| mirror.kept(self.path(), leaving.pid, &leaving.mirrored()));
+        store.keep(leaving, Instant::now());
+    }
+
+    /// Keep the session of every connected socket, as if each was cut now: for a process
+    /// that is going away with a mirror that outlives it. The sockets stay as they are.
+    pub(crate) fn keep_all(&self) {
+        for socket in self.sockets() {
+            socket.keep(socket.rooms());
+        }
+    }
+
+    /// Take back what a mirror kept from a previous process: its log in offset order and its
+    /// sessions, each with how long ago it was written.
+    pub fn restore(
+        &self,
+        log: Vec<(LoggedEntry, std::time::Duration)>,
+        sessions: Vec<(Sid, KeptSession, std::time::Duration)>,
+    ) {
+        if let Some(mut store) = self.recovery_store() {
+            store.restore(log, sessions, Instant::now());
+        }
+    }
+
+    fn mirror(&self, write: impl FnOnce(&dyn recovery::RecoveryMirror)) {
+        if let Some(Mirror(mirror)) = &self.0.mirror {
+            write(mirror.as_ref());
+        }
     }
 
     fn audience_len(&self, room: Option<&str>) -> usize {

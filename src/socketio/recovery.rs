@@ -17,8 +17,8 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use engineioxide_core::Sid;
-use serde::Deserialize;
+use engineioxide_core::{Sid, Str};
+use serde::{Deserialize, Serialize};
 
 use super::packet::Encoded;
 use super::socket::DisconnectReason;
@@ -26,7 +26,7 @@ use super::transport::CloseReason;
 
 /// A publication's place in its namespace's log: 1, 2, 3… Clients see it as a decimal
 /// string, the last argument of each event.
-pub(crate) type Offset = u64;
+pub type Offset = u64;
 
 /// The bounds of recovery, per namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +50,47 @@ impl Default for RecoveryConfig {
             max_sessions: 100_000,
         }
     }
+}
+
+/// Where a namespace's log and kept sessions are copied so that they outlive the process
+/// (the product's Redis store). Called under the namespace store's lock: hand the write to
+/// another task, never wait for it here.
+pub trait RecoveryMirror: Send + Sync + 'static {
+    /// A publication went into `namespace`'s log.
+    fn logged(&self, namespace: &str, entry: &LoggedEntry);
+    /// A session was kept under `pid`, for the store's window.
+    fn kept(&self, namespace: &str, pid: Sid, session: &KeptSession);
+    /// The session `pid` was taken by a returning client, or dropped.
+    fn taken(&self, namespace: &str, pid: Sid);
+}
+
+/// A [`RecoveryMirror`] in [`IoConfig`](super::IoConfig).
+#[derive(Clone)]
+pub struct Mirror(pub Arc<dyn RecoveryMirror>);
+
+impl std::fmt::Debug for Mirror {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Mirror")
+    }
+}
+
+/// A logged publication as a mirror keeps it: the event's text with its offset. Packets
+/// with binary attachments are not mirrored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoggedEntry {
+    pub offset: Offset,
+    pub room: Option<String>,
+    pub except: Option<Sid>,
+    pub text: String,
+}
+
+/// A kept session as a mirror keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeptSession {
+    pub sid: Sid,
+    pub rooms: Vec<String>,
+    pub after: Offset,
+    pub took_offsets: bool,
 }
 
 /// What a namespace's recovery holds now, for metrics.
@@ -191,6 +232,18 @@ pub(crate) struct Leaving {
     pub(crate) took_offsets: bool,
 }
 
+impl Leaving {
+    /// As a mirror keeps it.
+    pub(crate) fn mirrored(&self) -> KeptSession {
+        KeptSession {
+            sid: self.sid,
+            rooms: self.rooms.iter().map(|room| room.to_string()).collect(),
+            after: self.after,
+            took_offsets: self.took_offsets,
+        }
+    }
+}
+
 /// What a CONNECT's pid found.
 #[derive(Debug)]
 pub(crate) enum Lookup {
@@ -276,6 +329,49 @@ impl Store {
             size,
             at: now,
         });
+        self.trim(now);
+    }
+
+    /// Take back what a mirror kept: `log` in offset order and `sessions`, each with how
+    /// long ago it was written. Later offsets continue after every offset restored.
+    pub(crate) fn restore(
+        &mut self,
+        log: Vec<(LoggedEntry, Duration)>,
+        sessions: Vec<(Sid, KeptSession, Duration)>,
+        now: Instant,
+    ) {
+        let ago = |age: Duration| now.checked_sub(age).unwrap_or(now);
+        for (entry, age) in log {
+            if entry.offset <= self.last {
+                continue;
+            }
+            let packet = Encoded {
+                text: Str::from(entry.text),
+                attachments: Vec::new(),
+            };
+            let size = packet.size();
+            self.last = entry.offset;
+            self.log_bytes += size;
+            self.log.push_back(Entry {
+                offset: entry.offset,
+                room: entry.room.map(Arc::from),
+                except: entry.except,
+                packet,
+                size,
+                at: ago(age),
+            });
+        }
+        for (pid, session, age) in sessions {
+            self.last = self.last.max(session.after);
+            let leaving = Leaving {
+                pid,
+                sid: session.sid,
+                rooms: session.rooms.into_iter().map(Arc::from).collect(),
+                after: session.after,
+                took_offsets: session.took_offsets,
+            };
+            self.keep(leaving, ago(age));
+        }
         self.trim(now);
     }
 
@@ -422,8 +518,6 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    use engineioxide_core::Str;
 
     use crate::socketio::SlowReason;
 
@@ -598,5 +692,42 @@ mod tests {
         assert!(request.wants_offsets() && request.pid().is_none());
         assert!(!Request::from_auth(None).wants_offsets());
         assert!(!Request::from_auth(Some("[1]")).wants_offsets());
+    }
+}
+
+#[cfg(test)]
+mod restore_tests {
+    use super::*;
+
+    #[test]
+    fn a_restored_store_replays_and_continues_its_offsets() {
+        let now = Instant::now();
+        let mut store = Store::new(RecoveryConfig::default());
+        let entry = |offset, room: &str| LoggedEntry {
+            offset,
+            room: Some(room.to_owned()),
+            except: None,
+            text: format!("2[\"e\",{offset},\"{offset}\"]"),
+        };
+        let log = vec![
+            (entry(7, "a"), Duration::from_secs(3)),
+            (entry(8, "b"), Duration::from_secs(2)),
+        ];
+        let (pid, sid) = (Sid::new(), Sid::new());
+        let session = KeptSession {
+            sid,
+            rooms: vec!["a".to_owned()],
+            after: 6,
+            took_offsets: true,
+        };
+        store.restore(log, vec![(pid, session, Duration::from_secs(1))], now);
+        assert_eq!(store.next_offset(), 9, "offsets continue");
+        let Lookup::Found { kept, after, .. } = store.take(pid, Some(6), now) else {
+            panic!("the session is back");
+        };
+        assert_eq!(kept.sid, sid);
+        let missed = store.missed(after, kept.sid, &kept.rooms);
+        assert_eq!(missed.len(), 1);
+        assert_eq!(missed[0].text.as_str(), "2[\"e\",7,\"7\"]");
     }
 }

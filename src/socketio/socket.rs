@@ -8,7 +8,6 @@
 use std::any::Any;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
-use std::time::Instant;
 
 use engineioxide_core::{ProtocolVersion, Sid, TransportType};
 use serde::Serialize;
@@ -26,8 +25,11 @@ pub struct Socket(Arc<Inner>);
 
 struct Inner {
     /// Own id, not the session's: connection state recovery gives a socket its old id back
-    /// on a new session.
-    id: Sid,
+    /// on a new session. Settled on admission: a socket given its kept session's id that
+    /// does not resume it (declined, or its replay was trimmed meanwhile) gets a new one.
+    id: OnceLock<Sid>,
+    /// The id until then.
+    candidate: Sid,
     namespace: Namespace,
     transport: Arc<dyn Transport>,
     /// A [`Phase`]; written under `rooms`' lock, read without it on every send.
@@ -84,16 +86,20 @@ impl Continuity {
     /// missed: the kept session's pid and the log after its offset for the rooms it is in
     /// again, if the handler did not decline it and the log still holds all of it; else a
     /// new pid and nothing.
-    fn admit(&self, store: &Store, id: Sid, rooms: &[Arc<str>]) -> (Sid, Vec<Encoded>) {
+    /// Also says whether the socket needs an id of its own: it was given its kept session's
+    /// id, but does not resume it.
+    fn admit(&self, store: &Store, id: Sid, rooms: &[Arc<str>]) -> (Sid, Vec<Encoded>, bool) {
         self.since.store(store.last_offset(), Ordering::Relaxed);
         let restore = self
             .restore
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
+        let restoring = restore.is_some();
         let resumable = restore.filter(|restore| {
             !self.declined.load(Ordering::Relaxed) && store.holds_after(restore.after)
         });
+        let new_id = restoring && resumable.is_none();
         let (pid, missed) = match resumable {
             Some(restore) => {
                 let back: Vec<Arc<str>> = restore
@@ -108,7 +114,7 @@ impl Continuity {
         };
         self.replayed.store(missed.len(), Ordering::Relaxed);
         let pid = *self.pid.get_or_init(|| pid);
-        (pid, missed)
+        (pid, missed, new_id)
     }
 
     /// What the socket leaves in the store when it is cut.
@@ -176,7 +182,7 @@ pub enum EmitError {
 impl std::fmt::Debug for Socket {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Socket")
-            .field("id", &self.0.id)
+            .field("id", &self.id())
             .field("namespace", &self.0.namespace.path())
             .field("session", &self.0.transport.id())
             .finish()
@@ -191,7 +197,8 @@ impl Socket {
         continuity: Option<Continuity>,
     ) -> Self {
         Self(Arc::new(Inner {
-            id,
+            id: OnceLock::new(),
+            candidate: id,
             namespace,
             transport,
             phase: AtomicU8::new(Phase::Connecting as u8),
@@ -203,7 +210,7 @@ impl Socket {
     }
 
     pub fn id(&self) -> Sid {
-        self.0.id
+        self.0.id.get().copied().unwrap_or(self.0.candidate)
     }
 
     /// The Engine.IO session carrying this socket, as [`SendError`]s name it.
@@ -255,7 +262,7 @@ impl Socket {
     }
 
     /// Admit this connecting socket as a new one rather than resuming its kept session (its
-    /// client is no longer who it was): a new pid, nothing replayed. Call from `connect`.
+    /// client is no longer who it was): a new id and pid, nothing replayed. Call from `connect`.
     pub fn decline_recovery(&self) {
         if let Some(continuity) = &self.0.continuity {
             continuity.declined.store(true, Ordering::Relaxed);
@@ -283,7 +290,7 @@ impl Socket {
         };
         let name = rooms.swap_remove(at);
         if self.phase() == Phase::Connected {
-            self.0.namespace.hub().leave(&name, self.0.id);
+            self.0.namespace.hub().leave(&name, self.id());
         }
     }
 
@@ -355,15 +362,13 @@ impl Socket {
         }
     }
 
-    fn keep(&self, rooms: Vec<Arc<str>>) {
+    /// Leave this socket's session, with `rooms`, for its client to recover.
+    pub(crate) fn keep(&self, rooms: Vec<Arc<str>>) {
         let Some(continuity) = &self.0.continuity else {
             return;
         };
-        let Some(leaving) = continuity.leaving(self.0.id, rooms) else {
-            return;
-        };
-        if let Some(mut store) = self.0.namespace.recovery_store() {
-            store.keep(leaving, Instant::now());
+        if let Some(leaving) = continuity.leaving(self.id(), rooms) {
+            self.0.namespace.keep(leaving);
         }
     }
 
@@ -378,26 +383,29 @@ impl Socket {
         if self.phase() != Phase::Connecting {
             return Admission::Gone;
         }
+        let (pid, missed, new_id) = match (&self.0.continuity, store.as_deref()) {
+            (Some(continuity), Some(store)) => {
+                let (pid, missed, new_id) = continuity.admit(store, self.0.candidate, &rooms);
+                (Some(pid), missed, new_id)
+            }
+            _ => (None, Vec::new(), false),
+        };
+        let id = *self
+            .0
+            .id
+            .get_or_init(|| if new_id { Sid::new() } else { self.0.candidate });
         let hub = self.0.namespace.hub();
-        if !hub.add(self.0.id, self.clone()) {
+        if !hub.add(id, self.clone()) {
             // Still connecting: refusing it is the caller's, with the reason.
             return Admission::NamespaceClosed;
         }
         for room in rooms.iter_mut() {
-            *room = hub.join(room, self.0.id, self.clone());
+            *room = hub.join(room, id, self.clone());
         }
-        let (pid, missed) = match (&self.0.continuity, store.as_deref()) {
-            (Some(continuity), Some(store)) => {
-                let (pid, missed) = continuity.admit(store, self.0.id, &rooms);
-                (Some(pid), missed)
-            }
-            _ => (None, Vec::new()),
-        };
         // A full or closed queue means the engine is ending the session; its on_close then
         // takes this socket out again.
-        let reply =
-            packet::connect_reply(self.0.namespace.path_str(), self.protocol(), self.0.id, pid);
-        let _ = self.queue(&reply);
+        let path = self.0.namespace.path_str();
+        let _ = self.queue(&packet::connect_reply(path, self.protocol(), id, pid));
         for packet in &missed {
             let _ = self.queue(packet);
         }
@@ -422,7 +430,7 @@ impl Socket {
             .continuity
             .as_ref()
             .and_then(|c| c.pid.get().copied());
-        packet::connect_reply(self.0.namespace.path_str(), self.protocol(), self.0.id, pid)
+        packet::connect_reply(self.0.namespace.path_str(), self.protocol(), self.id(), pid)
     }
 
     /// Queue a logged publication: with its offset if the socket takes offsets, else plain
@@ -487,9 +495,9 @@ impl Socket {
         if was == Phase::Connected {
             let hub = self.0.namespace.hub();
             for room in &left {
-                hub.leave(room, self.0.id);
+                hub.leave(room, self.id());
             }
-            hub.remove(self.0.id);
+            hub.remove(self.id());
         }
         drop(rooms);
         self.acks().clear();
@@ -497,7 +505,7 @@ impl Socket {
     }
 
     fn hub_join(&self, room: &str) -> Arc<str> {
-        self.0.namespace.hub().join(room, self.0.id, self.clone())
+        self.0.namespace.hub().join(room, self.id(), self.clone())
     }
 
     fn phase(&self) -> Phase {
