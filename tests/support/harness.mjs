@@ -56,12 +56,19 @@ export class Redis {
   async #spawn() {
     this.proc = spawn("redis-server", ["--port", String(this.port), "--bind", "127.0.0.1",
       "--save", "", "--appendonly", "no", ...this.args], { stdio: "ignore" });
+    let spawnError;
+    this.proc.once("error", (err) => { spawnError = err; });
     const client = createClient(this.clientOptions ?? { url: this.url });
     client.on("error", () => {});
+    // node-redis's connect() and ping() wait until it gets in: bound each attempt.
+    const bounded = (promise) => Promise.race([promise,
+      new Promise((_, reject) => setTimeout(() => reject(new Error("timed out")), 1000).unref())]);
     await waitFor(async () => {
+      // A missing redis-server (scripts/setup test installs it) must fail the test, not hang it.
+      if (spawnError) throw new Error(`cannot start redis-server: ${spawnError.message}`);
       try {
-        if (!client.isOpen) await client.connect();
-        return (await client.ping()) === "PONG";
+        if (!client.isOpen) await bounded(client.connect());
+        return (await bounded(client.ping())) === "PONG";
       } catch {
         return false;
       }
@@ -228,9 +235,13 @@ export class Stack {
 
   /**
    * A socket.io-client socket for `site`, as a browser behind bench nginx would open it.
-   * Options: sid, authorization, origin, namespace, transports, headers (extra/overrides).
+   * Options: sid, authorization, origin, namespace, transports, headers (extra/overrides);
+   * `io` (the `io` of another socket.io-client package, e.g. `socket.io-client-4.6`), `port`
+   * (another port to reach the server through, e.g. a proxy's), `auth` (the CONNECT payload),
+   * `reconnection` (off unless given) with `reconnectionDelay` / `reconnectionDelayMax`.
    */
-  socket({ site = SITES[0], sid, authorization, origin, namespace, transports, headers = {}, siteHeader = true } = {}) {
+  socket({ site = SITES[0], sid, authorization, origin, namespace, transports, headers = {}, siteHeader = true,
+    io: client = io, port = this.port, auth, reconnection = false, reconnectionDelay, reconnectionDelayMax } = {}) {
     // Lower-case names: engine.io-client's Node cookie jar looks for `cookie` and would
     // otherwise send an empty one next to ours.
     const extraHeaders = { origin: origin ?? this.frappe.url };
@@ -239,14 +250,18 @@ export class Stack {
     if (authorization) extraHeaders.authorization = authorization;
     Object.assign(extraHeaders, headers);
     for (const [k, v] of Object.entries(extraHeaders)) if (v === undefined) delete extraHeaders[k];
-    const socket = io(`http://127.0.0.1:${this.port}${namespace ?? `/${site}`}`, {
+    const options = {
       transports: transports ?? ["polling", "websocket"],
       extraHeaders,
       withCredentials: true,
-      reconnection: false,
+      reconnection,
       forceNew: true,
       timeout: 8000,
-    });
+    };
+    if (auth !== undefined) options.auth = auth;
+    if (reconnectionDelay !== undefined) options.reconnectionDelay = reconnectionDelay;
+    if (reconnectionDelayMax !== undefined) options.reconnectionDelayMax = reconnectionDelayMax;
+    const socket = client(`http://127.0.0.1:${port}${namespace ?? `/${site}`}`, options);
     socket.received = [];
     socket.onAny((event, ...args) => socket.received.push({ event, args }));
     this.sockets.push(socket);
