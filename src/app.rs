@@ -96,6 +96,10 @@ impl App {
             needs_restart.push("realtime_recovery_*");
             config.recovery = old.recovery.clone();
         }
+        if config.recovery_store != old.recovery_store {
+            needs_restart.push("realtime_recovery_store");
+            config.recovery_store = old.recovery_store;
+        }
         if config.last_state != old.last_state {
             needs_restart.push("realtime_last_state_*");
             config.last_state = old.last_state.clone();

@@ -149,9 +149,21 @@ pub struct Config {
     /// `realtime_recovery_seconds` (0 turns it off), `realtime_recovery_max_events`,
     /// `…_max_bytes` and `…_max_sessions`.
     pub recovery: Option<RecoveryConfig>,
+    /// `realtime_recovery_store`: where recovery keeps its log and sessions.
+    pub recovery_store: RecoveryStore,
     /// Last state on subscribe (`None`: off). From `realtime_last_state_seconds` (0 turns it
     /// off), `…_rooms` (room name prefixes), `…_events`, `…_max_entries`, `…_max_bytes`.
     pub last_state: Option<LastStateConfig>,
+}
+
+/// Where connection state recovery keeps its log and kept sessions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RecoveryStore {
+    /// This process's memory: a blip is covered, a restart is not.
+    #[default]
+    Memory,
+    /// Also the bench's `redis_queue`: sessions and the log outlive a restart.
+    Redis,
 }
 
 /// A configuration value that must never be printed; `Debug` shows `<redacted>`.
@@ -525,6 +537,13 @@ impl Config {
                 })?
                 .unwrap_or(DEFAULT_SLOW_CLIENT_MAX_BYTES),
             recovery: recovery(layered)?,
+            recovery_store: layered
+                .typed("realtime_recovery_store", |value| match value.as_str() {
+                    Some("memory") => Ok(RecoveryStore::Memory),
+                    Some("redis") => Ok(RecoveryStore::Redis),
+                    _ => Err("must be \"memory\" or \"redis\"".to_owned()),
+                })?
+                .unwrap_or_default(),
             last_state: last_state(layered)?,
         })
     }

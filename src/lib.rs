@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod ops;
 pub mod queue_redis;
 pub mod reconnects;
+pub mod recovery_store;
 pub mod revoke;
 pub mod rooms;
 pub mod server;

@@ -43,6 +43,7 @@ pub const EVENTS_REPLAYED: &str = "frappe_realtime_recovery_events_replayed_tota
 pub const RECOVERY_LOG_EVENTS: &str = "frappe_realtime_recovery_log_events";
 pub const RECOVERY_LOG_BYTES: &str = "frappe_realtime_recovery_log_bytes";
 pub const RECOVERY_SESSIONS_KEPT: &str = "frappe_realtime_recovery_sessions_kept";
+pub const RECOVERY_STORE_LOST: &str = "frappe_realtime_recovery_store_writes_lost_total";
 pub const LAST_STATE_ENTRIES: &str = "frappe_realtime_last_state_entries";
 pub const LAST_STATE_BYTES: &str = "frappe_realtime_last_state_bytes";
 pub const UPTIME: &str = "frappe_realtime_uptime_seconds";
@@ -245,6 +246,10 @@ fn describe() {
     describe_gauge!(
         RECOVERY_SESSIONS_KEPT,
         "Sessions of cut sockets kept for recovery, by site"
+    );
+    describe_counter!(
+        RECOVERY_STORE_LOST,
+        "Writes to the Redis recovery store that were lost, by reason (queue_full, redis_error)"
     );
     describe_gauge!(
         LAST_STATE_ENTRIES,

@@ -33,6 +33,11 @@ impl QueueRedis {
         self.client.clone()
     }
 
+    /// The shared command connection, for the recovery store's pipelines.
+    pub fn connection(&self) -> ConnectionManager {
+        self.connection.clone()
+    }
+
     pub async fn get(&self, key: &str) -> redis::RedisResult<Option<String>> {
         self.connection.clone().get(key).await
     }

@@ -19,13 +19,14 @@ use crate::app::App;
 use crate::audience;
 use crate::bridge::{self, Subscription};
 use crate::client_bundle::{self, ClientBundle};
-use crate::config::{Config, Listen, Overrides};
+use crate::config::{Config, Listen, Overrides, RecoveryStore};
 use crate::connection::Peer;
 use crate::engine::{EngineConfig, EngineService};
 use crate::handlers::Frappe;
 use crate::handshake;
 use crate::metrics::{self, Metrics};
 use crate::ops::{self, Ops};
+use crate::recovery_store::{self, RedisStore};
 use crate::sessions::Sessions;
 use crate::sites::{SiteRegistry, SiteTable};
 use crate::socketio::{Io, IoConfig};
@@ -44,6 +45,8 @@ const WS_READ_BUFFER: usize = 1024;
 /// Time a client has to send its namespace CONNECT, beyond the callback to Frappe that the
 /// handshake waits for. See [`connect_timeout`].
 const CONNECT_MARGIN: Duration = Duration::from_secs(5);
+/// How long a start may spend loading the Redis recovery store before it listens.
+const RECOVERY_LOAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How the process is run, beyond the bench's configuration (command-line flags).
 #[derive(Debug, Clone, Default)]
@@ -77,9 +80,17 @@ pub async fn run(
     let redis = app.redis.client();
     let reloader = tokio::spawn(reload_on_hangup(app.clone(), options.overrides.clone()));
 
+    let recovery = app.settings().config.recovery.clone();
+    let redis_store = match (&recovery, app.settings().config.recovery_store) {
+        (Some(recovery), RecoveryStore::Redis) => {
+            Some(RedisStore::start(app.redis.connection(), recovery.clone()))
+        }
+        _ => None,
+    };
     let io = Io::new(IoConfig {
         connect_timeout: connect_timeout(app.settings().config.callback_timeout),
-        recovery: app.settings().config.recovery.clone(),
+        recovery,
+        recovery_mirror: redis_store.as_ref().map(|(store, _)| store.mirror()),
         ..IoConfig::default()
     });
     let frappe = Frappe::new(app.clone(), io.clone());
@@ -97,6 +108,9 @@ pub async fn run(
     registry.sync().await;
     if registry.served().is_empty() {
         tracing::warn!(dir = %sites_dir.display(), "no sites found yet (a site is sites/<name>/site_config.json)");
+    }
+    if redis_store.is_some() {
+        load_recovery(&app, &io).await;
     }
     let watcher = tokio::spawn(registry.watch());
     let subscription = Subscription::default();
@@ -141,6 +155,12 @@ pub async fn run(
     note_shutdown_disconnects(&io, &app.sites);
     watcher.abort();
     subscriber.abort();
+    if let Some((store, writer)) = redis_store {
+        // Nothing may be delivered after the sessions are kept: it would reach clients
+        // without reaching the store, and a recovering client would skip past it.
+        let _ = subscriber.await;
+        store.flush_at_shutdown(&io, writer).await;
+    }
     reloader.abort();
     if let Some(listener) = metrics_listener {
         listener.abort();
@@ -149,6 +169,48 @@ pub async fn run(
         let _ = std::fs::remove_file(path);
     }
     result
+}
+
+/// Load what the previous process left in the Redis recovery store, before this one takes
+/// publications (its offsets continue after the loaded ones). Redis down or slow costs the
+/// recovery of the previous process's clients, never the start.
+async fn load_recovery(app: &App, io: &Io) {
+    let Some(recovery) = app.settings().config.recovery.clone() else {
+        return;
+    };
+    let mut connection = app.redis.connection();
+    let namespaces = io.namespaces();
+    let load_all = async {
+        for namespace in namespaces {
+            let path = namespace.path();
+            match recovery_store::load(&mut connection, io, path, &recovery).await {
+                Ok((0, 0)) => {}
+                Ok((events, sessions)) => {
+                    tracing::info!(
+                        namespace = path,
+                        events,
+                        sessions,
+                        "recovery state loaded from Redis"
+                    );
+                }
+                Err(error) => {
+                    tracing::warn!(
+                        namespace = path,
+                        error = format!("{error:#}"),
+                        "cannot load recovery state"
+                    );
+                }
+            }
+        }
+    };
+    if tokio::time::timeout(RECOVERY_LOAD_TIMEOUT, load_all)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "loading recovery state from Redis took too long; starting without the rest"
+        );
+    }
 }
 
 /// Count and log the sockets a shutdown disconnects, per site: they go with the process, so

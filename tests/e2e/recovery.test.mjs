@@ -18,7 +18,7 @@ import WebSocket from "ws";
 import { io as io48 } from "socket.io-client";
 import { io as io46 } from "socket.io-client-4.6";
 import { io as io47 } from "socket.io-client-4.7";
-import { startStack, waitFor, nextEvent, SITES } from "../support/harness.mjs";
+import { Server, startStack, waitFor, nextEvent, SITES } from "../support/harness.mjs";
 
 const SITE = SITES[0];
 const ALICE = "alice@example.com"; // System User, sid-alice
@@ -752,4 +752,62 @@ describe("with realtime_recovery_seconds 0 (recovery off)", () => {
       }
       socket.disconnect();
     });
+});
+
+// ---------------------------------------------------------------------------------------------
+// The Redis store: sessions and the log outlive a restart
+// ---------------------------------------------------------------------------------------------
+
+describe("with realtime_recovery_store redis, a restart (SIGTERM) is recovered from", () => {
+  let stack;
+  let proxy;
+  before(async () => {
+    stack = await startStack({ common: { realtime_recovery_store: "redis" } });
+    proxy = await CutProxy.start(stack.port);
+  });
+  after(async () => {
+    await stack?.stop();
+    await proxy?.close();
+  });
+
+  for (const [version, io] of CLIENTS) {
+    test(`socket.io-client ${version}: same id, its doc room, and what was published while the new process was up`,
+      { timeout: 60000 }, async () => {
+        const socket = await browser(stack, { io, proxy });
+        const docRoom = await subscribeDoc(stack, socket);
+        const id = socket.id;
+
+        // Hold the reconnection, stop the process as supervisor does, start the next one.
+        proxy.held = true;
+        const gone = nextEvent(socket, "disconnect", 10000);
+        await stack.server.stop();
+        await gone;
+        stack.server = await Server.start({ bench: stack.bench, port: stack.port });
+        await stack.waitSubscribed();
+        assert.match(stack.server.output, /recovery state loaded from Redis/);
+
+        // Published while no process ran would be lost (pub/sub keeps nothing); these come
+        // once the next process is subscribed, while the client is still held.
+        const run = unique("run");
+        const rooms = [docRoom, userRoom(ALICE)];
+        for (let seq = 0; seq < 20; seq += 1) {
+          await stack.publish("missed", { run, seq }, { room: rooms[seq % 2] });
+        }
+        const observer = await stack.connect({ sid: "sid-bob", transports: ["websocket"] });
+        await stack.flush(observer, { userRoom: userRoom(BOB) });
+        const since = socket.received.length;
+        await releaseAndReconnect(proxy, socket);
+
+        assert.equal(socket.recovered, true, "socket.recovered after a restart");
+        assert.equal(socket.id, id, "the same socket id");
+        await waitFor(() => argsOf(socket, "missed", since).filter((a) => a[0]?.run === run).length >= 20,
+          { timeoutMs: 10000, what: "the events published after the restart" });
+        await stack.flush(socket, { userRoom: userRoom(ALICE) });
+        const seqs = argsOf(socket, "missed", since).filter((a) => a[0]?.run === run).map((a) => a[0].seq);
+        assert.deepEqual(seqs, [...Array(20).keys()], "each once, in order");
+        await stack.publishUntilReceived(socket, docRoom, { event: "after_restart" });
+        assert.ok(await outcome(stack, "recovered") >= 1, "counted by the new process");
+        socket.disconnect();
+      });
+  }
 });

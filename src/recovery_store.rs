@@ -1,0 +1,282 @@
+//! The Redis store of connection state recovery (`realtime_recovery_store: "redis"`), on the
+//! bench's `redis_queue`: each namespace's replay log is a Stream, each kept session a key
+//! that expires with the recovery window. Sessions and the log then outlive the process: on
+//! SIGTERM every connected socket's session is kept and written before the process exits,
+//! and the next process loads them before it listens, so its clients come back recovered.
+//!
+//! The in-memory store stays the working copy: publications, admissions and cuts never wait
+//! on Redis. Writes are handed to one task ([`RedisStore::writer`]) that pipelines them; if
+//! it falls behind by more than [`QUEUE`] writes, or Redis fails, those writes are lost
+//! (counted), which costs recovery after a restart, never delivery.
+//!
+//! Keys: `frappe_realtime:recovery:<namespace>:log` (entries `e` = the logged event as JSON;
+//! the entry id's milliseconds give its age) and `…:<namespace>:session:<pid>`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ::metrics::counter;
+use anyhow::Context;
+use redis::aio::ConnectionManager;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::metrics;
+use crate::socketio::{Io, KeptSession, LoggedEntry, Mirror, RecoveryConfig, RecoveryMirror, Sid};
+
+const PREFIX: &str = "frappe_realtime:recovery:";
+/// Writes waiting for the writer at most: a burst of publications or a shutdown's every
+/// socket fits; a Redis that is down for long does not grow the process.
+const QUEUE: usize = 65_536;
+/// Writes sent to Redis in one pipeline at most.
+const BATCH: usize = 512;
+/// How long a shutdown waits for the last writes.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One write to Redis.
+#[derive(Debug)]
+enum Write {
+    Log { key: String, entry: String },
+    Keep { key: String, session: String },
+    Take { key: String },
+}
+
+/// The Redis store's side of the Socket.IO layer: a [`RecoveryMirror`] that queues writes.
+pub struct RedisStore {
+    sender: Mutex<Option<mpsc::Sender<Write>>>,
+}
+
+impl RedisStore {
+    /// The store and its writer task, which ends once [`RedisStore::close`] was called and
+    /// every queued write went out.
+    pub fn start(
+        connection: ConnectionManager,
+        config: RecoveryConfig,
+    ) -> (Arc<Self>, JoinHandle<()>) {
+        let (sender, receiver) = mpsc::channel(QUEUE);
+        let writer = tokio::spawn(writer(receiver, connection, config));
+        let store = Arc::new(Self {
+            sender: Mutex::new(Some(sender)),
+        });
+        (store, writer)
+    }
+
+    /// The mirror to put in the Socket.IO layer's configuration.
+    pub fn mirror(self: &Arc<Self>) -> Mirror {
+        Mirror(self.clone())
+    }
+
+    /// Take no more writes; the writer finishes what is queued and ends.
+    pub fn close(&self) {
+        self.sender
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+    }
+
+    /// Keep every connected socket's session, then wait (bounded) for the writer to put them
+    /// and everything before them in Redis: for a process that is exiting.
+    pub async fn flush_at_shutdown(&self, io: &Io, writer: JoinHandle<()>) {
+        io.keep_all_sessions();
+        self.close();
+        if tokio::time::timeout(FLUSH_TIMEOUT, writer).await.is_err() {
+            tracing::warn!("the recovery store's last writes did not reach Redis in time");
+        }
+    }
+
+    fn send(&self, write: Write) {
+        let sender = self.sender.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(sender) = sender.as_ref() else {
+            return;
+        };
+        if sender.try_send(write).is_err() {
+            counter!(metrics::RECOVERY_STORE_LOST, "reason" => "queue_full").increment(1);
+        }
+    }
+}
+
+impl RecoveryMirror for RedisStore {
+    fn logged(&self, namespace: &str, entry: &LoggedEntry) {
+        // A struct of numbers and strings always serialises.
+        let entry = serde_json::to_string(entry).unwrap_or_default();
+        self.send(Write::Log {
+            key: log_key(namespace),
+            entry,
+        });
+    }
+
+    fn kept(&self, namespace: &str, pid: Sid, session: &KeptSession) {
+        let session = serde_json::to_string(session).unwrap_or_default();
+        self.send(Write::Keep {
+            key: session_key(namespace, pid),
+            session,
+        });
+    }
+
+    fn taken(&self, namespace: &str, pid: Sid) {
+        self.send(Write::Take {
+            key: session_key(namespace, pid),
+        });
+    }
+}
+
+fn log_key(namespace: &str) -> String {
+    format!("{PREFIX}{namespace}:log")
+}
+
+fn session_key(namespace: &str, pid: Sid) -> String {
+    format!("{PREFIX}{namespace}:session:{pid}")
+}
+
+/// Send queued writes in pipelines until the store is closed and the queue is empty.
+async fn writer(
+    mut receiver: mpsc::Receiver<Write>,
+    mut connection: ConnectionManager,
+    config: RecoveryConfig,
+) {
+    let window_ms = u64::try_from(config.window.as_millis()).unwrap_or(u64::MAX);
+    while let Some(first) = receiver.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < BATCH {
+            match receiver.try_recv() {
+                Ok(write) => batch.push(write),
+                Err(_) => break,
+            }
+        }
+        let mut pipe = redis::pipe();
+        for write in &batch {
+            match write {
+                Write::Log { key, entry } => {
+                    pipe.cmd("XADD")
+                        .arg(key)
+                        .arg("MAXLEN")
+                        .arg("~")
+                        .arg(config.max_events)
+                        .arg("*")
+                        .arg("e")
+                        .arg(entry)
+                        .ignore();
+                    pipe.cmd("PEXPIRE").arg(key).arg(window_ms).ignore();
+                }
+                Write::Keep { key, session } => {
+                    pipe.cmd("SET")
+                        .arg(key)
+                        .arg(session)
+                        .arg("PX")
+                        .arg(window_ms)
+                        .ignore();
+                }
+                Write::Take { key } => {
+                    pipe.cmd("DEL").arg(key).ignore();
+                }
+            }
+        }
+        if let Err(error) = pipe.query_async::<()>(&mut connection).await {
+            tracing::warn!(%error, writes = batch.len(), "cannot write to the recovery store");
+            counter!(metrics::RECOVERY_STORE_LOST, "reason" => "redis_error")
+                .increment(batch.len() as u64);
+        }
+    }
+}
+
+/// Load what a previous process left for `namespace` into it: the log (its newest
+/// `max_events` entries within the window) and the kept sessions.
+pub async fn load(
+    connection: &mut ConnectionManager,
+    io: &Io,
+    namespace: &str,
+    config: &RecoveryConfig,
+) -> anyhow::Result<(usize, usize)> {
+    let Some(target) = io.namespace(namespace) else {
+        return Ok((0, 0));
+    };
+    let log = load_log(connection, namespace, config).await?;
+    let sessions = load_sessions(connection, namespace, config).await?;
+    let counts = (log.len(), sessions.len());
+    target.restore(log, sessions);
+    Ok(counts)
+}
+
+async fn load_log(
+    connection: &mut ConnectionManager,
+    namespace: &str,
+    config: &RecoveryConfig,
+) -> anyhow::Result<Vec<(LoggedEntry, Duration)>> {
+    let entries: Vec<(String, HashMap<String, String>)> = redis::cmd("XREVRANGE")
+        .arg(log_key(namespace))
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(config.max_events)
+        .query_async(connection)
+        .await
+        .with_context(|| format!("reading the recovery log of {namespace}"))?;
+    let now = unix_ms();
+    let mut log: Vec<(LoggedEntry, Duration)> = entries
+        .into_iter()
+        .filter_map(|(id, fields)| {
+            let written = id.split('-').next()?.parse::<u64>().ok()?;
+            let entry = serde_json::from_str(fields.get("e")?).ok()?;
+            Some((entry, Duration::from_millis(now.saturating_sub(written))))
+        })
+        .filter(|(_, age)| *age <= config.window)
+        .collect();
+    log.reverse();
+    Ok(log)
+}
+
+async fn load_sessions(
+    connection: &mut ConnectionManager,
+    namespace: &str,
+    config: &RecoveryConfig,
+) -> anyhow::Result<Vec<(Sid, KeptSession, Duration)>> {
+    let pattern = format!("{PREFIX}{namespace}:session:*");
+    let mut keys: Vec<String> = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(connection)
+            .await
+            .with_context(|| format!("listing the kept sessions of {namespace}"))?;
+        keys.extend(batch);
+        cursor = next;
+        if cursor == 0 || keys.len() >= config.max_sessions {
+            break;
+        }
+    }
+    keys.truncate(config.max_sessions);
+    let mut sessions = Vec::with_capacity(keys.len());
+    for chunk in keys.chunks(BATCH) {
+        let mut pipe = redis::pipe();
+        for key in chunk {
+            pipe.cmd("GET").arg(key).cmd("PTTL").arg(key);
+        }
+        let answers: Vec<(Option<String>, i64)> = pipe
+            .query_async(connection)
+            .await
+            .with_context(|| format!("reading the kept sessions of {namespace}"))?;
+        for (key, (session, ttl_ms)) in chunk.iter().zip(answers) {
+            let pid = key.rsplit(':').next().and_then(|pid| pid.parse().ok());
+            let session = session.and_then(|json| serde_json::from_str(&json).ok());
+            let (Some(pid), Some(session)) = (pid, session) else {
+                continue;
+            };
+            let left = Duration::from_millis(u64::try_from(ttl_ms).unwrap_or(0));
+            sessions.push((pid, session, config.window.saturating_sub(left)));
+        }
+    }
+    Ok(sessions)
+}
+
+fn unix_ms() -> u64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from(now.as_millis()).unwrap_or(u64::MAX)
+}
