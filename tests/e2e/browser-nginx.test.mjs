@@ -273,6 +273,8 @@ for (const mode of MODES) describe(`a browser behind bench nginx (${mode.name}),
         redis_queue: s.redis.url,
         ...(mode.dnsMultitenant ? { dns_multitenant: true } : {}),
         realtime_callback_url: `http://127.0.0.1:${s.webserverPort}`,
+        // Sessions outlive `supervisorctl restart` (README, "Connection state recovery").
+        realtime_recovery_store: "redis",
       },
     });
     s.benchName = path.basename(s.bench);
@@ -506,7 +508,7 @@ for (const mode of MODES) describe(`a browser behind bench nginx (${mode.name}),
     });
   });
 
-  test("`supervisorctl restart <bench>-node-socketio`: the page reconnects by itself and gets the next event", { timeout: 40000 }, async () => {
+  test("`supervisorctl restart <bench>-node-socketio`: the page reconnects by itself, recovers its session and rooms, and gets the next event", { timeout: 40000 }, async () => {
     const before = await rt();
     const oldPid = (await supervisorctl("pid", program())).stdout.trim();
     const restarted = await supervisorctl("restart", program());
@@ -520,7 +522,12 @@ for (const mode of MODES) describe(`a browser behind bench nginx (${mode.name}),
     await waitPage(page, (now) => now.connects > before.connects && now.connected, "the page to reconnect", 20000);
     const after = await rt();
     assert.ok(after.disconnects.length > before.disconnects.length, "the page saw the disconnect");
-    assert.notEqual(after.id, before.id, "a new Socket.IO session");
+    // The Redis recovery store kept the page's session across the restart: same socket, and
+    // its doc and task rooms, which Frappe's client never subscribes to again.
+    assert.equal(await page.evaluate(() => window.__rt.socket.recovered), true, "socket.recovered after the restart");
+    assert.equal(after.id, before.id, "the same Socket.IO session");
+    await publishUntilSeen(page, `doc:${DOCTYPE}/${DOCNAME}`, "doc_update", { timeoutMs: 10000 });
+    await publishUntilSeen(page, `task_progress:${TASK}`, "task_progress", { timeoutMs: 10000 });
     await page.waitForFunction(() => window.__rt.socket.io.engine.transport.name === "websocket", null, { timeout: 10000 });
     // The new process is subscribed to Redis; the next event to the user room arrives.
     await publishUntilSeen(page, `user:${USER}`, "msgprint", { timeoutMs: 10000 });
