@@ -13,12 +13,12 @@
 // pass are where time passing is the point (the recovery window).
 import { test, describe, before, after } from "node:test";
 import assert from "node:assert/strict";
-import net from "node:net";
 import WebSocket from "ws";
 import { io as io48 } from "socket.io-client";
 import { io as io46 } from "socket.io-client-4.6";
 import { io as io47 } from "socket.io-client-4.7";
 import { Server, startStack, waitFor, nextEvent, SITES } from "../support/harness.mjs";
+import { CutProxy } from "../support/cut-proxy.mjs";
 
 const SITE = SITES[0];
 const ALICE = "alice@example.com"; // System User, sid-alice
@@ -40,75 +40,6 @@ let counter = 0;
 function unique(prefix) {
   counter += 1;
   return `${prefix}-${counter}-${Math.random().toString(36).slice(2, 8)}`;
-}
-
-// ---------------------------------------------------------------------------------------------
-// A TCP proxy that can cut every connection through it
-// ---------------------------------------------------------------------------------------------
-
-class CutProxy {
-  /** Listen on a free loopback port and forward every connection to `targetPort`. */
-  static async start(targetPort) {
-    const proxy = new CutProxy(targetPort);
-    await new Promise((resolve) => proxy.server.listen(0, "127.0.0.1", resolve));
-    proxy.port = proxy.server.address().port;
-    return proxy;
-  }
-
-  constructor(targetPort) {
-    this.targetPort = targetPort;
-    this.pairs = new Set();
-    this.held = false;
-    this.waiting = [];
-    this.server = net.createServer((client) => {
-      client.on("error", () => {});
-      if (this.held) this.waiting.push(client);
-      else this.#forward(client);
-    });
-  }
-
-  #forward(client) {
-    if (client.destroyed) return;
-    const upstream = net.connect(this.targetPort, "127.0.0.1");
-    const pair = { client, upstream };
-    this.pairs.add(pair);
-    const drop = () => {
-      this.pairs.delete(pair);
-      client.destroy();
-      upstream.destroy();
-    };
-    upstream.on("error", drop);
-    client.on("error", drop);
-    upstream.on("close", drop);
-    client.on("close", drop);
-    client.pipe(upstream);
-    upstream.pipe(client);
-  }
-
-  /** Destroy every connection through the proxy; with `hold`, new ones wait for `release`. */
-  cut({ hold = false } = {}) {
-    this.held = hold;
-    for (const { client, upstream } of this.pairs) {
-      client.destroy();
-      upstream.destroy();
-    }
-    this.pairs.clear();
-  }
-
-  /** Forward the connections that waited, and every new one. */
-  release() {
-    this.held = false;
-    const waiting = this.waiting;
-    this.waiting = [];
-    for (const client of waiting) this.#forward(client);
-  }
-
-  async close() {
-    this.cut();
-    for (const client of this.waiting) client.destroy();
-    this.waiting = [];
-    await new Promise((resolve) => this.server.close(resolve));
-  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -778,7 +709,7 @@ describe("with realtime_recovery_store redis, a restart (SIGTERM) is recovered f
         const id = socket.id;
 
         // Hold the reconnection, stop the process as supervisor does, start the next one.
-        proxy.held = true;
+        proxy.hold();
         const gone = nextEvent(socket, "disconnect", 10000);
         await stack.server.stop();
         await gone;

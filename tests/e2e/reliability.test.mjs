@@ -1,6 +1,7 @@
 // Reliability under faults (docs/reliability.md): Redis killed and restarted under publish load,
 // Frappe's web side answering with redirects and broken JSON (spec §4), and a randomised
-// isolation property test (no cross-site, cross-user or permission leaks; spec §5, §6).
+// isolation property test (no cross-site, cross-user or permission leaks; spec §5, §6), with
+// some clients cut and recovering in the middle of the publications.
 //
 // Every wait is bounded. Absence is asserted deterministically: the bridge delivers Redis
 // messages to a socket in order, so a sentinel published last and received proves that every
@@ -9,7 +10,8 @@ import { describe, test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import http from "node:http";
 import { createClient } from "redis";
-import { startStack, waitFor, refusal, Redis, SITES } from "../support/harness.mjs";
+import { startStack, waitFor, refusal, nextEvent, Redis, SITES } from "../support/harness.mjs";
+import { CutProxy } from "../support/cut-proxy.mjs";
 
 const [SITE1] = SITES;
 const ALICE = "alice@example.com"; // System User, sid-alice on every site of the harness
@@ -446,6 +448,9 @@ function buildWorld(seed) {
     const docs = DOCTYPES.flatMap((dt) => DOCS[dt].map((dn) => [dt, dn])).filter(() => chance(0.35));
     const tasks = TASKS.filter(() => chance(0.3));
     const transports = pick([["websocket"], ["polling"], undefined]);
+    // A websocket client is cut through the proxy and recovers (a polling one would wait for
+    // its ping timeout to be noticed).
+    const recovers = transports?.[0] === "websocket" && chance(0.5);
 
     const may = (dt, dn = "") => allowed.has(`${site}|${user}|${dt}|${dn}`);
     const rooms = new Set([userRoom(user), "website"]);
@@ -456,7 +461,7 @@ function buildWorld(seed) {
     for (const id of tasks) joined.push(`task_progress:${id}`);
     for (const room of joined) rooms.add(room);
     clients.push({ name: `client${i}(${user}@${site}, ${userType}, ${transports?.join("+") ?? "default"})`,
-      site, user, userType, sid, doctypes, docs, tasks, transports, rooms, joined });
+      site, user, userType, sid, doctypes, docs, tasks, transports, recovers, rooms, joined });
   }
 
   const rooms = allRooms();
@@ -478,6 +483,26 @@ function entitled(client, publication) {
   return publication.site === client.site && client.rooms.has(publication.room);
 }
 
+/** Cut `clients` at the proxy, holding their reconnection, once the server kept each session. */
+async function cutAndHold(stack, proxy, clients) {
+  if (clients.length === 0) return;
+  const kept = () => Promise.all(SITES.map((site) => stack.metric("frappe_realtime_recovery_sessions_kept", { site })))
+    .then((counts) => counts.reduce((a, b) => a + b, 0));
+  const before = await kept();
+  const gone = clients.map((client) => nextEvent(client.socket, "disconnect", 5000));
+  proxy.cut({ hold: true });
+  await Promise.all(gone);
+  await waitFor(async () => (await kept()) >= before + clients.length,
+    { timeoutMs: 5000, what: `the server to keep ${clients.length} sessions` });
+}
+
+/** Let the held clients back in; resolves once every one is connected again. */
+async function release(proxy, clients) {
+  const back = clients.map((client) => nextEvent(client.socket, "connect", 15000));
+  proxy.release();
+  await Promise.all(back);
+}
+
 /** Permission calls (anything but get_user_info) the fake Frappe has received. */
 function permissionCalls(stack) {
   return stack.frappe.calls.filter((c) => !c.path.endsWith("frappe.realtime.get_user_info"));
@@ -494,6 +519,7 @@ describe("isolation property: every client gets exactly what its site, user and 
       t.diagnostic(`seed ${seed}`);
       const world = buildWorld(seed);
       const stack = await startStack({ version });
+      let proxy;
       try {
         for (const site of SITES) {
           for (const [user, { sid, userType }] of Object.entries(world.sessions[site])) {
@@ -505,9 +531,14 @@ describe("isolation property: every client gets exactly what its site, user and 
           stack.frappe.allow(site, user, doctype, docname);
         }
 
-        // Connect everyone, then subscribe (doctype, doc, task) as a browser would.
+        // Connect everyone, then subscribe (doctype, doc, task) as a browser would. The
+        // recovering clients go through a proxy that cuts them in the middle of the
+        // publications (connection state recovery: they must still get exactly their share).
+        proxy = await CutProxy.start(stack.port);
         for (const client of world.clients) {
-          client.socket = await stack.connect({ site: client.site, sid: client.sid, transports: client.transports });
+          const through = client.recovers ? { port: proxy.port, reconnection: true, reconnectionDelay: 100,
+            reconnectionDelayMax: 300, auth: { recovery: true } } : {};
+          client.socket = await stack.connect({ site: client.site, sid: client.sid, transports: client.transports, ...through });
           client.disconnects = trackDisconnects(client.socket);
         }
         let expectedCalls = 0;
@@ -529,11 +560,19 @@ describe("isolation property: every client gets exactly what its site, user and 
         }));
         assert.equal(permissionCalls(stack).length, expectedCalls, "one permission call per subscription");
 
-        // Publish, then flush every client with a sentinel to its own user room.
+        // Publish; a third of the way in, cut the recovering clients and hold them while the
+        // next third is published; then flush every client with a sentinel to its user room.
+        const recovering = world.clients.filter((client) => client.recovers);
         for (const publication of world.publications) {
+          if (publication.id === Math.floor(PUBLICATIONS / 3)) await cutAndHold(stack, proxy, recovering);
+          if (publication.id === Math.floor((2 * PUBLICATIONS) / 3)) await release(proxy, recovering);
           const body = { event: "pub", message: { id: publication.id } };
           if (!publication.everySite) Object.assign(body, { namespace: publication.site, room: publication.room });
           await stack.redis.publish(body);
+        }
+        for (const client of recovering) {
+          assert.equal(client.socket.recovered, true, `${client.name} recovered`);
+          client.disconnects = client.disconnects.filter((reason) => !/^transport (close|error)$/.test(reason));
         }
         await Promise.all(world.clients.map((client) =>
           stack.flush(client.socket, { site: client.site, userRoom: userRoom(client.user) })));
@@ -558,12 +597,14 @@ describe("isolation property: every client gets exactly what its site, user and 
         assert.deepEqual(problems, [], `seed ${seed}: deliveries differ from the model:\n${problems.join("\n")}`);
 
         const totalDelivered = world.clients.reduce((n, c) => n + c.socket.received.filter((r) => r.event === "pub").length, 0);
-        t.diagnostic(`${world.clients.length} clients, ${world.publications.length} publications, ${totalDelivered} deliveries`);
+        t.diagnostic(`${world.clients.length} clients (${recovering.length} cut and recovered), `
+          + `${world.publications.length} publications, ${totalDelivered} deliveries`);
         assert.ok(totalDelivered > 0, "the random world delivered something");
         for (const client of world.clients) {
           assert.deepEqual(client.disconnects, [], `${client.name} was disconnected`);
         }
       } finally {
+        await proxy?.close();
         await stack.stop();
       }
     });
