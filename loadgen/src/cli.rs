@@ -123,6 +123,10 @@ pub struct Args {
     /// The site (and namespace) name.
     #[arg(long, default_value = "loadgen.local")]
     pub site: String,
+    /// Send this `User-Agent` with every connection, e.g. `Mozilla/5.0` to be served as a
+    /// browser (frappe-realtime then appends connection state recovery's offset to events).
+    #[arg(long)]
+    pub user_agent: Option<String>,
     /// Core the server runs on.
     #[arg(long, default_value_t = 0)]
     pub server_core: usize,

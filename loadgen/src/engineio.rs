@@ -31,6 +31,8 @@ pub struct Target {
     pub origin: String,
     /// Where the clients' source ports come from.
     pub source_ports: Arc<SourcePorts>,
+    /// The `User-Agent` header, if any.
+    pub user_agent: Option<String>,
 }
 
 impl Target {
@@ -105,11 +107,13 @@ pub async fn connect(target: &Target, sid: &str) -> Result<Socket, ConnectError>
         .into_client_request()
         .map_err(ConnectError::Websocket)?;
     let headers = request.headers_mut();
-    for (name, value) in [
+    let user_agent = target.user_agent.clone().map(|ua| ("user-agent", ua));
+    let fixed = [
         ("origin", target.origin.clone()),
         ("x-frappe-site-name", target.site.clone()),
         ("cookie", format!("sid={sid}")),
-    ] {
+    ];
+    for (name, value) in fixed.into_iter().chain(user_agent) {
         let value = HeaderValue::from_str(&value)
             .map_err(|_| ConnectError::Protocol(format!("bad {name} header value")))?;
         headers.insert(name, value);
@@ -323,6 +327,7 @@ mod tests {
             site: "a.local".into(),
             origin: "http://127.0.0.1:8000".into(),
             source_ports: SourcePorts::below_ephemeral_range(),
+            user_agent: None,
         };
         assert_eq!(target.connect_packet(), "40/a.local,");
         assert_eq!(

@@ -83,6 +83,7 @@ impl Stack {
                 site: args.site.clone(),
                 origin: frappe.url(),
                 source_ports: SourcePorts::below_ephemeral_range(),
+                user_agent: args.user_agent.clone(),
             },
             identities,
             clock: Clock::new(),
