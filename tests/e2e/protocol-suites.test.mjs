@@ -92,6 +92,14 @@ async function stopServer(server) {
   clearTimeout(timer);
 }
 
+/** The part of mocha's output worth reading on failure: from its "N failing" report on (each
+ * failed test with its assertion), or the whole output when there is none (it did not run).
+ * The runner's own report shortens long messages, and a test's name is what it needs. */
+function failures(output) {
+  const start = output.search(/^\s*\d+ failing/m);
+  return start < 0 ? output : output.slice(start);
+}
+
 /** mocha's summary: how many passed and failed. */
 function summary(output) {
   const count = (word) => Number(new RegExp(`^\\s*(\\d+) ${word}`, "m").exec(output)?.[1] ?? 0);
@@ -110,7 +118,7 @@ for (const suite of SUITES) {
     test(`every test of ${suite.name} passes against protocol_suite ${suite.mode}`, { timeout: 180_000 }, async () => {
       const tests = fs.readFileSync(path.join(suite.dir, "test-suite.js"), "utf8").match(/\bit\(/g).length;
       const { code, output } = await run("npm", ["test"], { cwd: suite.dir, timeoutMs: 120_000 });
-      const context = `npm test:\n${output}\nserver:\n${server.output}`;
+      const context = `npm test:\n${failures(output)}\nserver (last 4 KB):\n${server.output.slice(-4096)}`;
       assert.deepEqual(summary(output), { passing: tests, failing: 0 }, context);
       assert.equal(code, 0, context);
     });
