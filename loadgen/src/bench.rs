@@ -21,6 +21,8 @@ pub struct BenchConfig<'a> {
     pub socketio_port: u16,
     pub webserver_port: u16,
     pub frappe_version: u32,
+    /// Keys added as they are (`--site-config`), after the ones above.
+    pub extra: &'a [(String, serde_json::Value)],
 }
 
 impl Bench {
@@ -38,12 +40,15 @@ impl Bench {
             }
             std::fs::write(&path, contents).with_context(|| format!("writing {}", path.display()))
         };
-        let common = json!({
+        let mut common = json!({
             "redis_queue": config.redis_url,
             "redis_cache": config.redis_url,
             "socketio_port": config.socketio_port,
             "webserver_port": config.webserver_port,
         });
+        for (key, value) in config.extra {
+            common[key.as_str()] = value.clone();
+        }
         write(
             "sites/common_site_config.json",
             serde_json::to_string_pretty(&common).context("serialising the config")?,
@@ -99,6 +104,7 @@ mod tests {
             socketio_port: 9001,
             webserver_port: 8001,
             frappe_version: 15,
+            extra: &[("realtime_recovery_store".into(), "redis".into())],
         })
         .expect("bench");
         let common: serde_json::Value = serde_json::from_str(
@@ -108,6 +114,7 @@ mod tests {
         .expect("json");
         assert_eq!(common["socketio_port"], 9001);
         assert_eq!(common["redis_queue"], "redis://127.0.0.1:1");
+        assert_eq!(common["realtime_recovery_store"], "redis");
         assert!(
             bench
                 .path()

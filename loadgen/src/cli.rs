@@ -123,6 +123,19 @@ pub struct Args {
     /// The site (and namespace) name.
     #[arg(long, default_value = "loadgen.local")]
     pub site: String,
+    /// Clients recover their sessions as socket.io-client ≥ 4.6 does: they ask for offsets
+    /// (`{"recovery":true}` in the CONNECT payload), keep the session's pid and the last
+    /// event's offset, and send both when they reconnect. Storms and the cut phase then count
+    /// how many recovered.
+    #[arg(long)]
+    pub recover: bool,
+    /// Events published to room `all` while the clients are away in the cut phase.
+    #[arg(long, default_value_t = 10)]
+    pub cut_events: u64,
+    /// An extra key for the bench's `sites/common_site_config.json`, as KEY=JSON (a bare word
+    /// is taken as a string), e.g. `realtime_recovery_store=redis`. Repeatable.
+    #[arg(long = "site-config", value_name = "KEY=JSON", value_parser = config_entry)]
+    pub site_config: Vec<(String, serde_json::Value)>,
     /// Send this `User-Agent` with every connection, e.g. `Mozilla/5.0` to be served as a
     /// browser (frappe-realtime then appends connection state recovery's offset to events).
     #[arg(long)]
@@ -158,6 +171,10 @@ pub enum Phase {
     Broadcast,
     /// Events to one random user's room at stepped rates.
     User,
+    /// Drop every client's connection at once (a network blip, an nginx reload), publish
+    /// --cut-events events to room `all` while they are away, and time until every client
+    /// is back with them (it gets them only if it recovers: see --recover).
+    Cut,
     /// Restart the server under --clients clients, one sid each.
     Storm,
     /// The same with --storm-tabs clients per sid.
@@ -186,6 +203,18 @@ impl StopSignal {
             Self::Kill => "SIGKILL",
         }
     }
+}
+
+/// `KEY=JSON` → the key and its value; a value that is not JSON is a string.
+fn config_entry(text: &str) -> Result<(String, serde_json::Value), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not KEY=JSON"))?;
+    if key.is_empty() {
+        return Err(format!("{text:?} has no key"));
+    }
+    let value = serde_json::from_str(value).unwrap_or_else(|_| value.into());
+    Ok((key.to_owned(), value))
 }
 
 fn secs(value: f64) -> Duration {
@@ -295,5 +324,20 @@ mod tests {
         assert!(bad.validate().is_err());
         let args = Args::parse_from(["loadgen", "--server-cmd", "node x.js {bench}"]);
         assert_eq!(args.server, "node x.js {bench}");
+        let args = Args::parse_from([
+            "loadgen",
+            "--site-config",
+            "realtime_recovery_store=redis",
+            "--site-config",
+            "realtime_recovery_seconds=30",
+        ]);
+        assert_eq!(
+            args.site_config,
+            [
+                ("realtime_recovery_store".into(), "redis".into()),
+                ("realtime_recovery_seconds".into(), 30.into())
+            ]
+        );
+        assert!(Args::try_parse_from(["loadgen", "--site-config", "novalue"]).is_err());
     }
 }

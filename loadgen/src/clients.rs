@@ -1,6 +1,7 @@
 //! The simulated browser tabs: one tokio task per connection, each holding its websocket,
 //! answering pings, stamping the receive time of every event, and — while a reconnect storm
-//! is under way — coming back after its connection drops, as socket.io-client does.
+//! is under way — coming back after its connection drops, as socket.io-client does, and with
+//! `--recover` recovering its session as socket.io-client ≥ 4.6 does.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -9,11 +10,11 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::engineio::{self, ConnectError, Frame, Socket, Target};
+use crate::engineio::{self, ConnectError, Connected, Frame, Socket, Target};
 use crate::identity::Identities;
 use crate::recorder::{Clock, Percentiles, Recorder, micros_histogram, record_duration};
 
@@ -99,6 +100,13 @@ pub struct Shared {
     pub reconnect: AtomicBool,
     /// Successful reconnections since the flag was last raised.
     pub reconnections: AtomicU64,
+    /// Whether clients recover their sessions (`--recover`).
+    pub recover: bool,
+    /// Reconnections that recovered their session (the reply named the pid they sent);
+    /// reset by whoever measures them.
+    pub recovered: AtomicU64,
+    /// Bumped to drop every client's connection at once; each session watches it.
+    pub cut: watch::Sender<u64>,
     /// Connection attempts of any kind that failed.
     pub failures: Failures,
     /// Events other than the load generator's (counted, not measured).
@@ -289,10 +297,52 @@ impl Drop for Joined<'_> {
     }
 }
 
-async fn attempt(shared: &Shared, sid: &str) -> Result<Socket, Option<ConnectError>> {
+/// What a client that recovers its session (`--recover`) keeps between connections, as
+/// socket.io-client ≥ 4.6 does: the session's pid and the offset of the last event it got.
+#[derive(Debug, Default)]
+struct Resume {
+    pid: Option<String>,
+    offset: Option<String>,
+}
+
+impl Resume {
+    /// The CONNECT payload: `recovery: true` asks frappe-realtime for offsets (its opt-in for
+    /// clients that are not browsers), then `pid` and `offset` once there is a session.
+    fn auth(&self) -> String {
+        let mut auth = serde_json::json!({ "recovery": true });
+        if let Some(pid) = &self.pid {
+            auth["pid"] = pid.as_str().into();
+        }
+        if let Some(offset) = &self.offset {
+            auth["offset"] = offset.as_str().into();
+        }
+        auth.to_string()
+    }
+
+    /// An event carried `offset` (reuses the buffer: this runs for every delivery).
+    fn saw(&mut self, offset: &str) {
+        let last = self.offset.get_or_insert_with(String::new);
+        last.clear();
+        last.push_str(offset);
+    }
+
+    /// A connection was joined with the reply's `pid`; whether it recovered the session.
+    fn joined(&mut self, pid: Option<String>) -> bool {
+        let recovered = pid.is_some() && pid == self.pid;
+        self.pid = pid;
+        recovered
+    }
+}
+
+async fn attempt(
+    shared: &Shared,
+    sid: &str,
+    resume: Option<&Resume>,
+) -> Result<Connected, Option<ConnectError>> {
+    let auth = resume.map(Resume::auth);
     match tokio::time::timeout(
         shared.connect_timeout,
-        engineio::connect(&shared.target, sid),
+        engineio::connect(&shared.target, sid, auth.as_deref()),
     )
     .await
     {
@@ -316,16 +366,20 @@ async fn run_client(
     first: mpsc::UnboundedSender<FirstResult>,
 ) {
     let started = Instant::now();
-    let socket = {
+    let mut resume = shared.recover.then(Resume::default);
+    let joined = {
         let Ok(_permit) = permits.acquire().await else {
             return;
         };
-        attempt(&shared, &sid).await
+        attempt(&shared, &sid, resume.as_ref()).await
     };
-    let mut socket = match socket {
-        Ok(socket) => {
+    let mut socket = match joined {
+        Ok(joined) => {
             let _ = first.send(Ok(started.elapsed()));
-            socket
+            if let Some(resume) = resume.as_mut() {
+                resume.joined(joined.pid);
+            }
+            joined.socket
         }
         Err(error) => {
             let _ = first.send(Err(error));
@@ -339,12 +393,15 @@ async fn run_client(
             // The session owns the socket and closes it when it ends: a client holding its
             // dead connection while it reconnects would need two descriptors, and 19.5k
             // clients would run out of them mid-storm.
-            session(&shared, socket).await;
+            session(&shared, socket, resume.as_mut()).await;
         }
-        match reconnect(&shared, &sid).await {
+        match reconnect(&shared, &sid, resume.as_ref()).await {
             Some(again) => {
                 shared.reconnections.fetch_add(1, Ordering::Relaxed);
-                socket = again;
+                if resume.as_mut().is_some_and(|r| r.joined(again.pid)) {
+                    shared.recovered.fetch_add(1, Ordering::Relaxed);
+                }
+                socket = again.socket;
             }
             None => return,
         }
@@ -354,7 +411,7 @@ async fn run_client(
 /// After a drop: wait and retry with backoff while reconnecting is on. `None` when the
 /// client gives up — reconnecting is off, it ran out of attempts, or the server refused the
 /// namespace (socket.io-client does not retry a CONNECT_ERROR either).
-async fn reconnect(shared: &Shared, sid: &str) -> Option<Socket> {
+async fn reconnect(shared: &Shared, sid: &str, resume: Option<&Resume>) -> Option<Connected> {
     let mut retry = 0;
     loop {
         if !shared.reconnect.load(Ordering::Relaxed) {
@@ -364,7 +421,7 @@ async fn reconnect(shared: &Shared, sid: &str) -> Option<Socket> {
         if !shared.reconnect.load(Ordering::Relaxed) {
             return None;
         }
-        match attempt(shared, sid).await {
+        match attempt(shared, sid, resume).await {
             Ok(socket) => return Some(socket),
             Err(Some(ConnectError::Refused(_))) => return None,
             Err(_) => {
@@ -377,15 +434,31 @@ async fn reconnect(shared: &Shared, sid: &str) -> Option<Socket> {
     }
 }
 
-/// Read until the connection ends, answering pings and stamping events; then close it.
-async fn session(shared: &Shared, mut socket: Socket) {
-    while let Some(message) = socket.next().await {
+/// Read until the connection ends or is cut, answering pings, stamping events and noting
+/// their offsets; then close it (a cut drops the TCP connection without a goodbye, as a
+/// network blip does).
+async fn session(shared: &Shared, mut socket: Socket, mut resume: Option<&mut Resume>) {
+    let mut cut = shared.cut.subscribe();
+    loop {
+        let message = tokio::select! {
+            message = socket.next() => message,
+            _ = cut.changed() => return,
+        };
+        let Some(message) = message else {
+            return;
+        };
         let text = match message {
             Ok(Message::Text(text)) => text,
             Ok(Message::Close(_)) | Err(_) => return,
             Ok(_) => continue,
         };
-        match engineio::classify(&text) {
+        let frame = engineio::classify(&text);
+        if let (Frame::Stamped(_) | Frame::Event, Some(resume)) = (&frame, resume.as_deref_mut())
+            && let Some(offset) = engineio::offset(&text)
+        {
+            resume.saw(offset);
+        }
+        match frame {
             Frame::Stamped(stamp) => {
                 shared
                     .recorder
@@ -408,6 +481,32 @@ async fn session(shared: &Shared, mut socket: Socket) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resume_sends_pid_and_offset_once_it_has_them() {
+        let mut resume = Resume::default();
+        assert_eq!(resume.auth(), r#"{"recovery":true}"#);
+        assert!(
+            !resume.joined(Some("p1".into())),
+            "a first connection recovers nothing"
+        );
+        resume.saw("41");
+        resume.saw("42");
+        let auth: serde_json::Value = serde_json::from_str(&resume.auth()).expect("JSON");
+        assert_eq!(
+            auth,
+            serde_json::json!({"recovery": true, "pid": "p1", "offset": "42"})
+        );
+        assert!(
+            resume.joined(Some("p1".into())),
+            "the same pid back: recovered"
+        );
+        assert!(
+            !resume.joined(Some("p2".into())),
+            "a new pid: a fresh session"
+        );
+        assert!(!resume.joined(None));
+    }
 
     #[test]
     fn backoff_follows_socket_io_client() {

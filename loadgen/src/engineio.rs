@@ -21,6 +21,13 @@ use crate::ports::{LeasedStream, SourcePorts};
 /// An open websocket whose namespace CONNECT was acknowledged.
 pub type Socket = WebSocketStream<LeasedStream>;
 
+/// A joined namespace: the socket, and the session's `pid` when the server offers connection
+/// state recovery (Socket.IO ≥ 4.6 puts it in the CONNECT reply beside `sid`).
+pub struct Connected {
+    pub socket: Socket,
+    pub pid: Option<String>,
+}
+
 /// Where the clients connect and how they present themselves.
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -40,9 +47,10 @@ impl Target {
         format!("ws://{}/socket.io/?EIO=4&transport=websocket", self.addr)
     }
 
-    /// `40/<site>,`: join the namespace, with no auth payload (Frappe's client sends none).
-    pub fn connect_packet(&self) -> String {
-        format!("40/{},", self.site)
+    /// `40/<site>,` and the auth payload, if any: join the namespace (Frappe's client sends
+    /// no payload; a recovering socket.io-client sends its `pid` and `offset`).
+    pub fn connect_packet(&self, auth: Option<&str>) -> String {
+        format!("40/{},{}", self.site, auth.unwrap_or_default())
     }
 }
 
@@ -93,9 +101,13 @@ fn websocket_config() -> WebSocketConfig {
         .max_message_size(Some(2 << 20))
 }
 
-/// Open a websocket as a Frappe tab with `sid`, and join the site's namespace. The caller
-/// bounds the time.
-pub async fn connect(target: &Target, sid: &str) -> Result<Socket, ConnectError> {
+/// Open a websocket as a Frappe tab with `sid`, and join the site's namespace with `auth` as
+/// the CONNECT payload. The caller bounds the time.
+pub async fn connect(
+    target: &Target,
+    sid: &str,
+    auth: Option<&str>,
+) -> Result<Connected, ConnectError> {
     let stream = target
         .source_ports
         .connect(target.addr)
@@ -138,7 +150,7 @@ pub async fn connect(target: &Target, sid: &str) -> Result<Socket, ConnectError>
             Handshake::Open if !opened => {
                 opened = true;
                 socket
-                    .send(Message::text(target.connect_packet()))
+                    .send(Message::text(target.connect_packet(auth)))
                     .await
                     .map_err(ConnectError::Websocket)?;
             }
@@ -146,7 +158,7 @@ pub async fn connect(target: &Target, sid: &str) -> Result<Socket, ConnectError>
                 .send(Message::text("3"))
                 .await
                 .map_err(ConnectError::Websocket)?,
-            Handshake::Connected if opened => return Ok(socket),
+            Handshake::Connected(pid) if opened => return Ok(Connected { socket, pid }),
             Handshake::Refused(message) => return Err(ConnectError::Refused(message)),
             _ => {
                 return Err(ConnectError::Protocol(format!(
@@ -163,7 +175,8 @@ pub async fn connect(target: &Target, sid: &str) -> Result<Socket, ConnectError>
 enum Handshake {
     Open,
     Ping,
-    Connected,
+    /// The namespace is joined; the reply's `pid`, if it has one.
+    Connected(Option<String>),
     Refused(String),
     Other,
 }
@@ -182,7 +195,7 @@ fn handshake_frame(text: &str, site: &str) -> Handshake {
         return Handshake::Other;
     };
     match rest.as_bytes().first() {
-        Some(b'0') => Handshake::Connected,
+        Some(b'0') => Handshake::Connected(reply_pid(body)),
         Some(b'4') => Handshake::Refused(refusal_message(body)),
         _ => Handshake::Other,
     }
@@ -194,6 +207,15 @@ fn namespace_body<'a>(packet: &'a str, site: &str) -> Option<&'a str> {
         .strip_prefix('/')?
         .strip_prefix(site)?
         .strip_prefix(',')
+}
+
+/// `{"sid":"…","pid":"…"}` → the pid, if the reply has one.
+fn reply_pid(body: &str) -> Option<String> {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()?
+        .get("pid")?
+        .as_str()
+        .map(str::to_owned)
 }
 
 /// `{"message":"Invalid origin"}` → `Invalid origin` (the whole body if it is not that shape).
@@ -247,6 +269,16 @@ pub fn classify(text: &str) -> Frame {
     }
 }
 
+/// The offset an event carries as its last argument (`42/<site>,["name",{…},"<offset>"]`),
+/// which is what connection state recovery gives sockets that take offsets; `None` when the
+/// last argument is not a string.
+pub fn offset(text: &str) -> Option<&str> {
+    let inner = text.strip_suffix("\"]")?;
+    let start = inner.rfind(",\"")? + 2;
+    let offset = &inner[start..];
+    (!offset.contains(['"', '\\'])).then_some(offset)
+}
+
 /// The `"step"` and `"t"` numbers of a stamped event payload.
 pub fn stamp(text: &str) -> Option<Stamp> {
     let step = number_after(text, "\"step\":")?;
@@ -281,7 +313,11 @@ mod tests {
         assert_eq!(handshake_frame("2", site), Handshake::Ping);
         assert_eq!(
             handshake_frame(r#"40/a.local,{"sid":"abc"}"#, site),
-            Handshake::Connected
+            Handshake::Connected(None)
+        );
+        assert_eq!(
+            handshake_frame(r#"40/a.local,{"sid":"abc","pid":"p1"}"#, site),
+            Handshake::Connected(Some("p1".into()))
         );
         assert_eq!(
             handshake_frame(r#"44/a.local,{"message":"Invalid origin"}"#, site),
@@ -321,6 +357,16 @@ mod tests {
     }
 
     #[test]
+    fn offsets_are_the_last_string_argument() {
+        assert_eq!(
+            offset(r#"42/a.local,["bench",{"step":3,"t":1},"1234"]"#),
+            Some("1234")
+        );
+        assert_eq!(offset(r#"42/a.local,["bench",{"step":3,"t":1}]"#), None);
+        assert_eq!(offset(r#"42/a.local,["bench","a\",\"b"]"#), None);
+    }
+
+    #[test]
     fn connect_packet_names_the_namespace() {
         let target = Target {
             addr: "127.0.0.1:9000".parse().expect("addr"),
@@ -329,7 +375,11 @@ mod tests {
             source_ports: SourcePorts::below_ephemeral_range(),
             user_agent: None,
         };
-        assert_eq!(target.connect_packet(), "40/a.local,");
+        assert_eq!(target.connect_packet(None), "40/a.local,");
+        assert_eq!(
+            target.connect_packet(Some(r#"{"pid":"p"}"#)),
+            r#"40/a.local,{"pid":"p"}"#
+        );
         assert_eq!(
             target.url(),
             "ws://127.0.0.1:9000/socket.io/?EIO=4&transport=websocket"

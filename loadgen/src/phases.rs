@@ -1,5 +1,5 @@
 //! The measurements, run against one server in a fixed order: connect, idle memory,
-//! broadcast steps, user-room steps, reconnect storms, scale. Each is bounded in time and
+//! broadcast steps, user-room steps, a transport cut, reconnect storms, scale. Each is bounded in time and
 //! count; a failing one stops the run and the report keeps what was measured before it.
 
 use std::sync::atomic::Ordering;
@@ -12,7 +12,8 @@ use crate::clients::Pool;
 use crate::identity::Identities;
 use crate::procs::ServerCommand;
 use crate::report::{
-    ConnectReport, IdleReport, RunReport, ScaleStep, StepReport, StepsReport, StormReport, Verdict,
+    ConnectReport, CutReport, IdleReport, RunReport, ScaleStep, StepReport, StepsReport,
+    StormReport, Verdict,
 };
 use crate::stack::Stack;
 use crate::system::{self, own_cpu};
@@ -67,6 +68,7 @@ async fn run_phases(
         Phase::Idle,
         Phase::Broadcast,
         Phase::User,
+        Phase::Cut,
         Phase::Storm,
     ]
     .iter()
@@ -98,6 +100,10 @@ async fn run_phases(
     if args.has(Phase::User) {
         progress("user", pool.alive());
         report.user_room = Some(runner.steps(&pool, Fanout::User, &args.user_rates).await?);
+    }
+    if args.has(Phase::Cut) {
+        progress("cut", pool.alive());
+        report.cut = Some(runner.cut(&pool).await?);
     }
     if args.has(Phase::Storm) {
         progress("storm", pool.alive());
@@ -410,6 +416,7 @@ impl Runner<'_> {
         let clients = pool.alive();
         let credentials = pool.credentials();
         shared.failures.take();
+        shared.recovered.store(0, Ordering::Relaxed);
         shared.reconnect.store(true, Ordering::Relaxed);
         let own_before = own_cpu();
         let signalled = Instant::now();
@@ -449,12 +456,88 @@ impl Runner<'_> {
             all_back_ms: back_at.map(|at| ms(at - stopped)),
             all_back_from_signal_ms: back_at.map(|at| ms(at - signalled)),
             back,
+            recovered: shared.recovered.load(Ordering::Relaxed),
             failures: shared.failures.take(),
             calls_per_connection: auth.calls as f64 / clients.max(1) as f64,
             calls_per_credential: auth.calls as f64 / credentials.max(1) as f64,
             auth,
             server_cpu_ms: ms(server_cpu),
             loadgen_cpu_pct,
+        })
+    }
+
+    /// Drop every client's connection at once with the server up, publish `--cut-events`
+    /// events to room `all` while they are away, and time until every client is back; then
+    /// wait (a grace period at most) for the events to reach them, which only a recovering
+    /// client gets.
+    async fn cut(&mut self, pool: &Pool) -> Result<CutReport> {
+        let args = self.args;
+        self.drain().await;
+        self.stack.server.check_alive()?;
+        let shared = self.stack.shared.clone();
+        let clients = pool.alive();
+        shared.failures.take();
+        shared.recovered.store(0, Ordering::Relaxed);
+        self.stack.frappe.take_counts().await?;
+        let step_id = next_step_id();
+        shared.recorder.begin(step_id);
+        let mark = CpuMark::take(self.stack, self.load_core)?;
+        shared.reconnect.store(true, Ordering::Relaxed);
+        let cut_at = Instant::now();
+        shared.cut.send_modify(|generation| *generation += 1);
+        let result = async {
+            // The clients drop their connections at once; their first retry comes half a
+            // reconnection delay later at the earliest.
+            let gone_by = cut_at + Duration::from_secs(5);
+            while shared.connected.load(Ordering::Relaxed) > 0 && Instant::now() < gone_by {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let rooms = std::iter::repeat_n("all", usize::try_from(args.cut_events)?);
+            let events = self
+                .stack
+                .publisher
+                .publish(step_id, rooms, &shared.clock)
+                .await?;
+            let deadline = cut_at + args.storm_timeout();
+            let back_at = loop {
+                if shared.connected.load(Ordering::Relaxed) >= clients {
+                    break Some(Instant::now());
+                }
+                if Instant::now() > deadline {
+                    break None;
+                }
+                self.stack.server.check_alive()?;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            };
+            let expected = events * clients as u64;
+            let grace_end = Instant::now() + args.grace();
+            while shared.recorder.delivered() < expected && Instant::now() < grace_end {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Ok::<_, anyhow::Error>((events, back_at))
+        }
+        .await;
+        shared.reconnect.store(false, Ordering::Relaxed);
+        let (events, back_at) = result?;
+        let spent = mark.since(self.stack, self.load_core)?;
+        let window = shared.recorder.end();
+        let expected = events * clients as u64;
+        Ok(CutReport {
+            clients,
+            recover: args.recover,
+            events,
+            all_back_ms: back_at.map(|at| (at - cut_at).as_secs_f64() * 1000.0),
+            back: pool.alive(),
+            recovered: shared.recovered.load(Ordering::Relaxed),
+            expected,
+            delivered: window.delivered,
+            lost: expected.saturating_sub(window.delivered),
+            latency: window.latency,
+            failures: shared.failures.take(),
+            auth: self.stack.frappe.take_counts().await?,
+            server_cpu_ms: spent.server.as_secs_f64() * 1000.0,
+            server_cpu_us_per_client: micros_each(spent.server, clients as u64),
+            loadgen_cpu_pct: spent.own_percent(),
         })
     }
 

@@ -33,6 +33,7 @@ pub struct RunReport {
     pub idle: Option<IdleReport>,
     pub broadcast: Option<StepsReport>,
     pub user_room: Option<StepsReport>,
+    pub cut: Option<CutReport>,
     pub storms: Vec<StormReport>,
     pub scale: Vec<ScaleStep>,
     /// Set when a phase failed; the phases after it did not run.
@@ -181,6 +182,8 @@ pub struct StormReport {
     /// From the signal until every client was back.
     pub all_back_from_signal_ms: Option<f64>,
     pub back: usize,
+    /// Clients that recovered their session (`--recover`).
+    pub recovered: u64,
     pub failures: Failures,
     pub auth: AuthCounts,
     pub calls_per_connection: f64,
@@ -189,6 +192,32 @@ pub struct StormReport {
     pub server_cpu_ms: f64,
     /// The load generator's CPU (clients and publisher; the web stand-in is another
     /// process) from the signal until every client was back.
+    pub loadgen_cpu_pct: f64,
+}
+
+/// Every connection dropped at once with the server up, events published meanwhile.
+#[derive(Debug, Serialize)]
+pub struct CutReport {
+    pub clients: usize,
+    /// Whether the clients recovered their sessions (`--recover`).
+    pub recover: bool,
+    /// Events published to room `all` while the clients were away.
+    pub events: u64,
+    /// From the cut until every client was back; None if some never were.
+    pub all_back_ms: Option<f64>,
+    pub back: usize,
+    pub recovered: u64,
+    /// Deliveries of those events: expected (clients × events), received, missing.
+    pub expected: u64,
+    pub delivered: u64,
+    pub lost: u64,
+    /// Publish → receive, the time away included.
+    pub latency: Percentiles,
+    pub failures: Failures,
+    pub auth: AuthCounts,
+    /// Server CPU from the cut until every client was back and had its events.
+    pub server_cpu_ms: f64,
+    pub server_cpu_us_per_client: f64,
     pub loadgen_cpu_pct: f64,
 }
 
@@ -399,6 +428,9 @@ impl RunReport {
         for steps in [&self.broadcast, &self.user_room].into_iter().flatten() {
             render_steps(steps, out);
         }
+        if let Some(c) = &self.cut {
+            render_cut(c, out);
+        }
         if !self.storms.is_empty() {
             let _ = writeln!(out, "\nreconnect storm");
             let mut t = Table::new(&[
@@ -410,6 +442,7 @@ impl RunReport {
                 "all back ms",
                 "from signal ms",
                 "back",
+                "recovered",
                 "auth calls",
                 "calls/conn",
                 "calls/sid",
@@ -426,6 +459,7 @@ impl RunReport {
                     opt_ms(s.all_back_ms),
                     opt_ms(s.all_back_from_signal_ms),
                     thousands(s.back as f64),
+                    thousands(s.recovered as f64),
                     thousands(s.auth.calls as f64),
                     format!("{:.2}", s.calls_per_connection),
                     format!("{:.2}", s.calls_per_credential),
@@ -479,6 +513,49 @@ impl RunReport {
             let _ = writeln!(out, "\n  RUN STOPPED: {error}");
         }
     }
+}
+
+fn render_cut(c: &CutReport, out: &mut String) {
+    let how = if c.recover {
+        "recovering"
+    } else {
+        "not recovering"
+    };
+    let _ = writeln!(out, "\ntransport cut ({how} clients)");
+    let mut t = Table::new(&[
+        "clients",
+        "events",
+        "all back ms",
+        "back",
+        "recovered",
+        "expected",
+        "delivered",
+        "lost",
+        "p50 ms",
+        "p99 ms",
+        "auth calls",
+        "server cpu ms",
+        "server µs/client",
+        "loadgen cpu %",
+    ]);
+    t.row(vec![
+        thousands(c.clients as f64),
+        thousands(c.events as f64),
+        opt_ms(c.all_back_ms),
+        thousands(c.back as f64),
+        thousands(c.recovered as f64),
+        thousands(c.expected as f64),
+        thousands(c.delivered as f64),
+        thousands(c.lost as f64),
+        ms(c.latency.p50_ms),
+        ms(c.latency.p99_ms),
+        thousands(c.auth.calls as f64),
+        thousands(c.server_cpu_ms),
+        num(c.server_cpu_us_per_client),
+        format!("{:.0}", c.loadgen_cpu_pct),
+    ]);
+    t.render(out);
+    let _ = writeln!(out, "  failed attempts: {}", failures(&c.failures));
 }
 
 fn render_steps(steps: &StepsReport, out: &mut String) {
@@ -611,6 +688,15 @@ fn headline(run: &RunReport) -> Vec<(String, Option<f64>, &'static str)> {
                 "lower",
             ));
         }
+    }
+    if let Some(c) = &run.cut {
+        rows.push(("cut all back ms".into(), c.all_back_ms, "lower"));
+        rows.push(("cut deliveries lost".into(), Some(c.lost as f64), "lower"));
+        rows.push((
+            "cut server µs/client".into(),
+            Some(c.server_cpu_us_per_client),
+            "lower",
+        ));
     }
     for s in &run.storms {
         rows.push((

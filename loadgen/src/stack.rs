@@ -56,6 +56,7 @@ impl Stack {
             socketio_port,
             webserver_port: web_port,
             frappe_version: args.frappe_version,
+            extra: &args.site_config,
         })?;
         if args.keep_bench {
             bench.keep_on_drop();
@@ -93,6 +94,9 @@ impl Stack {
             connected: AtomicUsize::new(0),
             reconnect: AtomicBool::new(false),
             reconnections: AtomicU64::new(0),
+            recover: args.recover,
+            recovered: AtomicU64::new(0),
+            cut: tokio::sync::watch::Sender::new(0),
             failures: Failures::default(),
             other_events: AtomicU64::new(0),
         });
