@@ -439,10 +439,13 @@ async fn reconnect(shared: &Shared, sid: &str, resume: Option<&Resume>) -> Optio
 /// network blip does).
 async fn session(shared: &Shared, mut socket: Socket, mut resume: Option<&mut Resume>) {
     let mut cut = shared.cut.subscribe();
+    // One future for the session's life: a new one per message would register with the
+    // channel's waiter list (a lock shared by every client) for every delivery.
+    let mut cut = std::pin::pin!(cut.changed());
     loop {
         let message = tokio::select! {
             message = socket.next() => message,
-            _ = cut.changed() => return,
+            _ = &mut cut => return,
         };
         let Some(message) = message else {
             return;
