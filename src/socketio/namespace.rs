@@ -295,13 +295,16 @@ impl Namespace {
         let offset = store.next_offset();
         let numbered = plain.with_offset(&offset.to_string());
         if numbered.attachments.is_empty() {
-            let entry = LoggedEntry {
-                offset,
-                room: room.map(str::to_owned),
-                except,
-                text: numbered.text.to_string(),
-            };
-            self.mirror(|mirror| mirror.logged(self.path(), &entry));
+            // The entry copies the text: built only when there is a mirror to write it to.
+            self.mirror(|mirror| {
+                let entry = LoggedEntry {
+                    offset,
+                    room: room.map(str::to_owned),
+                    except,
+                    text: numbered.text.to_string(),
+                };
+                mirror.logged(self.path(), &entry);
+            });
         }
         let logged = numbered.clone();
         store.log(offset, room.map(Arc::from), except, logged, Instant::now());
