@@ -130,6 +130,9 @@ pub(super) struct Queue {
     backlog: usize,
     /// Since when data has waited in the queue for a transport to take some.
     waiting_since: Option<Instant>,
+    /// Packets of a burst (see [`Queue::push_burst`]) still counted outside the packet
+    /// bound: one fewer for every packet the transport takes, down to none.
+    allowance: usize,
 }
 
 /// Past this many slots an emptied queue gives its memory back: an idle session should not
@@ -149,7 +152,7 @@ impl Queue {
         let packets = usize::from(text.is_some()) + binaries.len();
         let bytes = text.as_ref().map_or(0, |text| text.len())
             + binaries.iter().map(Bytes::len).sum::<usize>();
-        if self.frames.len() + packets > limits.packets {
+        if self.frames.len() + packets > limits.packets + self.allowance {
             return Err(SendErrorKind::QueueFull {
                 limit: limits.packets,
             });
@@ -175,6 +178,24 @@ impl Queue {
         Ok(was_empty)
     }
 
+    /// Append a burst the server itself decided to send (a recovery's replay), whole and
+    /// outside the packet bound: a reading client drains it, and what is published after it
+    /// still has the whole bound. Returns whether the queue was empty.
+    fn push_burst(&mut self, groups: &[(Str, &[Bytes])]) -> bool {
+        let was_empty = self.frames.is_empty();
+        for (text, binaries) in groups {
+            self.bytes += text.len() + binaries.iter().map(Bytes::len).sum::<usize>();
+            self.allowance += 1 + binaries.len();
+            self.frames.push_back(Frame::Text(text.clone()));
+            self.frames
+                .extend(binaries.iter().cloned().map(Frame::Binary));
+        }
+        if was_empty && !self.frames.is_empty() {
+            self.waiting_since = Some(Instant::now());
+        }
+        was_empty
+    }
+
     /// The next packet for the transport, if it is no larger than `budget` bytes or `force`
     /// (a transport always takes at least one packet, however large).
     pub fn pop_within(&mut self, budget: usize, force: bool) -> Option<Frame> {
@@ -183,6 +204,7 @@ impl Queue {
         }
         let frame = self.frames.pop_front()?;
         self.bytes -= frame.len();
+        self.allowance = self.allowance.saturating_sub(1);
         if self.frames.is_empty() && self.frames.capacity() > KEEP_CAPACITY {
             self.frames = VecDeque::new();
         }
@@ -314,6 +336,25 @@ impl<D> Session<D> {
     /// is cut as a slow consumer and the error says which bound it hit.
     pub fn send(&self, text: Str, attachments: &[Bytes]) -> Result<(), SendError> {
         self.push(Some(text), attachments)
+    }
+
+    /// Queue a burst of groups the server chose to send at once (a recovery's replay), whole
+    /// and outside the packet bound (see `Queue::push_burst`); only a closed session refuses.
+    pub fn send_burst(&self, groups: &[(Str, &[Bytes])]) -> Result<(), SendError> {
+        let was_empty = {
+            let mut state = self.state();
+            if state.closing.is_some() {
+                return Err(SendError {
+                    sid: self.id,
+                    kind: SendErrorKind::Closed,
+                });
+            }
+            state.queue.push_burst(groups)
+        };
+        if was_empty {
+            self.wake.notify_waiters();
+        }
+        Ok(())
     }
 
     /// Queue one raw Engine.IO binary packet (what an echo of a client's binary sends).
@@ -558,6 +599,32 @@ mod tests {
             push("12345", true),
             Err(SendErrorKind::TooManyBytes { limit: 10 })
         );
+    }
+
+    #[test]
+    fn a_burst_is_queued_whole_and_leaves_the_packet_bound_to_what_follows() {
+        let mut queue = Queue::default();
+        let limits = Limits {
+            packets: 3,
+            bytes: 1000,
+        };
+        let replay: Vec<(Str, &[Bytes])> = (0..5).map(|_| (Str::from("r"), &[][..])).collect();
+        assert!(queue.push_burst(&replay), "the queue was empty");
+        let push = |queue: &mut Queue| queue.push(Some("live".into()), &[], limits, false);
+        for _ in 0..3 {
+            push(&mut queue).expect("the whole bound is left after a burst");
+        }
+        assert_eq!(push(&mut queue), Err(SendErrorKind::QueueFull { limit: 3 }));
+        for _ in 0..5 {
+            assert!(queue.pop_within(100, false).is_some());
+        }
+        assert_eq!(
+            push(&mut queue),
+            Err(SendErrorKind::QueueFull { limit: 3 }),
+            "once the burst is taken, the bound is the bound again"
+        );
+        assert!(queue.pop_within(100, false).is_some());
+        push(&mut queue).expect("room again");
     }
 
     #[test]

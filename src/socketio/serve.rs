@@ -30,6 +30,10 @@ impl Transport for Session<SessionState> {
         Session::send(self, text, attachments)
     }
 
+    fn send_burst(&self, groups: &[(Str, &[Bytes])]) -> Result<(), SendError> {
+        Session::send_burst(self, groups)
+    }
+
     fn close(&self, reason: CloseReason) {
         Session::close(self, reason);
     }

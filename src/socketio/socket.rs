@@ -9,7 +9,8 @@ use std::any::Any;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
-use engineioxide_core::{ProtocolVersion, Sid, TransportType};
+use bytes::Bytes;
+use engineioxide_core::{ProtocolVersion, Sid, Str, TransportType};
 use serde::Serialize;
 
 use super::ack::{AckReply, Pending};
@@ -406,8 +407,12 @@ impl Socket {
         // takes this socket out again.
         let path = self.0.namespace.path_str();
         let _ = self.queue(&packet::connect_reply(path, self.protocol(), id, pid));
-        for packet in &missed {
-            let _ = self.queue(packet);
+        if !missed.is_empty() {
+            let burst: Vec<(Str, &[Bytes])> = missed
+                .iter()
+                .map(|packet| (packet.text.clone(), packet.attachments.as_slice()))
+                .collect();
+            let _ = self.0.transport.send_burst(&burst);
         }
         self.set_phase(Phase::Connected);
         Admission::Admitted

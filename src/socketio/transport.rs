@@ -30,6 +30,11 @@ pub trait Transport: Send + Sync + 'static {
     /// sender's: the engine cuts such a session as a slow consumer.
     fn send(&self, text: Str, attachments: &[Bytes]) -> Result<(), SendError>;
 
+    /// Queue groups the server chose to send at once (a recovery's replay), whole and outside
+    /// the queue's packet bound, so a client that missed more than the bound holds is not cut
+    /// again by its own replay; the log that holds them bounds them instead.
+    fn send_burst(&self, groups: &[(Str, &[Bytes])]) -> Result<(), SendError>;
+
     /// Close the session. Out of band: needs no room in the send queue. The engine then calls
     /// [`Io::on_close`](super::Io::on_close) exactly once.
     fn close(&self, reason: CloseReason);

@@ -270,6 +270,66 @@ describe("a polling socket cut from under it (realtime_slow_client_timeout 1 s)"
   });
 });
 
+describe("a websocket whose send queue overflowed under load", () => {
+  let stack;
+  let proxy;
+  // Only the queue's bound can cut it (the byte bound and the stall timeout out of reach), and
+  // a log large enough for the big events that fill the kernel buffers first.
+  before(async () => {
+    stack = await startStack({
+      common: {
+        realtime_slow_client_timeout: 60,
+        realtime_slow_client_max_bytes: 1e9,
+        realtime_recovery_max_bytes: 64 * 1024 * 1024,
+      },
+    });
+    proxy = await CutProxy.start(stack.port);
+  });
+  after(async () => {
+    await stack?.stop();
+    await proxy?.close();
+  });
+
+  test("is cut, and recovers every event, the ones dropped from its queue included, once, in order",
+    { timeout: 90000 }, async () => {
+      const socket = await browser(stack, { io: io47, proxy });
+      const docRoom = await subscribeDoc(stack, socket);
+      const id = socket.id;
+      const recoveredBefore = await outcome(stack, "recovered");
+      const dropped = () => stack.metric("frappe_realtime_socket_send_dropped_total", { site: SITE });
+      const droppedBefore = await dropped();
+
+      // The client stops taking bytes: big events fill the kernel buffers, then small ones
+      // overflow the server's 1024-packet queue for it.
+      proxy.stall();
+      const run = unique("run");
+      const big = "x".repeat(256 * 1024);
+      let seq = 0;
+      for (; seq < 60; seq += 1) await stack.publish("missed", { run, seq, pad: big }, { room: docRoom });
+      for (; seq < 1260; seq += 1) await stack.publish("missed", { run, seq }, { room: docRoom });
+      await waitFor(async () => (await stack.metric("frappe_realtime_disconnects_total",
+        { site: SITE, reason: "slow_consumer" })) === 1, { timeoutMs: 20000, what: "the overflowing socket to be cut" });
+      assert.ok((await dropped()) > droppedBefore, "sends to its full queue were dropped");
+      assert.match(stack.server.output, /cutting a slow consumer.*its send queue overflowed/);
+
+      // The client notices when its connection goes (here: the proxy ends it), and comes back.
+      const gone = nextEvent(socket, "disconnect", 5000);
+      proxy.cut();
+      await gone;
+      await nextEvent(socket, "connect", 15000);
+      assert.equal(socket.recovered, true, "socket.recovered");
+      assert.equal(socket.id, id, "the same socket id");
+      const total = seq;
+      await waitFor(() => argsOf(socket, "missed").filter((a) => a[0]?.run === run).length >= total,
+        { timeoutMs: 30000, what: `all ${total} events` });
+      await stack.flush(socket, { userRoom: userRoom(ALICE) });
+      const received = argsOf(socket, "missed").filter((a) => a[0]?.run === run);
+      assert.deepEqual(received.map((a) => a[0].seq), [...Array(total).keys()], "each once, in order");
+      assert.equal(await outcome(stack, "recovered"), recoveredBefore + 1);
+      socket.disconnect();
+    });
+});
+
 // ---------------------------------------------------------------------------------------------
 // Ordinary connects: expired, unknown, logged out, too old
 // ---------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 // A TCP proxy in front of the server that a test can cut: `cut({hold: true})` destroys every
 // connection through it (the client sees its transport close) and keeps new ones waiting until
-// `release()`. Loopback only.
+// `release()`; `stall()` stops the server's bytes short of the client (a client that stopped
+// reading, to the server). Loopback only.
 import net from "node:net";
 
 export class CutProxy {
@@ -50,6 +51,15 @@ export class CutProxy {
       upstream.destroy();
     }
     this.pairs.clear();
+  }
+
+  /** Stop passing the server's bytes on through the current connections, which stay open:
+   * the server's writes pile up as for a client that stopped reading. `cut` ends them. */
+  stall() {
+    for (const { client, upstream } of this.pairs) {
+      upstream.unpipe(client);
+      upstream.pause();
+    }
   }
 
   /** Keep new connections waiting for `release`, leaving the current ones be. */

@@ -50,6 +50,22 @@ impl Transport for Fake {
         Ok(())
     }
 
+    fn send_burst(&self, groups: &[(Str, &[Bytes])]) -> Result<(), SendError> {
+        if lock(&self.closed).is_some() {
+            return Err(SendError {
+                sid: self.id,
+                kind: SendErrorKind::Closed,
+            });
+        }
+        let mut sent = lock(&self.sent);
+        sent.extend(
+            groups
+                .iter()
+                .map(|(text, attachments)| (text.clone(), attachments.to_vec())),
+        );
+        Ok(())
+    }
+
     fn close(&self, reason: CloseReason) {
         lock(&self.closed).get_or_insert(reason);
     }
