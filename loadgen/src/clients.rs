@@ -408,17 +408,19 @@ async fn run_client(
     }
 }
 
-/// After a drop: wait and retry with backoff while reconnecting is on. `None` when the
-/// client gives up — reconnecting is off, it ran out of attempts, or the server refused the
-/// namespace (socket.io-client does not retry a CONNECT_ERROR either).
+/// After a drop: wait and retry with backoff while reconnecting is on (always, for a client
+/// that recovers its session: one the server cut comes back for what it missed). `None` when
+/// the client gives up — reconnecting is off, it ran out of attempts, or the server refused
+/// the namespace (socket.io-client does not retry a CONNECT_ERROR either).
 async fn reconnect(shared: &Shared, sid: &str, resume: Option<&Resume>) -> Option<Connected> {
     let mut retry = 0;
+    let wanted = || resume.is_some() || shared.reconnect.load(Ordering::Relaxed);
     loop {
-        if !shared.reconnect.load(Ordering::Relaxed) {
+        if !wanted() {
             return None;
         }
         tokio::time::sleep(shared.backoff.wait(retry)).await;
-        if !shared.reconnect.load(Ordering::Relaxed) {
+        if !wanted() {
             return None;
         }
         match attempt(shared, sid, resume).await {

@@ -324,6 +324,7 @@ impl Runner<'_> {
         let step_id = next_step_id();
         shared.recorder.begin(step_id);
         let clients_before = shared.connected.load(Ordering::Relaxed);
+        let recovered_before = shared.recovered.load(Ordering::Relaxed);
         let mark = CpuMark::take(self.stack, self.load_core)?;
         let start = Instant::now();
         let start_ns = shared.clock.now_ns();
@@ -345,8 +346,13 @@ impl Runner<'_> {
                 match fanout {
                     Fanout::Broadcast => {
                         rooms.push("all".to_owned());
-                        // The counter, not a walk over 20k clients per event.
-                        expected += shared.connected.load(Ordering::Relaxed) as u64;
+                        // The counter, not a walk over 20k clients per event. A recovering
+                        // client cut meanwhile is owed the event all the same.
+                        expected += if shared.recover {
+                            clients_before
+                        } else {
+                            shared.connected.load(Ordering::Relaxed)
+                        } as u64;
                     }
                     Fanout::User => {
                         let user = pool.random_alive_user().context("no client is connected")?;
@@ -404,6 +410,7 @@ impl Runner<'_> {
             load_core_busy_pct: spent.load_core_busy,
             clients_before,
             clients_after: shared.connected.load(Ordering::Relaxed),
+            recovered: shared.recovered.load(Ordering::Relaxed) - recovered_before,
             verdict,
         })
     }

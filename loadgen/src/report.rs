@@ -129,6 +129,8 @@ pub struct StepReport {
     /// clients it cannot keep up with.
     pub clients_before: usize,
     pub clients_after: usize,
+    /// Clients cut during the step that came back with their session (`--recover`).
+    pub recovered: u64,
     pub verdict: Verdict,
 }
 
@@ -627,6 +629,14 @@ fn render_steps(steps: &StepsReport, out: &mut String) {
             out,
             "  note: {} clients were disconnected during the {} ev/s step",
             thousands((s.clients_before - s.clients_after) as f64),
+            num(s.rate)
+        );
+    }
+    for s in steps.steps.iter().filter(|s| s.recovered > 0) {
+        let _ = writeln!(
+            out,
+            "  note: {} clients were cut and recovered their session during the {} ev/s step",
+            thousands(s.recovered as f64),
             num(s.rate)
         );
     }
