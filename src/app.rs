@@ -2,6 +2,7 @@
 
 use std::sync::{Arc, PoisonError, RwLock};
 
+use crate::app_handlers::AppHandlers;
 use crate::auth::FrappeClient;
 use crate::caps::Seats;
 use crate::config::{Config, Listen};
@@ -27,10 +28,12 @@ pub struct App {
 pub struct Settings {
     pub config: Config,
     pub frappe: FrappeClient,
+    /// The installed apps' handlers, loaded again on SIGHUP.
+    pub app_handlers: Arc<AppHandlers>,
 }
 
 impl App {
-    pub fn new(config: Config) -> anyhow::Result<Self> {
+    pub fn new(config: Config, app_handlers: AppHandlers) -> anyhow::Result<Self> {
         let redis = QueueRedis::new(&config.redis_queue)
             .map_err(|e| anyhow::anyhow!("redis_queue is not usable: {}", e.category()))?;
         let frappe = FrappeClient::new(&config, redis.clone())?;
@@ -38,7 +41,11 @@ impl App {
         Ok(Self {
             last_state,
             reconnects: ReconnectTracker::new(config.reconnect_window),
-            current: RwLock::new(Arc::new(Settings { config, frappe })),
+            current: RwLock::new(Arc::new(Settings {
+                config,
+                frappe,
+                app_handlers: Arc::new(app_handlers),
+            })),
             redis,
             seats: Arc::default(),
             sites: Arc::default(),
@@ -54,7 +61,11 @@ impl App {
 
     /// Apply a re-read configuration. Keys whose change needs a restart keep their running
     /// value; their names are returned so the caller can say so.
-    pub fn reload(&self, mut config: Config) -> anyhow::Result<Vec<&'static str>> {
+    pub fn reload(
+        &self,
+        mut config: Config,
+        app_handlers: AppHandlers,
+    ) -> anyhow::Result<Vec<&'static str>> {
         let running = self.settings();
         let old = &running.config;
         let mut needs_restart = Vec::new();
@@ -105,8 +116,11 @@ impl App {
             config.last_state = old.last_state.clone();
         }
         let frappe = FrappeClient::new(&config, self.redis.clone())?;
-        *self.current.write().unwrap_or_else(PoisonError::into_inner) =
-            Arc::new(Settings { config, frappe });
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(Settings {
+            config,
+            frappe,
+            app_handlers: Arc::new(app_handlers),
+        });
         Ok(needs_restart)
     }
 }

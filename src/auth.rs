@@ -306,6 +306,48 @@ impl FrappeClient {
         }
     }
 
+    /// Call an app's endpoint on the client's site with the client's credential, as Node's
+    /// `socket.frappe_request` does for app handlers: `GET path?query`, or `POST` with a JSON
+    /// body. The answer's JSON; any status but 2xx is an error. `label` names the call in the
+    /// metrics (a bounded set: the kind of call, never the path).
+    pub async fn call_app(
+        &self,
+        session: &Session,
+        label: &'static str,
+        path: &str,
+        query: &[(String, String)],
+        body: Option<&Value>,
+    ) -> Result<Value, AuthFailure> {
+        let url = session
+            .callback_base
+            .join(path)
+            .map_err(|_| AuthFailure::error(format!("{path:?} is not a path on the site")))?;
+        let call = CallObservation::start(label);
+        let request = match body {
+            Some(body) => self.http.post(url).json(body),
+            None => self.http.get(url),
+        }
+        .query(query);
+        let request = self
+            .authenticate(request, &session.site, &session.credential)
+            .await;
+        let result = async {
+            let _slot = self.slot().await?;
+            let response = request.send().await.map_err(|e| self.failure(e))?;
+            let status = response.status();
+            if !status.is_success() {
+                return Err(AuthFailure::error(format!("Frappe answered HTTP {status}")));
+            }
+            response.json::<Value>().await.map_err(|e| self.failure(e))
+        }
+        .await;
+        call.finish(match &result {
+            Ok(_) => "ok",
+            Err(failure) => failure.kind.as_str(),
+        });
+        result
+    }
+
     /// Where to call the site back for a client from `origin` (spec §4.3).
     fn callback_base(&self, origin: Option<&str>) -> Result<Url, AuthFailure> {
         match (&self.target, origin) {

@@ -14,6 +14,7 @@ use serde_json::Value;
 use ::metrics::{counter, histogram};
 
 use crate::app::App;
+use crate::app_handlers;
 use crate::audience::{self, Scope};
 use crate::auth::Subject;
 use crate::client::{Cause, ClientState};
@@ -86,12 +87,14 @@ impl NamespaceHandler for Frappe {
     }
 
     /// A known event first spends the socket's budget; unknown events are ignored without
-    /// spending it. Events that ask Frappe or Redis run on a task of their own.
+    /// spending it. Events that ask Frappe or Redis run on a task of their own. An event that
+    /// is not Frappe's goes to the handlers of the site's installed apps, if any.
     fn on_event(&self, socket: &Socket, event: Event) {
-        let Some(kind) = ClientEvent::from_name(&event.name) else {
+        let Some(client) = socket.state::<ClientState>() else {
             return;
         };
-        let Some(client) = socket.state::<ClientState>() else {
+        let Some(kind) = ClientEvent::from_name(&event.name) else {
+            self.on_app_event(socket, client, event);
             return;
         };
         if !within_budget(socket, &self.app, client) {
@@ -134,6 +137,40 @@ impl NamespaceHandler for Frappe {
 }
 
 impl Frappe {
+    /// Run the installed apps' handlers of `event`, in `sites/apps.txt` order, on a task of
+    /// their own (they may wait on Frappe). The client's acknowledgement goes to the first
+    /// handler that answers one.
+    fn on_app_event(&self, socket: &Socket, client: &ClientState, event: Event) {
+        let settings = self.app.settings();
+        let handlers = settings
+            .app_handlers
+            .for_event(&event.name, &client.session.installed_apps);
+        if handlers.is_empty() || !within_budget(socket, &self.app, client) {
+            return;
+        }
+        let args: Vec<Value> = event.args.deserialize().unwrap_or_default();
+        let (io, socket) = (self.io.clone(), socket.clone());
+        let mut ack = event.ack;
+        tokio::spawn(async move {
+            let Some(client) = socket.state::<ClientState>() else {
+                return;
+            };
+            let cx = app_handlers::Context {
+                socket: &socket,
+                client,
+                io: &io,
+                frappe: &settings.frappe,
+                max_rooms: settings.config.limits.max_rooms,
+            };
+            for handler in handlers {
+                counter!(metrics::APP_EVENTS, "site" => client.session.site.clone(),
+                    "app" => handler.app.clone())
+                .increment(1);
+                handler.run(&cx, &args, &mut ack).await;
+            }
+        });
+    }
+
     /// A socket that came back for its kept session was admitted: count how, and tell the
     /// viewers of the documents it has open again that it is back.
     fn resumed(&self, socket: &Socket, client: &ClientState) {
@@ -300,6 +337,28 @@ enum ClientEvent {
     OpenInEditor,
 }
 
+/// The client events Frappe's own service handles, by name; no app's handler may take one.
+const FRAPPE_EVENTS: [(&str, ClientEvent); 13] = [
+    ("ping", ClientEvent::Ping),
+    ("doctype_subscribe", ClientEvent::DoctypeSubscribe),
+    ("doctype_unsubscribe", ClientEvent::DoctypeUnsubscribe),
+    ("doc_subscribe", ClientEvent::DocSubscribe),
+    ("doc_unsubscribe", ClientEvent::DocUnsubscribe),
+    ("task_subscribe", ClientEvent::TaskSubscribe),
+    ("progress_subscribe", ClientEvent::TaskSubscribe),
+    ("task_unsubscribe", ClientEvent::TaskUnsubscribe),
+    ("doc_open", ClientEvent::DocOpen),
+    ("doc_close", ClientEvent::DocClose),
+    ("doc_typing", ClientEvent::DocTyping),
+    ("doc_typing_stopped", ClientEvent::DocTypingStopped),
+    ("open_in_editor", ClientEvent::OpenInEditor),
+];
+
+/// The names of the client events Frappe's own service handles.
+pub fn frappe_events() -> Vec<&'static str> {
+    FRAPPE_EVENTS.iter().map(|(name, _)| *name).collect()
+}
+
 impl ClientEvent {
     /// Whether handling it waits on Frappe (a permission check) or Redis.
     fn asks_elsewhere(self) -> bool {
@@ -310,21 +369,10 @@ impl ClientEvent {
     }
 
     fn from_name(name: &str) -> Option<Self> {
-        Some(match name {
-            "ping" => Self::Ping,
-            "doctype_subscribe" => Self::DoctypeSubscribe,
-            "doctype_unsubscribe" => Self::DoctypeUnsubscribe,
-            "doc_subscribe" => Self::DocSubscribe,
-            "doc_unsubscribe" => Self::DocUnsubscribe,
-            "task_subscribe" | "progress_subscribe" => Self::TaskSubscribe,
-            "task_unsubscribe" => Self::TaskUnsubscribe,
-            "doc_open" => Self::DocOpen,
-            "doc_close" => Self::DocClose,
-            "doc_typing" => Self::DocTyping,
-            "doc_typing_stopped" => Self::DocTypingStopped,
-            "open_in_editor" => Self::OpenInEditor,
-            _ => return None,
-        })
+        FRAPPE_EVENTS
+            .iter()
+            .find(|(known, _)| *known == name)
+            .map(|(_, kind)| *kind)
     }
 }
 

@@ -3,11 +3,12 @@
 //! Modules by responsibility: [`config`] reads the bench, [`sites`] keeps one namespace per
 //! site, [`handshake`] resolves the site and checks a handshake, [`auth`] asks Frappe who a
 //! client is and what it may follow, [`handlers`] serves client events, [`rooms`] names rooms
-//! and tracks who views a document, [`bridge`] delivers Frappe's Redis events, and [`server`]
-//! ties them together.
+//! and tracks who views a document, [`app_handlers`] runs installed apps' handlers written as
+//! data, [`bridge`] delivers Frappe's Redis events, and [`server`] ties them together.
 
 pub mod answer_cache;
 pub mod app;
+pub mod app_handlers;
 pub mod audience;
 pub mod auth;
 pub mod bridge;

@@ -46,6 +46,8 @@ pub const RECOVERY_SESSIONS_KEPT: &str = "frappe_realtime_recovery_sessions_kept
 pub const RECOVERY_STORE_LOST: &str = "frappe_realtime_recovery_store_writes_lost_total";
 pub const LAST_STATE_ENTRIES: &str = "frappe_realtime_last_state_entries";
 pub const LAST_STATE_BYTES: &str = "frappe_realtime_last_state_bytes";
+pub const APP_HANDLER_FILES_REJECTED: &str = "frappe_realtime_app_handler_files_rejected_total";
+pub const APP_EVENTS: &str = "frappe_realtime_app_events_total";
 pub const UPTIME: &str = "frappe_realtime_uptime_seconds";
 pub const BUILD_INFO: &str = "frappe_realtime_build_info";
 
@@ -232,6 +234,14 @@ fn describe() {
     describe_counter!(
         RECOVERIES,
         "Connects that named a kept session (connection state recovery), by outcome"
+    );
+    describe_counter!(
+        APP_HANDLER_FILES_REJECTED,
+        "App handler files that did not load (the app's handlers are off), by app"
+    );
+    describe_counter!(
+        APP_EVENTS,
+        "Client events handled by an app's handlers, by app"
     );
     describe_counter!(
         EVENTS_REPLAYED,

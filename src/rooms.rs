@@ -100,13 +100,8 @@ impl Announcer<'_> {
         self.tell(&room, "doc_typers", doctype, docname, typers);
     }
 
-    /// The users of the sockets in `room` of the site, wherever they are connected.
     fn members(&self, room: &str) -> Vec<String> {
-        audience::room_of_site(self.io, &self.me.session.site, room)
-            .into_iter()
-            .flat_map(|(namespace, name)| namespace.sockets_in(&name))
-            .filter_map(|other| Some(other.state::<ClientState>()?.session.user.clone()))
-            .collect()
+        users_in(self.io, &self.me.session.site, room)
     }
 
     fn tell(&self, room: &str, event: &str, doctype: &str, docname: &str, users: Vec<String>) {
@@ -121,6 +116,17 @@ impl Announcer<'_> {
             }
         }
     }
+}
+
+/// The distinct users of the sockets in `room` of `site`, wherever they are connected, in
+/// the order their sockets joined.
+pub fn users_in(io: &Io, site: &str, room: &str) -> Vec<String> {
+    let users = audience::room_of_site(io, site, room)
+        .into_iter()
+        .flat_map(|(namespace, name)| namespace.sockets_in(&name))
+        .filter_map(|other| Some(other.state::<ClientState>()?.session.user.clone()))
+        .collect();
+    distinct_in_order(users)
 }
 
 fn distinct_in_order(users: Vec<String>) -> Vec<String> {

@@ -16,13 +16,14 @@ use tower_http::cors::CorsLayer;
 use ::metrics::counter;
 
 use crate::app::App;
+use crate::app_handlers::AppHandlers;
 use crate::audience;
 use crate::bridge::{self, Subscription};
 use crate::client_bundle::{self, ClientBundle};
 use crate::config::{Config, Listen, Overrides, RecoveryStore};
 use crate::connection::Peer;
 use crate::engine::{EngineConfig, EngineService};
-use crate::handlers::Frappe;
+use crate::handlers::{Frappe, frappe_events};
 use crate::handshake;
 use crate::metrics::{self, Metrics};
 use crate::ops::{self, Ops};
@@ -75,7 +76,8 @@ pub async fn run(
     let listen = config.listen.clone();
     let sites_dir = config.sites_dir();
     let client_bundle = ClientBundle::new(&config.bench_dir);
-    let app = Arc::new(App::new(config)?);
+    let app_handlers = AppHandlers::load(&config.bench_dir, &frappe_events());
+    let app = Arc::new(App::new(config, app_handlers)?);
     tracing::info!(frappe_version = %app.settings().config.frappe_version, "speaking Frappe's realtime protocol");
     let redis = app.redis.client();
     let reloader = tokio::spawn(reload_on_hangup(app.clone(), options.overrides.clone()));
@@ -226,8 +228,8 @@ fn note_shutdown_disconnects(io: &Io, sites: &SiteTable) {
     }
 }
 
-/// Re-read the bench's configuration on SIGHUP (`supervisorctl signal HUP …`,
-/// `systemctl reload`). What can change live: `default_site`, `developer_mode`,
+/// Re-read the bench's configuration and the apps' handler files on SIGHUP
+/// (`supervisorctl signal HUP …`, `systemctl reload`). What can change live: `default_site`, `developer_mode`,
 /// `webserver_host`, `webserver_port`, `realtime_callback_url`, `realtime_callback_timeout`,
 /// `realtime_frappe_version`; the listener, `redis_queue`, `realtime_reconnect_window` and the
 /// slow-consumer bounds need a restart. A configuration that does not load leaves the running one in place.
@@ -244,7 +246,10 @@ async fn reload_on_hangup(app: Arc<App>, overrides: Overrides) {
         let bench = app.settings().config.bench_dir.clone();
         let reloaded = Config::load(&bench, &overrides)
             .map_err(anyhow::Error::from)
-            .and_then(|config| app.reload(config));
+            .and_then(|config| {
+                let app_handlers = AppHandlers::load(&config.bench_dir, &frappe_events());
+                app.reload(config, app_handlers)
+            });
         match reloaded {
             Ok(needs_restart) => {
                 tracing::info!("configuration reloaded");

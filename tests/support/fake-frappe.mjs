@@ -24,6 +24,17 @@ export class FakeFrappe {
     /** Requests being answered right now, and the most there ever were at once. */
     this.concurrent = 0;
     this.peakConcurrent = 0;
+    /** An app's endpoints (see `route`), by path. */
+    this.routes = new Map();
+  }
+
+  /**
+   * Answer `path` (`/api/method/<app method>` or any other) as an app would: `answer` gets
+   * the call (path, site, query, headers, the resolved `user`, the JSON `body` of a POST)
+   * and returns `{status, body}` (status 200 when omitted).
+   */
+  route(path, answer) {
+    this.routes.set(path, answer);
   }
 
   /** Listen on 127.0.0.1 (a free port unless `port` is given). */
@@ -110,6 +121,14 @@ export class FakeFrappe {
     const method = url.pathname.replace("/api/method/", "");
     const who = this.#resolveUser(site, req, url);
     if (who === "invalid-token") return reply(res, 401, { exc_type: "AuthenticationError" });
+    const route = this.routes.get(url.pathname);
+    if (route) {
+      const text = await readBody(req);
+      call.user = who.user;
+      call.body = text ? JSON.parse(text) : undefined;
+      const { status = 200, body } = await route(call);
+      return reply(res, status, body);
+    }
     switch (method) {
       case "frappe.realtime.get_user_info":
         return this.#getUserInfo(res, site, who, req);
@@ -155,6 +174,16 @@ function permission(res, site, who, doctype, docname) {
     return reply(res, 200, { message: true });
   }
   return reply(res, 403, { exc_type: "PermissionError", _server_messages: "[\"Not permitted\"]" });
+}
+
+function readBody(req) {
+  return new Promise((resolve, reject) => {
+    let text = "";
+    req.setEncoding("utf8");
+    req.on("data", (chunk) => { text += chunk; });
+    req.on("end", () => resolve(text));
+    req.on("error", reject);
+  });
 }
 
 function reply(res, status, body) {

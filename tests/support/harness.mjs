@@ -101,9 +101,14 @@ export class Redis {
   }
 }
 
-/** A bench directory with the given sites, Frappe version and common_site_config.json. */
-export function makeBench({ sites = SITES, version = 16, common = {}, legacy } = {}) {
+/**
+ * A bench directory with the given sites, Frappe version and common_site_config.json; `apps`
+ * are listed in sites/apps.txt after frappe.
+ */
+export function makeBench({ sites = SITES, version = 16, common = {}, legacy, apps = [] } = {}) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "frappe-bench-"));
+  fs.mkdirSync(path.join(dir, "sites"), { recursive: true });
+  fs.writeFileSync(path.join(dir, "sites/apps.txt"), ["frappe", ...apps].join("\n") + "\n");
   fs.mkdirSync(path.join(dir, "sites/assets"), { recursive: true });
   for (const site of sites) addSite(dir, site);
   const init = path.join(dir, "apps/frappe/frappe");
@@ -179,7 +184,7 @@ export class Server {
  * started is stopped again if a later step fails.
  */
 export async function startStack({ version = 16, sites = SITES, common = {}, env = {}, startRedis = true,
-  serverArgs = ["--host", "127.0.0.1"] } = {}) {
+  serverArgs = ["--host", "127.0.0.1"], apps = [], installedApps = () => apps, beforeStart } = {}) {
   const started = [];
   try {
     const redis = await Redis.start();
@@ -187,7 +192,7 @@ export async function startStack({ version = 16, sites = SITES, common = {}, env
     const frappe = await new FakeFrappe({ version, redisUrl: redis.url }).listen();
     started.push(() => frappe.close());
     for (const site of sites) {
-      frappe.addSite(site, { installedApps: ["frappe", "erpnext"] });
+      frappe.addSite(site, { installedApps: ["frappe", "erpnext", ...installedApps(site)] });
       frappe.addSession(site, "sid-alice", "alice@example.com");
       frappe.addSession(site, "sid-bob", "bob@example.com");
       frappe.addSession(site, "sid-carol", "carol@example.com", "Website User");
@@ -197,8 +202,9 @@ export async function startStack({ version = 16, sites = SITES, common = {}, env
     const extra = typeof common === "function" ? common(frappe) : common;
     // Frappe 13 and 14 read their events from redis_socketio (spec §1.2).
     const eventsKey = version <= 14 ? "redis_socketio" : "redis_queue";
-    const bench = makeBench({ sites, version, common: { socketio_port: port, [eventsKey]: redis.url, ...extra } });
+    const bench = makeBench({ sites, version, apps, common: { socketio_port: port, [eventsKey]: redis.url, ...extra } });
     started.push(async () => fs.rmSync(bench, { recursive: true, force: true }));
+    beforeStart?.(bench);
     if (!startRedis) await redis.stop();
     const server = await Server.start({ bench, port, env, args: serverArgs });
     started.push(() => server.stop());
