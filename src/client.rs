@@ -2,7 +2,7 @@
 //! has open, its event budget, its place under the connection caps, and why the server
 //! disconnected it, if it did. Kept in the socket (`Socket::set_state`) for its life.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Mutex, OnceLock, PoisonError};
 
 use crate::audience::Scope;
@@ -38,6 +38,8 @@ pub struct ClientState {
     scope: Scope,
     open_docs: Mutex<BTreeSet<(String, String)>>,
     budget: Mutex<EventBudget>,
+    /// Per event an app queues for its backend: that event's own budget.
+    queue_budgets: Mutex<HashMap<String, EventBudget>>,
     /// Set when the server disconnects the socket on purpose, for the disconnect's label.
     cause: OnceLock<Cause>,
     /// It came back for a kept session and got its rooms back.
@@ -53,6 +55,7 @@ impl ClientState {
             scope,
             open_docs: Mutex::new(BTreeSet::new()),
             budget: Mutex::new(EventBudget::new(limits)),
+            queue_budgets: Mutex::default(),
             cause: OnceLock::new(),
             resuming: OnceLock::new(),
             _seat: seat,
@@ -94,6 +97,19 @@ impl ClientState {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .spend(limits)
+    }
+
+    /// Spend one of `event`'s queueing budget (`limits`, the app's rate for it); whether the
+    /// event may go on its stream.
+    pub fn spend_queued(&self, event: &str, limits: &Limits) -> bool {
+        let mut budgets = self
+            .queue_budgets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let budget = budgets
+            .entry(event.to_owned())
+            .or_insert_with(|| EventBudget::new(limits));
+        budget.spend(limits) == Verdict::Handle
     }
 
     fn open_docs(&self) -> std::sync::MutexGuard<'_, BTreeSet<(String, String)>> {

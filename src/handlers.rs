@@ -149,7 +149,7 @@ impl Frappe {
             return;
         }
         let args: Vec<Value> = event.args.deserialize().unwrap_or_default();
-        let (io, socket) = (self.io.clone(), socket.clone());
+        let (app, io, socket) = (self.app.clone(), self.io.clone(), socket.clone());
         let mut ack = event.ack;
         tokio::spawn(async move {
             let Some(client) = socket.state::<ClientState>() else {
@@ -160,6 +160,7 @@ impl Frappe {
                 client,
                 io: &io,
                 frappe: &settings.frappe,
+                redis: &app.redis,
                 max_rooms: settings.config.limits.max_rooms,
             };
             for handler in handlers {

@@ -48,6 +48,7 @@ pub const LAST_STATE_ENTRIES: &str = "frappe_realtime_last_state_entries";
 pub const LAST_STATE_BYTES: &str = "frappe_realtime_last_state_bytes";
 pub const APP_HANDLER_FILES_REJECTED: &str = "frappe_realtime_app_handler_files_rejected_total";
 pub const APP_EVENTS: &str = "frappe_realtime_app_events_total";
+pub const CLIENT_EVENTS_QUEUED: &str = "frappe_realtime_client_events_queued_total";
 pub const UPTIME: &str = "frappe_realtime_uptime_seconds";
 pub const BUILD_INFO: &str = "frappe_realtime_build_info";
 
@@ -242,6 +243,10 @@ fn describe() {
     describe_counter!(
         APP_EVENTS,
         "Client events handled by an app's handlers, by app"
+    );
+    describe_counter!(
+        CLIENT_EVENTS_QUEUED,
+        "Client events an app declared for its backend's Redis stream, by outcome"
     );
     describe_counter!(
         EVENTS_REPLAYED,

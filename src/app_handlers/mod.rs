@@ -228,6 +228,14 @@ mod tests {
                 .message
                 .contains("jion")
         );
+        let burst =
+            r#"{"app": "x", "handlers": [{"event": "e", "queue": {"stream": "s", "burst": 0}}]}"#;
+        assert!(
+            parse("x", burst, &CORE)
+                .expect_err("no burst")
+                .message
+                .contains("burst")
+        );
         let other = parse("y", "{\"app\": \"x\", \"handlers\": []}", &CORE).expect_err("other app");
         assert!(other.message.contains("for app `x`"));
     }

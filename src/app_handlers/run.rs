@@ -1,15 +1,18 @@
 //! Running one compiled handler for one event of one socket.
 
+use ::metrics::counter;
 use serde_json::{Value, json};
 
-use super::spec::{Destination, Emit, Forward, Handler, Method};
+use super::spec::{Destination, Emit, Forward, Handler, Method, Queue};
 use super::template::Vars;
 use crate::audience;
 use crate::auth::{FrappeClient, Subject};
 use crate::client::ClientState;
 use crate::config::is_truthy;
+use crate::metrics;
+use crate::queue_redis::QueueRedis;
 use crate::rooms;
-use crate::socketio::{AckSender, Io, Socket};
+use crate::socketio::{AckSender, Io, Sid, Socket};
 
 /// Socket.IO emit with no arguments (`["pong"]`).
 const NO_ARGS: [(); 0] = [];
@@ -20,6 +23,8 @@ pub struct Context<'a> {
     pub client: &'a ClientState,
     pub io: &'a Io,
     pub frappe: &'a FrappeClient,
+    /// `redis_queue`, where queued client events go.
+    pub redis: &'a QueueRedis,
     /// `realtime_max_rooms_per_socket`: a join beyond it is not made, as for Frappe's own.
     pub max_rooms: usize,
 }
@@ -75,6 +80,9 @@ impl Handler {
         }
         if let Some(forward) = &self.forward {
             forward.send(cx, &vars, args, self, ack).await;
+        }
+        if let Some(queue) = &self.queue {
+            queue.send(cx, &vars, args, self, ack).await;
         }
     }
 
@@ -243,6 +251,87 @@ impl Forward {
         {
             // A full queue cuts the client as a slow consumer; a closed one means it is gone.
             let _ = ack.send(&(reply,));
+        }
+    }
+}
+
+impl Queue {
+    /// Put the event on its stream with who sent it and an id of the server's; the client's
+    /// acknowledgement, if it asked for one, gets `{"id"}` or `{"error"}`. A backend answers
+    /// later with `publish_realtime` to the user's room, naming the id.
+    async fn send(
+        &self,
+        cx: &Context<'_>,
+        vars: &Vars,
+        args: &[Value],
+        handler: &Handler,
+        ack: &mut Option<AckSender>,
+    ) {
+        let outcome = self.push(cx, vars, args, handler).await;
+        let label = match &outcome {
+            Ok(_) => "queued",
+            Err(reason) => reason,
+        };
+        counter!(metrics::CLIENT_EVENTS_QUEUED, "site" => cx.site().to_owned(),
+            "app" => handler.app.clone(), "outcome" => label)
+        .increment(1);
+        let reply = match outcome {
+            Ok(id) => json!({ "id": id }),
+            Err(reason) => json!({ "error": reason }),
+        };
+        if let Some(ack) = ack.take() {
+            // A full queue cuts the client as a slow consumer; a closed one means it is gone.
+            let _ = ack.send(&(reply,));
+        }
+    }
+
+    /// The entry's id, or why it was not queued (a metric label and the client's error).
+    async fn push(
+        &self,
+        cx: &Context<'_>,
+        vars: &Vars,
+        args: &[Value],
+        handler: &Handler,
+    ) -> Result<String, &'static str> {
+        let stream = self.stream.render(vars).ok_or("bad_arguments")?;
+        let payload = serde_json::to_string(args).map_err(|_| "bad_arguments")?;
+        if payload.len() > self.max_bytes {
+            return Err("too_large");
+        }
+        if !cx.client.spend_queued(&handler.event, &self.rate) {
+            return Err("rate_limited");
+        }
+        let id = Sid::new().to_string();
+        let session = &cx.client.session;
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let fields = [
+            ("id", id.clone()),
+            ("site", session.site.clone()),
+            ("user", session.user.clone()),
+            ("socket_id", cx.socket.id().to_string()),
+            ("app", handler.app.clone()),
+            ("event", handler.event.clone()),
+            ("args", payload),
+            ("at", at.to_string()),
+        ];
+        let added: redis::RedisResult<String> = redis::cmd("XADD")
+            .arg(&stream)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(self.max_len)
+            .arg("*")
+            .arg(&fields[..])
+            .query_async(&mut cx.redis.connection())
+            .await;
+        match added {
+            Ok(_) => Ok(id),
+            Err(e) => {
+                tracing::warn!(site = cx.site(), app = handler.app, event = handler.event,
+                    error = %e, "cannot queue a client event on its stream");
+                Err("unavailable")
+            }
         }
     }
 }

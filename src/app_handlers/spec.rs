@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::template::{Data, RESERVED, Text};
+use crate::limits::Limits;
 
 /// A whole file: one app's handlers.
 #[derive(Debug, Deserialize)]
@@ -57,6 +58,9 @@ pub struct HandlerSpec {
     pub emit: Vec<EmitSpec>,
     /// Send the event's payload to the site over HTTP with the sender's credential.
     pub forward: Option<ForwardSpec>,
+    /// Put the event on a Redis stream (on `redis_queue`) for a backend job, an agent or a
+    /// sidecar to consume.
+    pub queue: Option<QueueSpec>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -120,6 +124,40 @@ pub struct ForwardSpec {
     pub reply: bool,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueSpec {
+    /// The stream's key; placeholders allowed (e.g. `agent:{site}`).
+    pub stream: String,
+    /// Largest payload (the arguments as JSON) taken, in bytes.
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: usize,
+    /// Events a socket may queue per second, sustained, and at once.
+    #[serde(default = "default_per_second")]
+    pub per_second: f64,
+    #[serde(default = "default_burst")]
+    pub burst: f64,
+    /// The stream is trimmed to about this many entries.
+    #[serde(default = "default_max_len")]
+    pub max_len: usize,
+}
+
+fn default_max_bytes() -> usize {
+    64 * 1024
+}
+
+fn default_per_second() -> f64 {
+    5.0
+}
+
+fn default_burst() -> f64 {
+    20.0
+}
+
+fn default_max_len() -> usize {
+    10_000
+}
+
 /// A handler ready to run.
 #[derive(Debug)]
 pub struct Handler {
@@ -137,6 +175,16 @@ pub struct Handler {
     pub presence: Option<Text>,
     pub emit: Vec<Emit>,
     pub forward: Option<Forward>,
+    pub queue: Option<Queue>,
+}
+
+#[derive(Debug)]
+pub struct Queue {
+    pub stream: Text,
+    pub max_bytes: usize,
+    /// The per-socket rate, as the event budget's limits.
+    pub rate: Limits,
+    pub max_len: usize,
 }
 
 #[derive(Debug)]
@@ -278,8 +326,28 @@ impl HandlerSpec {
             }),
             None => None,
         };
+        let queue = match &self.queue {
+            Some(q) => {
+                let finite_positive = |v: f64| v.is_finite() && v > 0.0;
+                if !finite_positive(q.per_second) || !finite_positive(q.burst) || q.burst < 1.0 {
+                    return Err("queue: per_second must be above 0 and burst at least 1".to_owned());
+                }
+                Some(Queue {
+                    stream: text("queue.stream", &q.stream)?,
+                    max_bytes: q.max_bytes,
+                    rate: Limits {
+                        events_per_second: q.per_second,
+                        event_burst: q.burst,
+                        ..Limits::default()
+                    },
+                    max_len: q.max_len.max(1),
+                })
+            }
+            None => None,
+        };
         Ok(Handler {
             app: app.to_owned(),
+            queue,
             event: self.event.clone(),
             member_of: optional("member_of", &self.member_of)?,
             leave: optional("leave", &self.leave)?,
