@@ -100,8 +100,10 @@ impl Announcer<'_> {
         self.tell(&room, "doc_typers", doctype, docname, typers);
     }
 
+    /// The user of every socket in `room`, a user with two tabs twice: the lone-viewer rule
+    /// above counts sockets, as Node does.
     fn members(&self, room: &str) -> Vec<String> {
-        users_in(self.io, &self.me.session.site, room)
+        socket_users(self.io, &self.me.session.site, room)
     }
 
     fn tell(&self, room: &str, event: &str, doctype: &str, docname: &str, users: Vec<String>) {
@@ -121,12 +123,16 @@ impl Announcer<'_> {
 /// The distinct users of the sockets in `room` of `site`, wherever they are connected, in
 /// the order their sockets joined.
 pub fn users_in(io: &Io, site: &str, room: &str) -> Vec<String> {
-    let users = audience::room_of_site(io, site, room)
+    distinct_in_order(socket_users(io, site, room))
+}
+
+/// The user of each socket in `room` of `site`, wherever it is connected.
+fn socket_users(io: &Io, site: &str, room: &str) -> Vec<String> {
+    audience::room_of_site(io, site, room)
         .into_iter()
         .flat_map(|(namespace, name)| namespace.sockets_in(&name))
         .filter_map(|other| Some(other.state::<ClientState>()?.session.user.clone()))
-        .collect();
-    distinct_in_order(users)
+        .collect()
 }
 
 fn distinct_in_order(users: Vec<String>) -> Vec<String> {
