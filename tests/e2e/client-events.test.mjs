@@ -146,8 +146,10 @@ describe("client events declared for the backend", () => {
     const acks = await Promise.all(Array.from({ length: 6 }, (_, i) =>
       chat.timeout(5000).emitWithAck("user_response", `Q${i}`, "ok")));
     const accepted = acks.filter((a) => a.id);
+    // Burst 3, then 1/s: all six arrive within well under a second on any machine that runs
+    // this suite, so at most one more gets through.
     assert.ok(accepted.length >= 3 && accepted.length <= 4, `burst 3 at 1/s: ${JSON.stringify(acks)}`);
-    assert.ok(acks.filter((a) => a.error === "rate_limited").length >= 2);
+    assert.equal(acks.filter((a) => a.error === "rate_limited").length, 6 - accepted.length);
     // The size is checked first: an empty bucket does not hide it.
     const big = await chat.timeout(5000).emitWithAck("user_response", "Q9", "x".repeat(2000));
     assert.deepEqual(big, { error: "too_large" });
