@@ -432,17 +432,9 @@ impl Runner<'_> {
             let stopped = Instant::now();
             self.stack.frappe.take_counts().await?;
             self.stack.server.start()?;
-            let deadline = stopped + args.storm_timeout();
-            let back_at = loop {
-                if shared.connected.load(Ordering::Relaxed) >= clients {
-                    break Some(Instant::now());
-                }
-                if Instant::now() > deadline {
-                    break None;
-                }
-                self.stack.server.check_alive()?;
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            };
+            let back_at = self
+                .all_back(clients, stopped + args.storm_timeout())
+                .await?;
             Ok::<_, anyhow::Error>((stopped, back_at))
         }
         .await;
@@ -471,6 +463,21 @@ impl Runner<'_> {
             server_cpu_ms: ms(server_cpu),
             loadgen_cpu_pct,
         })
+    }
+
+    /// Wait until `clients` clients are connected again: when they were, or `None` if some
+    /// were still away at `deadline`. Fails if the server died meanwhile.
+    async fn all_back(&mut self, clients: usize, deadline: Instant) -> Result<Option<Instant>> {
+        loop {
+            if self.stack.shared.connected.load(Ordering::Relaxed) >= clients {
+                return Ok(Some(Instant::now()));
+            }
+            if Instant::now() > deadline {
+                return Ok(None);
+            }
+            self.stack.server.check_alive()?;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// Drop every client's connection at once with the server up, publish `--cut-events`
@@ -505,17 +512,9 @@ impl Runner<'_> {
                 .publisher
                 .publish(step_id, rooms, &shared.clock)
                 .await?;
-            let deadline = cut_at + args.storm_timeout();
-            let back_at = loop {
-                if shared.connected.load(Ordering::Relaxed) >= clients {
-                    break Some(Instant::now());
-                }
-                if Instant::now() > deadline {
-                    break None;
-                }
-                self.stack.server.check_alive()?;
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            };
+            let back_at = self
+                .all_back(clients, cut_at + args.storm_timeout())
+                .await?;
             let expected = events * clients as u64;
             let grace_end = Instant::now() + args.grace();
             while shared.recorder.delivered() < expected && Instant::now() < grace_end {
