@@ -58,7 +58,8 @@ impl Context<'_> {
 
 impl Handler {
     /// Run for an event with `args`. `ack` is the client's acknowledgement, taken by a
-    /// `forward` with `reply`. Every failed check ends it quietly, as Node's handlers return.
+    /// `forward` with `reply` or by a `queue`. Every failed check ends it quietly, as Node's
+    /// handlers return.
     pub async fn run(&self, cx: &Context<'_>, args: &[Value], ack: &mut Option<AckSender>) {
         let mut vars = self.vars(cx, args);
         if !self.checks_pass(cx, &vars).await {
