@@ -3,6 +3,7 @@
 //! disconnected it, if it did. Kept in the socket (`Socket::set_state`) for its life.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock, PoisonError};
 
 use crate::audience::Scope;
@@ -31,10 +32,16 @@ impl Cause {
     }
 }
 
+/// Numbers sockets in the order they connected.
+static CONNECTED: AtomicU64 = AtomicU64::new(0);
+
 /// A socket's own state: who it is, how its rooms are named, and which documents it has open.
 #[derive(Debug)]
 pub struct ClientState {
     pub session: Session,
+    /// Its place in the order sockets connected in: Node lists an app's presence in that
+    /// order (it walks the namespace's sockets).
+    pub connected: u64,
     scope: Scope,
     open_docs: Mutex<BTreeSet<(String, String)>>,
     budget: Mutex<EventBudget>,
@@ -52,6 +59,7 @@ impl ClientState {
     pub fn new(session: Session, seat: Seat, limits: &Limits, scope: Scope) -> Self {
         Self {
             session,
+            connected: CONNECTED.fetch_add(1, Ordering::Relaxed),
             scope,
             open_docs: Mutex::new(BTreeSet::new()),
             budget: Mutex::new(EventBudget::new(limits)),

@@ -120,10 +120,20 @@ impl Announcer<'_> {
     }
 }
 
-/// The distinct users of the sockets in `room` of `site`, wherever they are connected, in
-/// the order their sockets joined.
+/// The distinct users of the sockets in `room` of `site`, wherever they are connected, in the
+/// order their sockets connected (as Node's app handlers list them, walking the namespace's
+/// sockets).
 pub fn users_in(io: &Io, site: &str, room: &str) -> Vec<String> {
-    distinct_in_order(socket_users(io, site, room))
+    let mut sockets: Vec<(u64, String)> = audience::room_of_site(io, site, room)
+        .into_iter()
+        .flat_map(|(namespace, name)| namespace.sockets_in(&name))
+        .filter_map(|other| {
+            let client = other.state::<ClientState>()?;
+            Some((client.connected, client.session.user.clone()))
+        })
+        .collect();
+    sockets.sort_unstable_by_key(|(connected, _)| *connected);
+    distinct_in_order(sockets.into_iter().map(|(_, user)| user).collect())
 }
 
 /// The user of each socket in `room` of `site`, wherever it is connected.
