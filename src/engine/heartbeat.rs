@@ -69,16 +69,24 @@ impl Heartbeat {
         }
     }
 
-    /// What is due at `now`; a PING reported here counts as sent.
+    /// What is due at `now`; a PING reported here counts as sent when it was due, so the
+    /// heartbeat keeps its schedule whatever the timer's lateness: the PONG is due
+    /// `interval + timeout` after the previous one, as a client counts it. Only a PING so late
+    /// that this has passed gets a whole timeout from now.
     pub fn poll(&mut self, timing: Timing, now: Instant) -> Due {
         if now < self.deadline() {
             return Due::Nothing;
         }
         match self.0 {
-            Phase::PingAt(_) => {
+            Phase::PingAt(due) => {
+                let on_schedule = due + timing.timeout;
                 self.0 = Phase::PongBy {
-                    sent: now,
-                    by: now + timing.timeout,
+                    sent: due,
+                    by: if on_schedule > now {
+                        on_schedule
+                    } else {
+                        now + timing.timeout
+                    },
                 };
                 Due::Ping
             }
@@ -127,6 +135,27 @@ mod tests {
         assert!(!heartbeat.expired(start + ms(499)));
         assert!(heartbeat.expired(start + ms(500)));
         assert_eq!(heartbeat.poll(TIMING, start + ms(500)), Due::TimedOut);
+    }
+
+    #[test]
+    fn a_late_timer_does_not_move_the_schedule() {
+        let start = Instant::now();
+        let mut heartbeat = Heartbeat::new(ProtocolVersion::V4, TIMING, start);
+        assert_eq!(heartbeat.poll(TIMING, start + ms(305)), Due::Ping);
+        assert_eq!(
+            heartbeat.deadline(),
+            start + ms(500),
+            "the PONG is due on schedule"
+        );
+        heartbeat.pong(TIMING, start + ms(350));
+        assert_eq!(heartbeat.deadline(), start + ms(600), "the next PING too");
+        let mut starved = Heartbeat::new(ProtocolVersion::V4, TIMING, start);
+        assert_eq!(starved.poll(TIMING, start + ms(900)), Due::Ping);
+        assert_eq!(
+            starved.deadline(),
+            start + ms(1100),
+            "a PING past its whole window still gets a timeout to answer"
+        );
     }
 
     #[test]
