@@ -220,38 +220,8 @@ pub struct Forward {
 impl HandlerSpec {
     /// Compile for `app`; the error says what is wrong, for the load error's message.
     pub fn compile(self, app: &str) -> Result<Handler, String> {
-        let known =
-            |root: &str| RESERVED.contains(&root) || self.args.iter().any(|arg| arg == root);
-        for arg in &self.args {
-            if RESERVED.contains(&arg.as_str()) {
-                return Err(format!("argument name `{arg}` is reserved ({RESERVED:?})"));
-            }
-        }
-        for name in self
-            .require
-            .iter()
-            .chain(&self.strings)
-            .chain(self.patterns.keys())
-        {
-            if !self.args.contains(name) {
-                return Err(format!("`{name}` is not one of its args {:?}", self.args));
-            }
-        }
-        let text = |what: &str, source: &str| -> Result<Text, String> {
-            let text = Text::parse(source).map_err(|e| format!("{what}: {e}"))?;
-            let unknown = text.roots().find(|root| !known(root)).map(str::to_owned);
-            match unknown {
-                Some(root) => Err(format!("{what}: `{{{root}}}` names no argument")),
-                None => Ok(text),
-            }
-        };
-        let data = |what: &str, value: &Value| -> Result<Data, String> {
-            let data = Data::parse(value).map_err(|e| format!("{what}: {e}"))?;
-            match data.roots().into_iter().find(|root| !known(root)) {
-                Some(root) => Err(format!("{what}: `{{{root}}}` names no argument")),
-                None => Ok(data),
-            }
-        };
+        self.check_arg_names()?;
+        let names = Names { args: &self.args };
         let patterns = self
             .patterns
             .iter()
@@ -261,98 +231,34 @@ impl HandlerSpec {
                     .map_err(|e| format!("match.{arg}: {e}"))
             })
             .collect::<Result<_, _>>()?;
-        let optional = |what: &str, source: &Option<String>| {
-            source.as_deref().map(|s| text(what, s)).transpose()
-        };
-        let permission = match &self.permission {
-            Some(p) => Some((
-                text("permission.doctype", &p.doctype)?,
-                text("permission.name", &p.name)?,
-            )),
-            None => None,
-        };
-        let method = match &self.method {
-            Some(m) => Some(Method {
-                call: checked_method(&m.call)?,
-                args: m
-                    .args
-                    .iter()
-                    .map(|(key, value)| {
-                        Ok((key.clone(), text(&format!("method.args.{key}"), value)?))
-                    })
-                    .collect::<Result<_, String>>()?,
-                accept: m.accept.split('.').map(str::to_owned).collect(),
-            }),
-            None => None,
-        };
+        let permission = self
+            .permission
+            .as_ref()
+            .map(|p| p.compile(&names))
+            .transpose()?;
+        let method = self
+            .method
+            .as_ref()
+            .map(|m| m.compile(&names))
+            .transpose()?;
         let emit = self
             .emit
             .iter()
-            .map(|e| {
-                let to = match (e.to, &e.room) {
-                    (Target::Room, Some(room)) => Destination::Room {
-                        room: text("emit.room", room)?,
-                        skip_sender: e.skip_sender,
-                    },
-                    (Target::Room, None) => return Err("emit: `to: room` needs `room`".to_owned()),
-                    (_, Some(_)) => return Err("emit: `room` goes with `to: room`".to_owned()),
-                    (Target::Sender, None) => Destination::Sender,
-                    (Target::User, None) => Destination::User,
-                };
-                Ok(Emit {
-                    event: e.event.clone(),
-                    to,
-                    data: e.data.as_ref().map(|d| data("emit.data", d)).transpose()?,
-                })
-            })
-            .collect::<Result<_, String>>()?;
-        let forward = match &self.forward {
-            Some(f) => Some(Forward {
-                path: match (&f.call, &f.path) {
-                    (Some(call), None) => text(
-                        "forward.call",
-                        &format!("/api/method/{}", checked_method(call)?),
-                    )?,
-                    (None, Some(path)) if path.starts_with('/') => text("forward.path", path)?,
-                    (None, Some(_)) => return Err("forward.path must start with `/`".to_owned()),
-                    _ => return Err("forward needs exactly one of `call` and `path`".to_owned()),
-                },
-                body: f
-                    .body
-                    .as_ref()
-                    .map(|b| data("forward.body", b))
-                    .transpose()?,
-                reply: f.reply,
-            }),
-            None => None,
-        };
-        let queue = match &self.queue {
-            Some(q) => {
-                let finite_positive = |v: f64| v.is_finite() && v > 0.0;
-                if !finite_positive(q.per_second) || !finite_positive(q.burst) || q.burst < 1.0 {
-                    return Err("queue: per_second must be above 0 and burst at least 1".to_owned());
-                }
-                Some(Queue {
-                    stream: text("queue.stream", &q.stream)?,
-                    max_bytes: q.max_bytes,
-                    rate: Limits {
-                        events_per_second: q.per_second,
-                        event_burst: q.burst,
-                        ..Limits::default()
-                    },
-                    max_len: q.max_len.max(1),
-                })
-            }
-            None => None,
-        };
+            .map(|e| e.compile(&names))
+            .collect::<Result<_, _>>()?;
+        let forward = self
+            .forward
+            .as_ref()
+            .map(|f| f.compile(&names))
+            .transpose()?;
+        let queue = self.queue.as_ref().map(|q| q.compile(&names)).transpose()?;
         Ok(Handler {
             app: app.to_owned(),
-            queue,
             event: self.event.clone(),
-            member_of: optional("member_of", &self.member_of)?,
-            leave: optional("leave", &self.leave)?,
-            join: optional("join", &self.join)?,
-            presence: optional("presence", &self.presence)?,
+            member_of: names.optional("member_of", self.member_of.as_deref())?,
+            leave: names.optional("leave", self.leave.as_deref())?,
+            join: names.optional("join", self.join.as_deref())?,
+            presence: names.optional("presence", self.presence.as_deref())?,
             args: self.args,
             require: self.require,
             strings: self.strings,
@@ -361,6 +267,160 @@ impl HandlerSpec {
             method,
             emit,
             forward,
+            queue,
+        })
+    }
+
+    /// The arguments' names are not reserved, and every check names one of them.
+    fn check_arg_names(&self) -> Result<(), String> {
+        if let Some(arg) = self
+            .args
+            .iter()
+            .find(|arg| RESERVED.contains(&arg.as_str()))
+        {
+            return Err(format!("argument name `{arg}` is reserved ({RESERVED:?})"));
+        }
+        let checked = self
+            .require
+            .iter()
+            .chain(&self.strings)
+            .chain(self.patterns.keys());
+        match checked.into_iter().find(|name| !self.args.contains(name)) {
+            Some(name) => Err(format!("`{name}` is not one of its args {:?}", self.args)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// What a handler's placeholders may name: its arguments and the server's values.
+struct Names<'a> {
+    args: &'a [String],
+}
+
+impl Names<'_> {
+    fn known(&self, root: &str) -> bool {
+        RESERVED.contains(&root) || self.args.iter().any(|arg| arg == root)
+    }
+
+    fn unknown<'r>(&self, mut roots: impl Iterator<Item = &'r str>) -> Option<String> {
+        roots.find(|root| !self.known(root)).map(str::to_owned)
+    }
+
+    /// `source` parsed, every placeholder naming something; `what` says where, for errors.
+    fn text(&self, what: &str, source: &str) -> Result<Text, String> {
+        let text = Text::parse(source).map_err(|e| format!("{what}: {e}"))?;
+        match self.unknown(text.roots()) {
+            Some(root) => Err(format!("{what}: `{{{root}}}` names no argument")),
+            None => Ok(text),
+        }
+    }
+
+    fn optional(&self, what: &str, source: Option<&str>) -> Result<Option<Text>, String> {
+        source.map(|source| self.text(what, source)).transpose()
+    }
+
+    fn data(&self, what: &str, value: &Value) -> Result<Data, String> {
+        let data = Data::parse(value).map_err(|e| format!("{what}: {e}"))?;
+        match self.unknown(data.roots().into_iter()) {
+            Some(root) => Err(format!("{what}: `{{{root}}}` names no argument")),
+            None => Ok(data),
+        }
+    }
+}
+
+impl PermissionSpec {
+    fn compile(&self, names: &Names<'_>) -> Result<(Text, Text), String> {
+        Ok((
+            names.text("permission.doctype", &self.doctype)?,
+            names.text("permission.name", &self.name)?,
+        ))
+    }
+}
+
+impl MethodSpec {
+    fn compile(&self, names: &Names<'_>) -> Result<Method, String> {
+        let args = self
+            .args
+            .iter()
+            .map(|(key, value)| {
+                Ok((
+                    key.clone(),
+                    names.text(&format!("method.args.{key}"), value)?,
+                ))
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(Method {
+            call: checked_method(&self.call)?,
+            args,
+            accept: self.accept.split('.').map(str::to_owned).collect(),
+        })
+    }
+}
+
+impl EmitSpec {
+    fn compile(&self, names: &Names<'_>) -> Result<Emit, String> {
+        let to = match (self.to, &self.room) {
+            (Target::Room, Some(room)) => Destination::Room {
+                room: names.text("emit.room", room)?,
+                skip_sender: self.skip_sender,
+            },
+            (Target::Room, None) => return Err("emit: `to: room` needs `room`".to_owned()),
+            (_, Some(_)) => return Err("emit: `room` goes with `to: room`".to_owned()),
+            (Target::Sender, None) => Destination::Sender,
+            (Target::User, None) => Destination::User,
+        };
+        let data = self
+            .data
+            .as_ref()
+            .map(|d| names.data("emit.data", d))
+            .transpose()?;
+        Ok(Emit {
+            event: self.event.clone(),
+            to,
+            data,
+        })
+    }
+}
+
+impl ForwardSpec {
+    fn compile(&self, names: &Names<'_>) -> Result<Forward, String> {
+        let path = match (&self.call, &self.path) {
+            (Some(call), None) => {
+                let path = format!("/api/method/{}", checked_method(call)?);
+                names.text("forward.call", &path)?
+            }
+            (None, Some(path)) if path.starts_with('/') => names.text("forward.path", path)?,
+            (None, Some(_)) => return Err("forward.path must start with `/`".to_owned()),
+            _ => return Err("forward needs exactly one of `call` and `path`".to_owned()),
+        };
+        let body = self
+            .body
+            .as_ref()
+            .map(|b| names.data("forward.body", b))
+            .transpose()?;
+        Ok(Forward {
+            path,
+            body,
+            reply: self.reply,
+        })
+    }
+}
+
+impl QueueSpec {
+    fn compile(&self, names: &Names<'_>) -> Result<Queue, String> {
+        let finite_positive = |v: f64| v.is_finite() && v > 0.0;
+        if !finite_positive(self.per_second) || !finite_positive(self.burst) || self.burst < 1.0 {
+            return Err("queue: per_second must be above 0 and burst at least 1".to_owned());
+        }
+        Ok(Queue {
+            stream: names.text("queue.stream", &self.stream)?,
+            max_bytes: self.max_bytes,
+            rate: Limits {
+                events_per_second: self.per_second,
+                event_burst: self.burst,
+                ..Limits::default()
+            },
+            max_len: self.max_len.max(1),
         })
     }
 }
