@@ -6,6 +6,7 @@
 //! models that rule, so the merge is written here over `serde_json::Value`; every merged value
 //! remembers where it came from so that a bad value is reported with its file and key.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -233,6 +234,9 @@ impl fmt::Display for Source {
 #[derive(Debug, Default)]
 struct Layered {
     values: HashMap<String, (Value, Source)>,
+    /// Every key the loader looked up, set or not, in the order it did: what
+    /// `--check-config` accounts for.
+    asked: RefCell<Vec<String>>,
 }
 
 impl Layered {
@@ -251,6 +255,10 @@ impl Layered {
     }
 
     fn get(&self, key: &str) -> Option<&(Value, Source)> {
+        let mut asked = self.asked.borrow_mut();
+        if !asked.iter().any(|k| k == key) {
+            asked.push(key.to_owned());
+        }
         self.values.get(key)
     }
 
@@ -442,30 +450,90 @@ impl Config {
         overrides: &Overrides,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
-        let mut layered = Layered::default();
-        for file in [
-            bench_dir.join("config.json"),
-            bench_dir.join("sites").join("common_site_config.json"),
-        ] {
-            if let Some(object) = read_json_object(&file)? {
-                layered.merge_truthy(object, &Source::File(file));
-            }
-        }
-        for (var, key) in ENV_OVERRIDES {
-            if let Some(value) = env(var).filter(|v| !v.is_empty()) {
-                layered.set(key, Value::String(value), Source::Env(var));
-            }
-        }
-        if let Some(major) = overrides.frappe_version {
-            layered.set(
-                "realtime_frappe_version",
-                Value::from(major),
-                Source::Flag("--frappe-version"),
-            );
-        }
-        Self::from_layered(bench_dir, &layered)
+        Self::from_layered(bench_dir, &layered(bench_dir, overrides, env)?)
     }
 
+    /// As [`Config::load`], and where each key it read came from (`--check-config`).
+    pub fn explain(bench_dir: &Path, overrides: &Overrides) -> Result<Explained, ConfigError> {
+        let layered = layered(bench_dir, overrides, |var| std::env::var(var).ok())?;
+        let config = Self::from_layered(bench_dir, &layered)?;
+        let keys = layered
+            .asked
+            .take()
+            .into_iter()
+            .map(|key| {
+                let (value, source) = match layered.values.get(&key) {
+                    Some((value, source)) => (Some(shown(&key, value)), Some(source.clone())),
+                    None => (None, None),
+                };
+                KeyOrigin { key, value, source }
+            })
+            .collect();
+        Ok(Explained { config, keys })
+    }
+
+    /// A copy fit to print: secrets are already masked by their type; passwords in URLs
+    /// are masked here.
+    pub fn redacted(&self) -> Self {
+        let mut shown = self.clone();
+        shown.redis_queue = redact_url(&shown.redis_queue);
+        shown.redis_cache = shown.redis_cache.as_deref().map(redact_url);
+        if let Some(url) = shown.callback_url.as_mut()
+            && url.password().is_some()
+        {
+            let _ = url.set_password(Some(MASK));
+        }
+        shown
+    }
+}
+
+/// The configuration `--check-config` shows, and the keys behind it.
+#[derive(Debug)]
+pub struct Explained {
+    pub config: Config,
+    /// Every key read, in the order it was read.
+    pub keys: Vec<KeyOrigin>,
+}
+
+/// One key: its value as it may be shown, and where it came from; both `None` when it is not
+/// set (the default applies).
+#[derive(Debug)]
+pub struct KeyOrigin {
+    pub key: String,
+    pub value: Option<String>,
+    pub source: Option<Source>,
+}
+
+/// What a masked password reads as (characters a URL's userinfo takes as they are).
+const MASK: &str = "****";
+
+/// A value as `--check-config` may print it: a key that names a secret is masked whole, a
+/// URL keeps everything but its password.
+fn shown(key: &str, value: &Value) -> String {
+    if ["token", "secret", "password"]
+        .iter()
+        .any(|word| key.contains(word))
+    {
+        return "<redacted>".to_owned();
+    }
+    match value {
+        Value::String(text) => Value::String(redact_url(text)).to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// `text` with the password of a URL masked; anything else as it is.
+fn redact_url(text: &str) -> String {
+    match Url::parse(text) {
+        Ok(mut url) if url.password().is_some() => {
+            let _ = url.set_password(Some(MASK));
+            url.to_string()
+        }
+        _ => text.to_owned(),
+    }
+}
+
+impl Config {
     fn from_layered(bench_dir: &Path, layered: &Layered) -> Result<Self, ConfigError> {
         let frappe_version = frappe_version(bench_dir, layered)?;
         let legacy = !frappe_version.has_site_namespaces();
@@ -551,6 +619,36 @@ impl Config {
     pub fn sites_dir(&self) -> PathBuf {
         self.bench_dir.join("sites")
     }
+}
+
+/// The files and the environment merged, each value with its origin.
+fn layered(
+    bench_dir: &Path,
+    overrides: &Overrides,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Layered, ConfigError> {
+    let mut layered = Layered::default();
+    for file in [
+        bench_dir.join("config.json"),
+        bench_dir.join("sites").join("common_site_config.json"),
+    ] {
+        if let Some(object) = read_json_object(&file)? {
+            layered.merge_truthy(object, &Source::File(file));
+        }
+    }
+    for (var, key) in ENV_OVERRIDES {
+        if let Some(value) = env(var).filter(|v| !v.is_empty()) {
+            layered.set(key, Value::String(value), Source::Env(var));
+        }
+    }
+    if let Some(major) = overrides.frappe_version {
+        layered.set(
+            "realtime_frappe_version",
+            Value::from(major),
+            Source::Flag("--frappe-version"),
+        );
+    }
+    Ok(layered)
 }
 
 fn limits(layered: &Layered) -> Result<Limits, ConfigError> {

@@ -4,7 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use frappe_realtime::app_handlers::AppHandlers;
 use frappe_realtime::config::{Config, Overrides};
+use frappe_realtime::handlers::frappe_events;
 use frappe_realtime::server::Options;
 use tracing_subscriber::EnvFilter;
 
@@ -31,6 +33,11 @@ struct Cli {
     /// Log lines as human-readable text or as JSON objects.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Check the bench's configuration and the apps' handler files, print the effective
+    /// configuration with where each key came from (secrets masked), and exit: 0 when all is
+    /// well, 2 naming the file and key (or line) at fault. As `nginx -t`.
+    #[arg(long)]
+    check_config: bool,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -50,12 +57,15 @@ fn main() -> ExitCode {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().init(),
     }
-    raise_open_files_limit();
     let overrides = Overrides {
         frappe_version: cli.frappe_version,
     };
     // Absolute, so error messages and logs name files an operator can find.
     let bench = std::path::absolute(&cli.bench).unwrap_or(cli.bench);
+    if cli.check_config {
+        return check_config(&bench, &overrides);
+    }
+    raise_open_files_limit();
     let config = match Config::load(&bench, &overrides) {
         Ok(config) => config,
         Err(e) => {
@@ -97,6 +107,51 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `--check-config`: what the service would run with, and where each value came from; 2 if
+/// it would not start, or an app's handlers would be off.
+fn check_config(bench: &std::path::Path, overrides: &Overrides) -> ExitCode {
+    let explained = match Config::explain(bench, overrides) {
+        Ok(explained) => explained,
+        Err(e) => {
+            eprintln!("frappe-realtime: invalid configuration: {e}");
+            eprintln!("frappe-realtime: configuration check failed");
+            return ExitCode::from(2);
+        }
+    };
+    println!("# effective configuration of {}", bench.display());
+    println!("{:#?}", explained.config.redacted());
+    println!("# keys read, and where from (unset: the default above)");
+    let width = explained
+        .keys
+        .iter()
+        .map(|k| k.key.len())
+        .max()
+        .unwrap_or(0);
+    for key in &explained.keys {
+        match (&key.value, &key.source) {
+            (Some(value), Some(source)) => println!("{:width$}  {value}  ({source})", key.key),
+            _ => println!("{:width$}  unset", key.key),
+        }
+    }
+    println!("# app handlers");
+    let mut failed = false;
+    for (app, outcome) in AppHandlers::check(bench, &frappe_events()) {
+        match outcome {
+            Ok(handlers) => println!("{app}: {handlers} handlers"),
+            Err(problem) => {
+                failed = true;
+                eprintln!("frappe-realtime: {problem}");
+            }
+        }
+    }
+    if failed {
+        eprintln!("frappe-realtime: configuration check failed");
+        return ExitCode::from(2);
+    }
+    println!("frappe-realtime: configuration check is successful");
+    ExitCode::SUCCESS
 }
 
 /// Every connection holds a file descriptor, and supervisord and systemd start services with a

@@ -66,16 +66,15 @@ impl std::fmt::Display for Source {
 
 impl AppHandlers {
     /// Load the handlers of every app of the bench at `bench` (see the module's doc).
-    /// `core_events` are Frappe's own, which no app handler may take.
+    /// `core_events` are Frappe's own, which no app handler may take. A file that does not
+    /// load is logged and counted, and its app has no handlers.
     pub fn load(bench: &Path, core_events: &[&str]) -> Self {
         let mut handlers = Self::default();
-        for app in bench_apps(bench) {
-            let Some((source, text)) = find_file(bench, &app) else {
-                continue;
-            };
-            match parse(&app, &text, core_events) {
+        for found in find_all(bench, core_events) {
+            match found.loaded {
                 Ok(loaded) => {
-                    tracing::info!(app, source = %source, handlers = loaded.len(), "app handlers loaded");
+                    tracing::info!(app = found.app, source = %found.source, handlers = loaded.len(),
+                        "app handlers loaded");
                     for handler in loaded {
                         handlers
                             .by_event
@@ -84,19 +83,29 @@ impl AppHandlers {
                             .push(Arc::new(handler));
                     }
                 }
-                Err(error) => {
-                    counter!(metrics::APP_HANDLER_FILES_REJECTED, "app" => app.clone())
+                Err(problem) => {
+                    counter!(metrics::APP_HANDLER_FILES_REJECTED, "app" => found.app.clone())
                         .increment(1);
                     tracing::error!(
-                        app,
-                        "{source}:{}: {}; this app's realtime handlers are off",
-                        error.line,
-                        error.message
+                        app = found.app,
+                        "{problem}; this app's realtime handlers are off"
                     );
                 }
             }
         }
         handlers
+    }
+
+    /// What loading would do, app by app, without logging it: `--check-config`'s report.
+    /// Each app's handler file and either how many handlers it has or what is wrong.
+    pub fn check(bench: &Path, core_events: &[&str]) -> Vec<(String, Result<usize, String>)> {
+        find_all(bench, core_events)
+            .into_iter()
+            .map(|found| {
+                let outcome = found.loaded.map(|loaded| loaded.len());
+                (format!("{} ({})", found.app, found.source), outcome)
+            })
+            .collect()
     }
 
     /// The handlers of `event` for a site with `installed_apps`, in the order of
@@ -112,6 +121,34 @@ impl AppHandlers {
     }
 }
 
+/// One app's handler file, loaded or not.
+struct Found {
+    app: String,
+    source: Source,
+    /// The handlers, or the problem with the file and line, ready to print.
+    loaded: Result<Vec<Handler>, String>,
+}
+
+/// Every app of the bench that has a handler file, with its handlers loaded.
+fn find_all(bench: &Path, core_events: &[&str]) -> Vec<Found> {
+    bench_apps(bench)
+        .into_iter()
+        .filter_map(|app| {
+            let (source, text) = find_file(bench, &app)?;
+            let loaded = match text {
+                Ok(text) => parse(&app, &text, core_events)
+                    .map_err(|e| format!("{source}:{}: {}", e.line, e.message)),
+                Err(e) => Err(format!("{source}: cannot be read: {e}")),
+            };
+            Some(Found {
+                app,
+                source,
+                loaded,
+            })
+        })
+        .collect()
+}
+
 /// The apps of the bench, as `sites/apps.txt` lists them; Frappe's own handlers are ours.
 fn bench_apps(bench: &Path) -> Vec<String> {
     std::fs::read_to_string(bench.join("sites/apps.txt"))
@@ -123,29 +160,23 @@ fn bench_apps(bench: &Path) -> Vec<String> {
         .collect()
 }
 
-/// The file that holds `app`'s handlers (see the module's doc), with its text; a file that
-/// exists but cannot be read is reported and skipped.
-fn find_file(bench: &Path, app: &str) -> Option<(Source, String)> {
+/// The file that holds `app`'s handlers (see the module's doc), with its text, or why a file
+/// that exists cannot be read; `None` when the app has none.
+fn find_file(bench: &Path, app: &str) -> Option<(Source, std::io::Result<String>)> {
     let files = [
         bench.join(format!("config/realtime/handlers/{app}.json")),
         bench.join(format!("apps/{app}/realtime/handlers.json")),
     ];
     for path in files {
         match std::fs::read_to_string(&path) {
-            Ok(text) => return Some((Source::File(path), text)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                counter!(metrics::APP_HANDLER_FILES_REJECTED, "app" => app.to_owned()).increment(1);
-                tracing::error!(app, path = %path.display(), error = %e,
-                    "cannot read the app's realtime handlers; they are off");
-                return None;
-            }
+            read => return Some((Source::File(path), read)),
         }
     }
     BUILTIN
         .iter()
         .find(|(name, _)| *name == app)
-        .map(|(name, text)| (Source::Builtin(name), (*text).to_owned()))
+        .map(|(name, text)| (Source::Builtin(name), Ok((*text).to_owned())))
 }
 
 /// Why a file was rejected, and the line to look at.
