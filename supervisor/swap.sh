@@ -14,6 +14,9 @@
 # original file byte for byte). Both are idempotent. If `bench setup supervisor` rewrote the
 # file since, `apply` takes a fresh backup of the new file.
 #
+# `apply` first runs BINARY --check-config on the bench (when BINARY is there yet) and changes
+# nothing if the service would not start on it.
+#
 # Afterwards: sudo supervisorctl reread && sudo supervisorctl update
 set -eu
 
@@ -21,6 +24,15 @@ DEFAULT_BINARY=/usr/local/bin/frappe-realtime
 prog=$(basename "$0")
 
 die() { printf '%s: error: %s\n' "$prog" "$*" >&2; exit 1; }
+
+# As `nginx -t` before a reload: run the binary's own check (`--check-config`) on the bench and
+# refuse to swap in a service that would not start there. Its errors (file and key at fault)
+# are printed as they are. Skipped, with the warning above, when the binary is not there yet.
+check_config() {
+	[ -x "$1" ] || return 0
+	"$@" --bench "$bench_dir" --check-config >/dev/null ||
+		die "\`$* --check-config\` failed on $bench_dir (above); nothing changed"
+}
 usage() {
 	cat >&2 <<EOF
 usage: $prog apply BENCH_DIR [BINARY]   (BINARY default: $DEFAULT_BINARY)
@@ -116,6 +128,7 @@ apply)
 	set +f
 	[ $# -ge 1 ] || die "BINARY is empty"
 	[ -x "$1" ] || echo "$prog: warning: $1 is not an executable file (yet)" >&2
+	check_config "$@"
 	wanted="command=$binary"
 	if [ "$current" = "$wanted" ]; then
 		echo "$conf already runs $binary; nothing to do"

@@ -15,7 +15,8 @@
 # which resets ExecStart= and sets it to BINARY, as `systemctl edit` would; everything else of
 # bench's unit (User=, WorkingDirectory=<bench dir>, the two log files, PartOf=<bench>-web.target,
 # Restart=always) stays in force, and regenerating the unit does not undo the swap. `rollback`
-# removes the drop-in. Both are idempotent.
+# removes the drop-in. Both are idempotent. `apply` first runs BINARY --check-config on the
+# bench (when BINARY is there yet) and changes nothing if the service would not start on it.
 #
 # Environment: SYSTEMD_DIR (default /etc/systemd/system), BENCH_NAME (default: the name of
 # BENCH_DIR, as bench derives it).
@@ -27,6 +28,15 @@ DEFAULT_BINARY=/usr/local/bin/frappe-realtime
 prog=$(basename "$0")
 
 die() { printf '%s: error: %s\n' "$prog" "$*" >&2; exit 1; }
+
+# As `nginx -t` before a reload: run the binary's own check (`--check-config`) on the bench and
+# refuse to swap in a service that would not start there. Its errors (file and key at fault)
+# are printed as they are. Skipped, with the warning above, when the binary is not there yet.
+check_config() {
+	[ -x "$1" ] || return 0
+	"$@" --bench "$bench_dir" --check-config >/dev/null ||
+		die "\`$* --check-config\` failed on $bench_dir (above); nothing changed"
+}
 usage() {
 	cat >&2 <<USAGE
 usage: $prog apply BENCH_DIR [BINARY]   (BINARY default: $DEFAULT_BINARY)
@@ -83,6 +93,7 @@ apply)
 	set +f
 	[ $# -ge 1 ] || die "BINARY is empty"
 	[ -x "$1" ] || echo "$prog: warning: $1 is not an executable file (yet)" >&2
+	check_config "$@"
 	tmp=$(mktemp)
 	trap 'rm -f "$tmp"' EXIT
 	cat >"$tmp" <<DROPIN

@@ -267,10 +267,15 @@ test("systemd unit: bench's node-socketio service runs in the bench dir and logs
 // supervisor/swap.sh
 // ---------------------------------------------------------------------------------------------
 
+/** A bench with the rendered supervisor.conf and the test bench's configuration (swap.sh runs
+ * the binary's --check-config on it before it changes anything). */
 function swapBench(name) {
   const dir = path.join(tmp, name);
   fs.mkdirSync(path.join(dir, "config"), { recursive: true });
   fs.copyFileSync(path.join(out, "supervisor.conf"), path.join(dir, "config/supervisor.conf"));
+  for (const part of ["sites", "apps"]) {
+    fs.cpSync(path.join(benchDir, part), path.join(dir, part), { recursive: true });
+  }
   return dir;
 }
 
@@ -345,6 +350,20 @@ test("supervisor/swap.sh: clear errors for a missing file, a missing block, and 
   r = run(SUPERVISOR_SWAP, ["frobnicate", noBlock]);
   assert.equal(r.status, 2);
   assert.match(r.stderr, /usage:/);
+});
+
+test("supervisor/swap.sh: a bench the binary's --check-config rejects is not swapped", () => {
+  const dir = swapBench("swap-bad-config");
+  const common = path.join(dir, "sites/common_site_config.json");
+  fs.writeFileSync(common, JSON.stringify({ ...JSON.parse(fs.readFileSync(common, "utf8")), socketio_port: "abc" }));
+  const conf = path.join(dir, "config/supervisor.conf");
+  const before = fs.readFileSync(conf);
+  const r = run(SUPERVISOR_SWAP, ["apply", dir, BINARY]);
+  assert.equal(r.status, 1);
+  assert.ok(r.stderr.includes(`${common}: key \`socketio_port\``), r.stderr);
+  assert.match(r.stderr, /--check-config` failed .*nothing changed/);
+  assert.deepEqual(fs.readFileSync(conf), before);
+  assert.ok(!fs.existsSync(`${conf}.node-socketio.bak`));
 });
 
 test("supervisor parses the swapped file: the socketio program runs frappe-realtime in the bench dir, in <bench>-web", (t) => {
