@@ -59,7 +59,7 @@ pub enum FailureKind {
 impl FailureKind {
     /// The label of metrics and logs: `unauthorized`, `auth_error`, `timeout` or
     /// `no_callback_target`.
-    pub fn as_str(self) -> &'static str {
+    pub fn label(self) -> &'static str {
         match self {
             Self::Denied => "unauthorized",
             Self::Error => "auth_error",
@@ -298,7 +298,7 @@ impl FrappeClient {
                 allowed
             }
             Err(failure) => {
-                call.finish(failure.kind.as_str());
+                call.finish(failure.kind.label());
                 tracing::warn!(site = %session.site, user = %session.user, why = %failure.detail,
                     "permission check failed");
                 false
@@ -343,7 +343,7 @@ impl FrappeClient {
         .await;
         call.finish(match &result {
             Ok(_) => "ok",
-            Err(failure) => failure.kind.as_str(),
+            Err(failure) => failure.kind.label(),
         });
         result
     }
@@ -398,7 +398,7 @@ impl FrappeClient {
             Ok(info) if info.user.is_some() => "ok",
             Ok(_) => "denied",
             Err(failure) if failure.kind == FailureKind::Denied => "denied",
-            Err(failure) => failure.kind.as_str(),
+            Err(failure) => failure.kind.label(),
         });
         result
     }

@@ -68,7 +68,8 @@ pub enum Malformed {
 }
 
 impl Malformed {
-    pub fn as_str(self) -> &'static str {
+    /// The `reason` label of the dropped-event metric.
+    pub fn label(self) -> &'static str {
         match self {
             Self::NotJson => "not_json",
             Self::NotAnObject => "not_an_object",
@@ -322,10 +323,10 @@ fn handle(io: &Io, app: &App, payload: &[u8]) {
             histogram!(metrics::DELIVERY_DURATION).record(received.elapsed());
         }
         Err(malformed) => {
-            drop_event(malformed.as_str());
+            drop_event(malformed.label());
             // The payload is never logged: it can carry anything a site published.
             tracing::warn!(
-                reason = malformed.as_str(),
+                reason = malformed.label(),
                 bytes = payload.len(),
                 "dropped a malformed message from Redis"
             );

@@ -253,7 +253,7 @@ async fn authenticate(
     };
     let label = match &outcome {
         Ok(_) => "ok",
-        Err(refusal) => refusal.reason(),
+        Err(refusal) => refusal.label(),
     };
     counter!(metrics::HANDSHAKES, "site" => site.clone(), "outcome" => label).increment(1);
     match outcome {

@@ -69,13 +69,13 @@ pub enum Refusal {
 
 impl Refusal {
     /// A short, bounded label for logs and metrics.
-    pub fn reason(&self) -> &'static str {
+    pub fn label(&self) -> &'static str {
         match self {
             Self::InvalidNamespace => "invalid_namespace",
             Self::InvalidOrigin => "invalid_origin",
             Self::MissingCredentials | Self::NoCookie => "missing_credentials",
             Self::NoAuthenticationMethod | Self::NoSid => "no_authentication_method",
-            Self::Unauthorized(failure) => failure.kind.as_str(),
+            Self::Unauthorized(failure) => failure.kind.label(),
             Self::TooManyConnections(cap) => cap.label(),
         }
     }
@@ -546,7 +546,7 @@ mod tests {
         other_cookie.push(("cookie", "theme=dark"));
         assert_eq!(v14(&other_cookie), Some(Refusal::NoSid));
         assert_eq!(Refusal::NoSid.to_string(), "No sid transmitted.");
-        assert_eq!(Refusal::NoSid.reason(), "no_authentication_method");
+        assert_eq!(Refusal::NoSid.label(), "no_authentication_method");
     }
 
     /// A program (no Origin) with a valid credential is not a cross-site browser request.

@@ -633,7 +633,7 @@ fn check_one(
             };
             prop_assert_eq!(Some(&refusal), expected.as_ref());
             prop_assert!(!refusal.to_string().is_empty());
-            prop_assert!(!refusal.reason().is_empty());
+            prop_assert!(!refusal.label().is_empty());
         }
     }
     Ok(())

@@ -244,7 +244,7 @@ impl Forward {
             Err(failure) => {
                 tracing::warn!(site = cx.site(), user = %cx.client.session.user, app = handler.app,
                     event = handler.event, why = %failure.detail, "an app handler's forward failed");
-                json!({"error": failure.kind.as_str()})
+                json!({"error": failure.kind.label()})
             }
         };
         if self.reply
