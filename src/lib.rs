@@ -1,39 +1,65 @@
 //! frappe-realtime: a drop-in replacement for the Socket.IO service of a Frappe bench.
 //!
-//! Modules by responsibility: [`config`] reads the bench, [`sites`] keeps one namespace per
-//! site, [`handshake`] resolves the site and checks a handshake, [`auth`] asks Frappe who a
-//! client is and what it may follow, [`handlers`] serves client events, [`rooms`] names rooms
-//! and tracks who views a document, [`app_handlers`] runs installed apps' handlers written as
-//! data, [`bridge`] delivers Frappe's Redis events, and [`server`] ties them together.
+//! Modules by responsibility, one line each below. Private unless `main.rs`, the tests or the
+//! examples need them: the layers (`engine`, `socketio`), what the tests drive directly
+//! (`config`, `handshake`, `handlers`, `bridge`, `sites`, `cors`, `app_handlers`) and the
+//! entry point (`server`).
 
-pub mod answer_cache;
-pub mod app;
+/// A short-lived memory of Frappe's positive `get_user_info` answers (off unless configured).
+mod answer_cache;
+/// What every handler shares: the configuration snapshot and the Frappe and Redis clients.
+mod app;
+/// App handlers written as data (`realtime/handlers.json`): loading, checking, running.
 pub mod app_handlers;
-pub mod audience;
-pub mod auth;
+/// Where a site's sockets and rooms are: its own namespace, and `/` with prefixed rooms.
+mod audience;
+/// Calls to the site that vouch for a client: `get_user_info`, permissions, app calls.
+mod auth;
+/// Frappe → clients: the `events` subscriber and the routing of each publication.
 pub mod bridge;
-pub mod caps;
-pub mod client;
-pub mod client_bundle;
-pub mod coalesce;
+/// Connection caps per site, per address and per user.
+mod caps;
+/// One socket's Frappe state: who it is, its rooms' naming, open documents, budgets.
+mod client;
+/// The Socket.IO browser client files under `/socket.io/`.
+mod client_bundle;
+/// Single-flight: concurrent identical calls to Frappe share one.
+mod coalesce;
+/// The bench's configuration, read as Frappe's Node service reads it, with provenance.
 pub mod config;
-pub mod connection;
+/// Who is on the other end of a connection, for the per-address caps.
+mod connection;
+/// Which other browser origins may connect to a site (`allow_cors`).
 pub mod cors;
 /// Our Engine.IO server (v4 and v3): sessions, polling and websocket, upgrade, heartbeat.
 pub mod engine;
+/// Frappe's side of a namespace: the handshake, Frappe's client events, disconnects.
 pub mod handlers;
+/// The checks on a handshake before the site is asked (site, namespace, origin, credential).
 pub mod handshake;
-pub mod last_state;
-pub mod limits;
-pub mod metrics;
-pub mod ops;
-pub mod queue_redis;
-pub mod reconnects;
-pub mod recovery_store;
-pub mod revoke;
-pub mod rooms;
+/// Last state on subscribe: the latest publication per room and event, for late joiners.
+mod last_state;
+/// Per-socket limits: client events per second, rooms per socket.
+mod limits;
+/// Prometheus metrics: the recorder, scrape-time series, and every metric's name.
+mod metrics;
+/// Operators' endpoints: `/metrics`, `/health`, `/ready`, `/admin/disconnect`.
+mod ops;
+/// Commands on `redis_queue` besides the subscription (the socket secret, publishing).
+mod queue_redis;
+/// Which connects are reconnects, for the metrics.
+mod reconnects;
+/// Connection state recovery's Redis store: the log as a Stream, sessions as keys.
+mod recovery_store;
+/// Session revocation: disconnect every socket of a user on a site.
+mod revoke;
+/// Frappe's room names and who-is-viewing presence.
+mod rooms;
+/// Process lifecycle: build, serve, watch, bridge, and shut down.
 pub mod server;
-pub mod sessions;
+/// Engine.IO sessions as the service sees them: counted, slow consumers logged.
+mod sessions;
+/// The bench's sites: which exist, what each allows, one namespace each.
 pub mod sites;
 /// Socket.IO protocol 5 and 4 over an Engine.IO session: namespaces, rooms, events, acks.
 pub mod socketio;
