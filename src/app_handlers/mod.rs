@@ -96,7 +96,8 @@ impl AppHandlers {
         handlers
     }
 
-    /// What loading would do, app by app, without logging it: `--check-config`'s report.
+    /// What loading would do, app by app, without counting or logging the rejections:
+    /// `--check-config`'s report.
     /// Each app's handler file and either how many handlers it has or what is wrong.
     pub fn check(bench: &Path, core_events: &[&str]) -> Vec<(String, Result<usize, String>)> {
         find_all(bench, core_events)
