@@ -269,13 +269,10 @@ impl FrappeClient {
             return false;
         };
         let call = CallObservation::start(endpoint);
-        let request = self.http.get(url).query(&query);
-        let request = self
-            .authenticate(request, &session.site, &session.credential)
-            .await;
         let result = async {
-            let _slot = self.slot().await?;
-            let response = request.send().await.map_err(|e| self.failure(e))?;
+            let (_slot, response) = self
+                .send_as(session, self.http.get(url).query(&query))
+                .await?;
             let status = response.status();
             if status == StatusCode::FORBIDDEN {
                 return Ok(false);
@@ -328,12 +325,8 @@ impl FrappeClient {
             None => self.http.get(url),
         }
         .query(query);
-        let request = self
-            .authenticate(request, &session.site, &session.credential)
-            .await;
         let result = async {
-            let _slot = self.slot().await?;
-            let response = request.send().await.map_err(|e| self.failure(e))?;
+            let (_slot, response) = self.send_as(session, request).await?;
             let status = response.status();
             if !status.is_success() {
                 return Err(AuthFailure::error(format!("Frappe answered HTTP {status}")));
@@ -346,6 +339,21 @@ impl FrappeClient {
             Err(failure) => failure.kind.label(),
         });
         result
+    }
+
+    /// Send `request` to `session`'s site with its credential, in a slot towards Frappe that
+    /// stays taken while the caller holds the returned permit (reading the body included).
+    async fn send_as(
+        &self,
+        session: &Session,
+        request: RequestBuilder,
+    ) -> Result<(SemaphorePermit<'_>, reqwest::Response), AuthFailure> {
+        let request = self
+            .authenticate(request, &session.site, &session.credential)
+            .await;
+        let slot = self.slot().await?;
+        let response = request.send().await.map_err(|e| self.failure(e))?;
+        Ok((slot, response))
     }
 
     /// Where to call the site back for a client from `origin` (spec §4.3).

@@ -124,24 +124,27 @@ impl Announcer<'_> {
 /// order their sockets connected (as Node's app handlers list them, walking the namespace's
 /// sockets).
 pub fn users_in(io: &Io, site: &str, room: &str) -> Vec<String> {
-    let mut sockets: Vec<(u64, String)> = audience::room_of_site(io, site, room)
-        .into_iter()
-        .flat_map(|(namespace, name)| namespace.sockets_in(&name))
-        .filter_map(|other| {
-            let client = other.state::<ClientState>()?;
-            Some((client.connected, client.session.user.clone()))
-        })
-        .collect();
+    let mut sockets = room_sockets(io, site, room);
     sockets.sort_unstable_by_key(|(connected, _)| *connected);
     distinct_in_order(sockets.into_iter().map(|(_, user)| user).collect())
 }
 
 /// The user of each socket in `room` of `site`, wherever it is connected.
 fn socket_users(io: &Io, site: &str, room: &str) -> Vec<String> {
+    let sockets = room_sockets(io, site, room);
+    sockets.into_iter().map(|(_, user)| user).collect()
+}
+
+/// Each socket in `room` of `site`, wherever it is connected: when it connected (its place in
+/// [`ClientState::connected`]'s order) and its user.
+fn room_sockets(io: &Io, site: &str, room: &str) -> Vec<(u64, String)> {
     audience::room_of_site(io, site, room)
         .into_iter()
         .flat_map(|(namespace, name)| namespace.sockets_in(&name))
-        .filter_map(|other| Some(other.state::<ClientState>()?.session.user.clone()))
+        .filter_map(|other| {
+            let client = other.state::<ClientState>()?;
+            Some((client.connected, client.session.user.clone()))
+        })
         .collect()
 }
 
