@@ -9,27 +9,18 @@ use std::sync::{Mutex, OnceLock, PoisonError};
 use crate::audience::Scope;
 use crate::auth::Session;
 use crate::caps::Seat;
+use crate::disconnect::DisconnectCause;
 use crate::limits::{EventBudget, Limits, Verdict};
+use crate::socketio::Socket;
 
-/// Why the server itself disconnected a socket; `label` is the `reason` of its disconnect.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cause {
-    /// It kept sending events over its budget.
-    RateLimited,
-    /// Its user's sessions were revoked (see [`crate::revoke`]).
-    SessionRevoked,
-    /// Its site is gone from the bench.
-    SiteRemoved,
-}
-
-impl Cause {
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::RateLimited => "rate_limited",
-            Self::SessionRevoked => "session_revoked",
-            Self::SiteRemoved => "site_removed",
-        }
+/// Disconnect `socket` on purpose, for `cause`: its disconnect is counted and logged under
+/// that cause (the first one given stays). The client gets DISCONNECT and does not reconnect
+/// by itself.
+pub fn disconnect(socket: &Socket, cause: DisconnectCause) {
+    if let Some(client) = socket.state::<ClientState>() {
+        let _ = client.cause.set(cause);
     }
+    socket.disconnect();
 }
 
 /// Numbers sockets in the order they connected.
@@ -48,7 +39,7 @@ pub struct ClientState {
     /// Per event an app queues for its backend: that event's own budget.
     queue_budgets: Mutex<HashMap<String, EventBudget>>,
     /// Set when the server disconnects the socket on purpose, for the disconnect's label.
-    cause: OnceLock<Cause>,
+    cause: OnceLock<DisconnectCause>,
     /// It came back for a kept session and got its rooms back.
     resuming: OnceLock<()>,
     /// Held for the socket's lifetime; dropping the state frees the connection's place.
@@ -70,14 +61,9 @@ impl ClientState {
         }
     }
 
-    /// Why the server disconnected this socket, if it did so on purpose.
-    pub fn cause(&self) -> Option<Cause> {
+    /// Why the server disconnected this socket, if it did so on purpose (see [`disconnect`]).
+    pub fn cause(&self) -> Option<DisconnectCause> {
         self.cause.get().copied()
-    }
-
-    /// Remember why the server is disconnecting the socket; the first reason given stays.
-    pub fn note_cause(&self, cause: Cause) {
-        let _ = self.cause.set(cause);
     }
 
     /// Mark the socket as resuming a kept session (its rooms are back).

@@ -1,32 +1,31 @@
-//! The handler of every namespace Frappe's clients connect to (`/` and `/<site>`): the
-//! handshake (spec §4), the client events Frappe's service handles (spec §5), and what a
-//! disconnect leaves to count and announce.
+//! The handler of every namespace Frappe's clients connect to (`/` and `/<site>`): it hands
+//! each handshake to [`Admission`], dispatches the client events Frappe's service handles
+//! (spec §5) and the installed apps' events, and counts and announces what a disconnect
+//! leaves.
 //!
 //! Arguments are positional and untrusted: anything missing, empty or not a string makes the
 //! event a no-op, never an error that reaches the connection.
 
 use std::sync::Arc;
 
-use axum::extract::ConnectInfo;
 use serde::Deserialize;
 use serde_json::Value;
 
 use ::metrics::{counter, histogram};
 
+use crate::admission::Admission;
 use crate::app::App;
 use crate::app_handlers;
-use crate::audience::{self, Scope};
 use crate::auth::Subject;
-use crate::client::{Cause, ClientState};
-use crate::connection::Peer;
-use crate::engine::CloseReason;
-use crate::handshake::{self, Namespace, Policy, Refusal};
+use crate::client::{self, ClientState};
+use crate::disconnect::DisconnectCause;
 use crate::limits::Verdict;
 use crate::metrics;
-use crate::rooms::{self, Announcer};
+use crate::presence::Announcer;
+use crate::rooms;
 use crate::sessions::transport_label;
 use crate::socketio::{
-    self, ConnectFuture, DisconnectReason, Event, Handshake, Io, NamespaceHandler, Recovery, Socket,
+    self, ConnectFuture, DisconnectReason, Event, Handshake, Io, NamespaceHandler, Socket,
 };
 
 /// Socket.IO emit with no arguments: an empty tuple-like value, so the frame is `["pong"]`.
@@ -40,27 +39,28 @@ const NO_ARGS: [(); 0] = [];
 pub struct Frappe {
     app: Arc<App>,
     io: Io,
+    admission: Arc<Admission>,
 }
 
 impl Frappe {
-    pub fn new(app: Arc<App>, io: Io) -> Arc<Self> {
-        Arc::new(Self { app, io })
+    pub fn new(app: Arc<App>, io: Io, admission: Arc<Admission>) -> Arc<Self> {
+        Arc::new(Self { app, io, admission })
     }
 }
 
 impl NamespaceHandler for Frappe {
-    /// The local checks, then one call to the site. A refusal's text is what the client gets
-    /// in `connect_error`. The rooms joined here are entered before the client is told it is
-    /// connected, so it misses nothing published from then on.
+    /// Admission decides (see [`Admission::admit`]); a refusal's text is what the client gets
+    /// in `connect_error`.
     fn connect(&self, handshake: Handshake) -> ConnectFuture {
-        let app = self.app.clone();
+        let (app, admission) = (self.app.clone(), self.admission.clone());
         let auth = handshake
             .auth()
             .and_then(|text| serde_json::from_str::<Value>(text).ok());
         let recovery = handshake.recovery().clone();
         let socket = handshake.socket;
         Box::pin(async move {
-            authenticate(&app, &socket, auth.as_ref(), &recovery)
+            admission
+                .admit(&app, &socket, auth.as_ref(), &recovery)
                 .await
                 .map_err(|refusal| socketio::Refusal::new(refusal.to_string()))
         })
@@ -125,7 +125,7 @@ impl NamespaceHandler for Frappe {
             presence.viewers(&doctype, &docname);
         }
         let session = &client.session;
-        let reason = disconnect_label(reason, client.cause());
+        let reason = DisconnectCause::of(reason, client.cause()).label();
         counter!(metrics::DISCONNECTS, "site" => session.site.clone(), "reason" => reason)
             .increment(1);
         if !session.is_guest() {
@@ -198,123 +198,6 @@ impl Frappe {
             io: &self.io,
             app: &self.app,
             client,
-        }
-    }
-}
-
-/// Disconnect `socket` on purpose, for `cause` (its disconnect is counted under that reason).
-/// The client gets DISCONNECT and does not reconnect by itself.
-pub fn disconnect_for(socket: &Socket, cause: Cause) {
-    if let Some(client) = socket.state::<ClientState>() {
-        client.note_cause(cause);
-    }
-    socket.disconnect();
-}
-
-async fn authenticate(
-    app: &App,
-    socket: &Socket,
-    auth: Option<&Value>,
-    recovery: &Recovery,
-) -> Result<(), Refusal> {
-    let path = socket.namespace().path();
-    let namespace = Namespace::from_path(path);
-    let headers = &socket.request().headers;
-    let settings = app.settings();
-    let policy = Policy {
-        default_site: settings.config.default_site.as_deref(),
-        sites: &app.sites,
-        common_allow_cors: &settings.config.allow_cors,
-        version: settings.config.frappe_version,
-    };
-    let checked = handshake::check(namespace, headers, auth, &policy);
-    // The metrics' site: the one checked, else the namespace's (`/` when the root namespace
-    // names no site this bench has: never a name taken from the headers).
-    let site = match (&checked, namespace) {
-        (Ok(accepted), _) => accepted.site.clone(),
-        (Err(_), Namespace::Site(site)) => site.to_owned(),
-        (Err(_), Namespace::Root) => audience::ROOT.to_owned(),
-    };
-    let outcome = match checked {
-        Ok(accepted) => settings
-            .frappe
-            .get_user_info(accepted)
-            .await
-            .map_err(Refusal::Unauthorized)
-            .and_then(|session| {
-                let peer = socket.request().extensions.get::<ConnectInfo<Peer>>();
-                let ip = handshake::client_ip(peer.and_then(|info| info.0.ip), headers);
-                app.seats
-                    .take(&settings.config.connection_caps, &site, ip, &session.user)
-                    .map(|seat| (session, seat))
-                    .map_err(Refusal::TooManyConnections)
-            }),
-        Err(refusal) => Err(refusal),
-    };
-    let label = match &outcome {
-        Ok(_) => "ok",
-        Err(refusal) => refusal.label(),
-    };
-    counter!(metrics::HANDSHAKES, "site" => site.clone(), "outcome" => label).increment(1);
-    match outcome {
-        Ok((session, seat)) => {
-            let scope = Scope::new(path, &session.site);
-            let client = ClientState::new(session, seat, &settings.config.limits, scope);
-            join_own_rooms(socket, &client);
-            if let Recovery::Restoring(kept) = recovery {
-                restore_rooms(socket, &client, kept, &site);
-            } else if let Some(outcome) = recovery.label() {
-                counter!(metrics::RECOVERIES, "site" => site, "outcome" => outcome).increment(1);
-            }
-            socket.set_state(client);
-            Ok(())
-        }
-        Err(refusal) => {
-            if let Some(outcome) = recovery.label() {
-                // A kept session whose client is no longer let in is not resumed.
-                let outcome = match recovery {
-                    Recovery::Restoring(_) => "refused",
-                    _ => outcome,
-                };
-                counter!(metrics::RECOVERIES, "site" => site.clone(), "outcome" => outcome)
-                    .increment(1);
-            }
-            tracing::info!(%site, namespace = path, reason = label,
-                transport = transport_label(socket.transport_type()), refusal = %refusal,
-                "handshake refused");
-            Err(refusal)
-        }
-    }
-}
-
-/// The rooms every socket is in: its user's, its site's `website`, and `all` for System Users.
-fn join_own_rooms(socket: &Socket, client: &ClientState) {
-    let session = &client.session;
-    socket.join(&client.room(rooms::user(&session.user)));
-    socket.join(&client.room(rooms::WEBSITE.to_owned()));
-    if session.is_system_user() {
-        socket.join(&client.room(rooms::ALL.to_owned()));
-    }
-}
-
-/// Give a socket that came back for its kept session the rooms it had: its `doc:`,
-/// `doctype:`, `task_progress:` and `open_doc:` subscriptions were checked when it made them,
-/// for the same user. A client that is now someone else (its own rooms are not among the kept
-/// ones: another user, site or user type) starts afresh instead.
-fn restore_rooms(socket: &Socket, client: &ClientState, kept: &[Arc<str>], site: &str) {
-    let own = socket.rooms();
-    if !own.iter().all(|room| kept.contains(room)) {
-        counter!(metrics::RECOVERIES, "site" => site.to_owned(), "outcome" => "refused")
-            .increment(1);
-        socket.decline_recovery();
-        return;
-    }
-    client.resuming();
-    for room in kept {
-        socket.join(room);
-        let open = client.frappe_room(room).and_then(rooms::open_doc_of);
-        if let Some((doctype, docname)) = open {
-            client.remember_open(doctype, docname);
         }
     }
 }
@@ -583,32 +466,9 @@ fn within_budget(socket: &Socket, app: &App, client: &ClientState) -> bool {
     if verdict == Verdict::Disconnect {
         tracing::warn!(site = %client.session.site, user = %client.session.user,
             "disconnecting a client that keeps exceeding its event rate");
-        disconnect_for(socket, Cause::RateLimited);
+        client::disconnect(socket, DisconnectCause::RateLimited);
     }
     false
-}
-
-/// A bounded label for why a socket went away: the `reason` of
-/// `frappe_realtime_disconnects_total` (docs/metrics.md).
-fn disconnect_label(reason: DisconnectReason, cause: Option<Cause>) -> &'static str {
-    match (reason, cause) {
-        (DisconnectReason::ServerDisconnect | DisconnectReason::NamespaceRemoved, Some(cause)) => {
-            cause.label()
-        }
-        (DisconnectReason::ClientDisconnect, _) => "client_disconnect",
-        (DisconnectReason::ServerDisconnect, None) => "server_disconnect",
-        (DisconnectReason::NamespaceRemoved, None) => Cause::SiteRemoved.label(),
-        (DisconnectReason::Session(closed), _) => match closed {
-            CloseReason::TransportClose => "transport_close",
-            CloseReason::TransportError => "transport_error",
-            CloseReason::PingTimeout => "ping_timeout",
-            CloseReason::ParseError => "packet_parsing_error",
-            CloseReason::MultiplePolling => "multiple_polling_error",
-            CloseReason::SlowConsumer(_) => "slow_consumer",
-            CloseReason::ServerClose => "server_disconnect",
-            CloseReason::ServerShutdown => "server_shutdown",
-        },
-    }
 }
 
 /// Every positional argument of an event.

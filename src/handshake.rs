@@ -25,8 +25,6 @@ use http::header::{AUTHORIZATION, COOKIE, HOST, HeaderName, ORIGIN, USER_AGENT};
 use http::{HeaderMap, HeaderValue};
 use serde_json::Value;
 
-use crate::auth::AuthFailure;
-use crate::caps::CapExceeded;
 use crate::config::FrappeVersion;
 use crate::cors::AllowCors;
 use crate::sites::SiteTable;
@@ -50,61 +48,47 @@ pub const SESSION_HEADERS: [HeaderName; 7] = [
     USER_AGENT,
 ];
 
-/// Why a handshake is refused. `Display` is the exact text the client gets in `connect_error`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Refusal {
+/// Why the local checks refuse a handshake, before the site is asked. `Display` is the exact
+/// text the client gets in `connect_error`; `crate::admission` adds the refusals that come
+/// later (the site's answer, the connection caps).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
     InvalidNamespace,
     InvalidOrigin,
     MissingCredentials,
     NoAuthenticationMethod,
-    /// Frappe 13 and 14's text for [`Refusal::MissingCredentials`].
+    /// Frappe 13 and 14's text for [`Rejection::MissingCredentials`].
     NoCookie,
-    /// Frappe 13 and 14's text for [`Refusal::NoAuthenticationMethod`].
+    /// Frappe 13 and 14's text for [`Rejection::NoAuthenticationMethod`].
     NoSid,
-    /// The site did not vouch for the credential (or could not be asked).
-    Unauthorized(AuthFailure),
-    /// A `realtime_max_connections_per_*` cap is full.
-    TooManyConnections(CapExceeded),
 }
 
-impl Refusal {
+impl Rejection {
     /// A short, bounded label for logs and metrics.
-    pub fn label(&self) -> &'static str {
+    pub fn label(self) -> &'static str {
         match self {
             Self::InvalidNamespace => "invalid_namespace",
             Self::InvalidOrigin => "invalid_origin",
             Self::MissingCredentials | Self::NoCookie => "missing_credentials",
             Self::NoAuthenticationMethod | Self::NoSid => "no_authentication_method",
-            Self::Unauthorized(failure) => failure.kind.label(),
-            Self::TooManyConnections(cap) => cap.label(),
         }
     }
 }
 
-impl fmt::Display for Refusal {
+impl fmt::Display for Rejection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::InvalidNamespace => f.write_str("Invalid namespace"),
-            Self::InvalidOrigin => f.write_str("Invalid origin"),
-            Self::MissingCredentials => f.write_str(
-                "Missing cookie and authorization header. Either one needed for authentication.",
-            ),
-            Self::NoAuthenticationMethod => {
-                f.write_str("No authentication method used. Use cookie or authorization header.")
+        f.write_str(match self {
+            Self::InvalidNamespace => "Invalid namespace",
+            Self::InvalidOrigin => "Invalid origin",
+            Self::MissingCredentials => {
+                "Missing cookie and authorization header. Either one needed for authentication."
             }
-            Self::NoCookie => f.write_str("No cookie transmitted."),
-            Self::NoSid => f.write_str("No sid transmitted."),
-            Self::Unauthorized(failure) => write!(f, "Unauthorized: {}", failure.detail),
-            Self::TooManyConnections(cap) => write!(
-                f,
-                "Too many connections for this {}",
-                match cap {
-                    CapExceeded::Site => "site",
-                    CapExceeded::Ip => "address",
-                    CapExceeded::User => "user",
-                }
-            ),
-        }
+            Self::NoAuthenticationMethod => {
+                "No authentication method used. Use cookie or authorization header."
+            }
+            Self::NoCookie => "No cookie transmitted.",
+            Self::NoSid => "No sid transmitted.",
+        })
     }
 }
 
@@ -197,7 +181,7 @@ pub fn check(
     headers: &HeaderMap,
     auth: Option<&Value>,
     policy: &Policy<'_>,
-) -> Result<Accepted, Refusal> {
+) -> Result<Accepted, Rejection> {
     let site = site_of(namespace, headers, policy)?;
     let callback_origin = origin_allowed(&site, headers, policy)?;
     let credential = credential(headers, auth, policy.version)?;
@@ -214,12 +198,12 @@ fn site_of(
     namespace: Namespace<'_>,
     headers: &HeaderMap,
     policy: &Policy<'_>,
-) -> Result<String, Refusal> {
+) -> Result<String, Rejection> {
     let resolved = resolve_site(headers, policy.default_site, policy.sites);
     match (namespace, resolved) {
         (Namespace::Site(site), Some(resolved)) if resolved == site => Ok(resolved),
         (Namespace::Root, Some(resolved)) if policy.sites.contains(&resolved) => Ok(resolved),
-        _ => Err(Refusal::InvalidNamespace),
+        _ => Err(Rejection::InvalidNamespace),
     }
 }
 
@@ -230,7 +214,7 @@ fn origin_allowed(
     site: &str,
     headers: &HeaderMap,
     policy: &Policy<'_>,
-) -> Result<Option<String>, Refusal> {
+) -> Result<Option<String>, Rejection> {
     let Some(origin) = header(headers, ORIGIN.as_str()) else {
         return Ok(None);
     };
@@ -246,7 +230,7 @@ fn origin_allowed(
     if allow_cors.allows(origin) {
         Ok(None)
     } else {
-        Err(Refusal::InvalidOrigin)
+        Err(Rejection::InvalidOrigin)
     }
 }
 
@@ -257,7 +241,7 @@ fn credential(
     headers: &HeaderMap,
     auth: Option<&Value>,
     version: FrappeVersion,
-) -> Result<Credential, Refusal> {
+) -> Result<Credential, Rejection> {
     if let Some(value) = header(headers, AUTHORIZATION.as_str()).filter(|v| !v.is_empty()) {
         return Ok(Credential::Authorization(value.to_owned()));
     }
@@ -269,10 +253,10 @@ fn credential(
     }
     let legacy = !version.has_site_namespaces();
     Err(match (headers.get(COOKIE).is_some(), legacy) {
-        (false, false) => Refusal::MissingCredentials,
-        (false, true) => Refusal::NoCookie,
-        (true, false) => Refusal::NoAuthenticationMethod,
-        (true, true) => Refusal::NoSid,
+        (false, false) => Rejection::MissingCredentials,
+        (false, true) => Rejection::NoCookie,
+        (true, false) => Rejection::NoAuthenticationMethod,
+        (true, true) => Rejection::NoSid,
     })
 }
 
@@ -378,7 +362,7 @@ mod tests {
     }
 
     /// `check` for `namespace` on a bench with the sites above, Frappe 16.
-    fn check_v16(namespace: &str, headers: &HeaderMap) -> Result<Accepted, Refusal> {
+    fn check_v16(namespace: &str, headers: &HeaderMap) -> Result<Accepted, Rejection> {
         check_with(namespace, headers, None, FrappeVersion::V16)
     }
 
@@ -387,7 +371,7 @@ mod tests {
         headers: &HeaderMap,
         auth: Option<&Value>,
         version: FrappeVersion,
-    ) -> Result<Accepted, Refusal> {
+    ) -> Result<Accepted, Rejection> {
         let sites = sites();
         let policy = Policy {
             default_site: None,
@@ -508,7 +492,7 @@ mod tests {
         let wrong_site = headers(&[("host", "b.local"), ("origin", "http://b.local")]);
         assert_eq!(
             check_v16("/a.local", &wrong_site).err(),
-            Some(Refusal::InvalidNamespace)
+            Some(Rejection::InvalidNamespace)
         );
 
         let cross_origin = headers(&[
@@ -518,19 +502,19 @@ mod tests {
         ]);
         assert_eq!(
             check_v16("/a.local", &cross_origin).err(),
-            Some(Refusal::InvalidOrigin)
+            Some(Rejection::InvalidOrigin)
         );
 
         let base = [("host", "a.local:9000"), ("origin", "http://a.local")];
         assert_eq!(
             check_v16("/a.local", &headers(&base)).err(),
-            Some(Refusal::MissingCredentials)
+            Some(Rejection::MissingCredentials)
         );
         let mut other_cookie = base.to_vec();
         other_cookie.push(("cookie", "theme=dark"));
         assert_eq!(
             check_v16("/a.local", &headers(&other_cookie)).err(),
-            Some(Refusal::NoAuthenticationMethod)
+            Some(Rejection::NoAuthenticationMethod)
         );
     }
 
@@ -540,13 +524,13 @@ mod tests {
         let v14 = |pairs: &[(&str, &str)]| {
             check_with("/", &headers(pairs), None, FrappeVersion::V14).err()
         };
-        assert_eq!(v14(&base), Some(Refusal::NoCookie));
-        assert_eq!(Refusal::NoCookie.to_string(), "No cookie transmitted.");
+        assert_eq!(v14(&base), Some(Rejection::NoCookie));
+        assert_eq!(Rejection::NoCookie.to_string(), "No cookie transmitted.");
         let mut other_cookie = base.to_vec();
         other_cookie.push(("cookie", "theme=dark"));
-        assert_eq!(v14(&other_cookie), Some(Refusal::NoSid));
-        assert_eq!(Refusal::NoSid.to_string(), "No sid transmitted.");
-        assert_eq!(Refusal::NoSid.label(), "no_authentication_method");
+        assert_eq!(v14(&other_cookie), Some(Rejection::NoSid));
+        assert_eq!(Rejection::NoSid.to_string(), "No sid transmitted.");
+        assert_eq!(Rejection::NoSid.label(), "no_authentication_method");
     }
 
     /// A program (no Origin) with a valid credential is not a cross-site browser request.
@@ -565,7 +549,7 @@ mod tests {
         ]);
         assert_eq!(
             check_v16("/a.local", &other).err(),
-            Some(Refusal::InvalidOrigin)
+            Some(Rejection::InvalidOrigin)
         );
     }
 
@@ -586,7 +570,7 @@ mod tests {
         );
         assert_eq!(
             check_v16("/cors.local", &from("https://evil.example")).err(),
-            Some(Refusal::InvalidOrigin)
+            Some(Rejection::InvalidOrigin)
         );
         // a.local lists nothing: the portal is refused there.
         let to_a = headers(&[
@@ -597,7 +581,7 @@ mod tests {
         ]);
         assert_eq!(
             check_v16("/a.local", &to_a).err(),
-            Some(Refusal::InvalidOrigin)
+            Some(Rejection::InvalidOrigin)
         );
         // The common allow_cors applies to sites without their own.
         let sites = sites();
@@ -612,7 +596,7 @@ mod tests {
         let evil_to_cors = from("https://evil.example");
         assert_eq!(
             check(Namespace::Site("cors.local"), &evil_to_cors, None, &policy).err(),
-            Some(Refusal::InvalidOrigin),
+            Some(Rejection::InvalidOrigin),
             "a site's own allow_cors wins over the common one"
         );
     }
@@ -624,11 +608,11 @@ mod tests {
         let to_unknown = headers(&[("x-frappe-site-name", "z.local"), ("cookie", "sid=abc")]);
         assert_eq!(
             check_v16("/", &to_unknown).err(),
-            Some(Refusal::InvalidNamespace)
+            Some(Rejection::InvalidNamespace)
         );
         assert_eq!(
             check_v16("/", &headers(&[("cookie", "sid=abc")])).err(),
-            Some(Refusal::InvalidNamespace),
+            Some(Rejection::InvalidNamespace),
             "no header names a site"
         );
     }
@@ -657,11 +641,11 @@ mod tests {
         );
         assert_eq!(
             with(serde_json::json!({"pid": "p", "offset": "1"})).err(),
-            Some(Refusal::MissingCredentials)
+            Some(Rejection::MissingCredentials)
         );
         assert_eq!(
             with(serde_json::json!({"sid": "line\nbreak"})).err(),
-            Some(Refusal::MissingCredentials),
+            Some(Rejection::MissingCredentials),
             "a value that cannot travel in a header is no credential"
         );
         // The headers' own credential wins.
@@ -675,12 +659,7 @@ mod tests {
 
     #[test]
     fn messages_are_frappes() {
-        assert_eq!(Refusal::InvalidNamespace.to_string(), "Invalid namespace");
-        let failure = AuthFailure::error("Frappe answered HTTP 500".into());
-        assert_eq!(
-            Refusal::Unauthorized(failure).to_string(),
-            "Unauthorized: Frappe answered HTTP 500"
-        );
+        assert_eq!(Rejection::InvalidNamespace.to_string(), "Invalid namespace");
         assert!(!format!("{:?}", Credential::Sid("secret".into())).contains("secret"));
     }
 

@@ -3,8 +3,11 @@
 //! Modules by responsibility, one line each below. Private unless `main.rs`, the tests or the
 //! examples need them: the layers (`engine`, `socketio`), what the tests drive directly
 //! (`config`, `handshake`, `handlers`, `bridge`, `sites`, `cors`, `app_handlers`) and the
-//! entry point (`server`).
+//! entry point (`server`). No module uses itself through others (`tests/architecture.rs`).
 
+/// Whether a handshake becomes a socket: the checks, the site's word, the caps, the first
+/// rooms; and the last refusals, for the status page.
+mod admission;
 /// A short-lived memory of Frappe's positive `get_user_info` answers (off unless configured).
 mod answer_cache;
 /// What every handler shares: the configuration snapshot and the Frappe and Redis clients.
@@ -31,6 +34,8 @@ pub mod config;
 mod connection;
 /// Which other browser origins may connect to a site (`allow_cors`).
 pub mod cors;
+/// Why a socket went away: one cause type, one label, for every disconnect.
+mod disconnect;
 /// Our Engine.IO server (v4 and v3): sessions, polling and websocket, upgrade, heartbeat.
 pub mod engine;
 /// Frappe's side of a namespace: the handshake, Frappe's client events, disconnects.
@@ -45,6 +50,8 @@ mod limits;
 mod metrics;
 /// Operators' endpoints: `/metrics`, `/health`, `/ready`, `/admin/disconnect`.
 mod ops;
+/// Who-is-viewing presence, and the users in a room.
+mod presence;
 /// Commands on `redis_queue` besides the subscription (the socket secret, publishing).
 mod queue_redis;
 /// Which connects are reconnects, for the metrics.
@@ -53,13 +60,15 @@ mod reconnects;
 mod recovery_store;
 /// Session revocation: disconnect every socket of a user on a site.
 mod revoke;
-/// Frappe's room names and who-is-viewing presence.
+/// Frappe's room names.
 mod rooms;
 /// Process lifecycle: build, serve, watch, bridge, and shut down.
 pub mod server;
 /// Engine.IO sessions as the service sees them: counted, slow consumers logged.
 mod sessions;
-/// The bench's sites: which exist, what each allows, one namespace each.
+/// Keeps the sites and their namespaces equal to `sites/` on disk, watching it.
+mod site_registry;
+/// The bench's sites: which exist and what each allows.
 pub mod sites;
 /// Socket.IO protocol 5 and 4 over an Engine.IO session: namespaces, rooms, events, acks.
 pub mod socketio;

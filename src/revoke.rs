@@ -7,12 +7,12 @@
 //! `{"site": …, "user": …}` published on the Redis channel [`CHANNEL`] of `redis_queue`.
 //! Revoked clients get a Socket.IO DISCONNECT, which socket.io-client does not retry.
 
-use crate::socketio::Io;
 use serde::Deserialize;
 
 use crate::app::App;
-use crate::client::Cause;
-use crate::handlers;
+use crate::client;
+use crate::disconnect::DisconnectCause;
+use crate::socketio::Io;
 use crate::{audience, rooms};
 
 /// The Redis channel (on `redis_queue`) that carries revocations.
@@ -35,7 +35,7 @@ pub fn disconnect_user(io: &Io, app: &App, site: &str, user: &str) -> usize {
         .collect();
     let count = sockets.len();
     for socket in sockets {
-        handlers::disconnect_for(&socket, Cause::SessionRevoked);
+        client::disconnect(&socket, DisconnectCause::SessionRevoked);
     }
     tracing::info!(%site, %user, sockets = count, "session revoked");
     count

@@ -15,6 +15,7 @@ use tower_http::cors::CorsLayer;
 
 use ::metrics::counter;
 
+use crate::admission::Admission;
 use crate::app::App;
 use crate::app_handlers::AppHandlers;
 use crate::audience;
@@ -22,6 +23,7 @@ use crate::bridge::{self, Subscription};
 use crate::client_bundle::{self, ClientBundle};
 use crate::config::{Config, Listen, Overrides, RecoveryStore};
 use crate::connection::Peer;
+use crate::disconnect::DisconnectCause;
 use crate::engine::{EngineConfig, EngineService};
 use crate::handlers::{Frappe, frappe_events};
 use crate::handshake;
@@ -29,7 +31,8 @@ use crate::metrics::{self, Metrics};
 use crate::ops::{self, Ops};
 use crate::recovery_store::{self, RedisStore};
 use crate::sessions::Sessions;
-use crate::sites::{SiteRegistry, SiteTable};
+use crate::site_registry::SiteRegistry;
+use crate::sites::SiteTable;
 use crate::socketio::{Io, IoConfig};
 
 /// Node's `maxHttpBufferSize` default, which Frappe's clients expect.
@@ -95,7 +98,8 @@ pub async fn run(
         recovery_mirror: redis_store.as_ref().map(|(store, _)| store.mirror()),
         ..IoConfig::default()
     });
-    let frappe = Frappe::new(app.clone(), io.clone());
+    let admission = Arc::new(Admission::default());
+    let frappe = Frappe::new(app.clone(), io.clone(), admission.clone());
     // The root namespace: Frappe 13 and 14's only one, and where non-browser clients connect
     // on any version; its handshakes name the site.
     io.add_namespace(audience::ROOT, frappe.clone())
@@ -218,12 +222,13 @@ async fn load_recovery(app: &App, io: &Io) {
 /// Count and log the sockets a shutdown disconnects, per site: they go with the process, so
 /// their own disconnect handlers never run.
 fn note_shutdown_disconnects(io: &Io, sites: &SiteTable) {
+    let shutdown = DisconnectCause::ServerShutdown;
     for site in sites.names() {
         let sockets = audience::site_sockets(io, &site).len();
         if sockets > 0 {
-            counter!(metrics::DISCONNECTS, "site" => site.clone(), "reason" => "server_shutdown")
+            counter!(metrics::DISCONNECTS, "site" => site.clone(), "reason" => shutdown.label())
                 .increment(sockets as u64);
-            tracing::info!(%site, sockets, reason = "server_shutdown", "closing the site's connections");
+            tracing::info!(%site, sockets, reason = shutdown.label(), "closing the site's connections");
         }
     }
 }

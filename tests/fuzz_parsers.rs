@@ -14,7 +14,7 @@ use frappe_realtime::config::FrappeVersion;
 use frappe_realtime::config::{Config, ConfigError, Overrides, Source};
 use frappe_realtime::cors::AllowCors;
 use frappe_realtime::handlers::EventArgs;
-use frappe_realtime::handshake::{self, Credential, Namespace, Policy, Refusal};
+use frappe_realtime::handshake::{self, Credential, Namespace, Policy, Rejection};
 use frappe_realtime::sites::{SiteSettings, SiteTable};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use proptest::collection::{btree_map, vec};
@@ -621,15 +621,15 @@ fn check_one(
         Err(refusal) => {
             // The first failing check, in spec §3.3's order.
             let expected = if !site_ok {
-                Some(Refusal::InvalidNamespace)
+                Some(Rejection::InvalidNamespace)
             } else if !origin_ok {
-                Some(Refusal::InvalidOrigin)
+                Some(Rejection::InvalidOrigin)
             } else if authorization.is_none() && !has_cookie {
-                Some(Refusal::MissingCredentials)
+                Some(Rejection::MissingCredentials)
             } else if authorization.is_some() {
                 None // must have been accepted
             } else {
-                Some(Refusal::NoAuthenticationMethod)
+                Some(Rejection::NoAuthenticationMethod)
             };
             prop_assert_eq!(Some(&refusal), expected.as_ref());
             prop_assert!(!refusal.to_string().is_empty());
@@ -781,7 +781,7 @@ proptest! {
                 result.map(|a| a.credential),
                 Ok(Credential::Sid(sid.to_owned()))
             ),
-            (None, None, None) => prop_assert_eq!(result.err(), Some(Refusal::MissingCredentials)),
+            (None, None, None) => prop_assert_eq!(result.err(), Some(Rejection::MissingCredentials)),
         }
     }
 }

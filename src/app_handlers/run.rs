@@ -10,6 +10,7 @@ use crate::auth::{FrappeClient, Subject};
 use crate::client::ClientState;
 use crate::config::is_truthy;
 use crate::metrics;
+use crate::presence;
 use crate::queue_redis::QueueRedis;
 use crate::rooms;
 use crate::socketio::{AckSender, Io, Sid, Socket};
@@ -69,7 +70,7 @@ impl Handler {
             return;
         }
         if let Some(room) = self.presence.as_ref().and_then(|r| r.render(&vars)) {
-            let users = rooms::users_in(cx.io, cx.site(), &room);
+            let users = presence::users_in(cx.io, cx.site(), &room);
             let listed = serde_json::to_string(&users).unwrap_or_default();
             vars.set(
                 "presence",

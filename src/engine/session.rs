@@ -54,24 +54,6 @@ pub enum SlowReason {
     Stalled,
 }
 
-impl CloseReason {
-    /// A short, bounded label for logs and metrics.
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::TransportClose => "transport_close",
-            Self::TransportError => "transport_error",
-            Self::PingTimeout => "ping_timeout",
-            Self::ParseError => "parse_error",
-            Self::MultiplePolling => "multiple_polling",
-            Self::SlowConsumer(SlowReason::QueueFull) => "slow_consumer_queue_full",
-            Self::SlowConsumer(SlowReason::TooManyBytes) => "slow_consumer_too_many_bytes",
-            Self::SlowConsumer(SlowReason::Stalled) => "slow_consumer_stalled",
-            Self::ServerClose => "server_close",
-            Self::ServerShutdown => "server_shutdown",
-        }
-    }
-}
-
 /// A send that was refused, naming the session (a broadcast sends to many).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("session {sid}: {kind}")]
@@ -384,7 +366,7 @@ impl<D> Session<D> {
                     .as_ref()
                     .is_some_and(|polling| !polling.poller)
         };
-        tracing::debug!(sid = %self.id, reason = reason.label(), "engine.io session closed");
+        tracing::debug!(sid = %self.id, ?reason, "engine.io session closed");
         if !lingers {
             self.forget();
         }

@@ -160,18 +160,6 @@ pub enum DisconnectReason {
     Session(CloseReason),
 }
 
-impl DisconnectReason {
-    /// A bounded label for logs and metrics.
-    pub fn label(self) -> &'static str {
-        match self {
-            Self::ClientDisconnect => "client_disconnect",
-            Self::ServerDisconnect => "server_disconnect",
-            Self::NamespaceRemoved => "namespace_removed",
-            Self::Session(reason) => reason.label(),
-        }
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum EmitError {
     #[error(transparent)]
