@@ -5,15 +5,18 @@ use std::sync::{Arc, PoisonError, RwLock};
 use crate::app_handlers::AppHandlers;
 use crate::auth::FrappeClient;
 use crate::caps::Seats;
-use crate::config::{Config, Listen};
+use crate::config::Config;
 use crate::last_state::LastState;
 use crate::queue_redis::QueueRedis;
 use crate::reconnects::ReconnectTracker;
+use crate::reload;
 use crate::sites::SiteTable;
 
 pub struct App {
     /// Replaced as a whole on SIGHUP; a handshake or event uses one snapshot throughout.
     current: RwLock<Arc<Settings>>,
+    /// Lives as long as the process; a reload hands it the new values.
+    pub frappe: FrappeClient,
     pub redis: QueueRedis,
     pub reconnects: ReconnectTracker,
     /// Connection counts for `realtime_max_connections_per_*`.
@@ -27,7 +30,6 @@ pub struct App {
 /// The configuration and what is built from it that can change without a restart.
 pub struct Settings {
     pub config: Config,
-    pub frappe: FrappeClient,
     /// The installed apps' handlers, loaded again on SIGHUP.
     pub app_handlers: Arc<AppHandlers>,
 }
@@ -43,9 +45,9 @@ impl App {
             reconnects: ReconnectTracker::new(config.reconnect_window),
             current: RwLock::new(Arc::new(Settings {
                 config,
-                frappe,
                 app_handlers: Arc::new(app_handlers),
             })),
+            frappe,
             redis,
             seats: Arc::default(),
             sites: Arc::default(),
@@ -67,58 +69,10 @@ impl App {
         app_handlers: AppHandlers,
     ) -> anyhow::Result<Vec<&'static str>> {
         let running = self.settings();
-        let old = &running.config;
-        let mut needs_restart = Vec::new();
-        if config.listen != old.listen {
-            needs_restart.push(match (&old.listen, &config.listen) {
-                (Listen::Port(_), Listen::Port(_)) => "socketio_port",
-                _ => "socketio_uds",
-            });
-            config.listen = old.listen.clone();
-        }
-        if config.redis_queue != old.redis_queue {
-            needs_restart.push(if old.frappe_version.has_site_namespaces() {
-                "redis_queue"
-            } else {
-                "redis_socketio"
-            });
-            config.redis_queue = old.redis_queue.clone();
-        }
-        // Frappe 13/14 and 15+ lay out namespaces differently; the registry set them up at start.
-        if config.frappe_version.has_site_namespaces() != old.frappe_version.has_site_namespaces() {
-            needs_restart.push("realtime_frappe_version");
-            config.frappe_version = old.frappe_version;
-        }
-        if config.reconnect_window != old.reconnect_window {
-            needs_restart.push("realtime_reconnect_window");
-            config.reconnect_window = old.reconnect_window;
-        }
-        // The engine bounds every session's queue and stall with these from the start.
-        if config.slow_client_timeout != old.slow_client_timeout {
-            needs_restart.push("realtime_slow_client_timeout");
-            config.slow_client_timeout = old.slow_client_timeout;
-        }
-        if config.slow_client_max_bytes != old.slow_client_max_bytes {
-            needs_restart.push("realtime_slow_client_max_bytes");
-            config.slow_client_max_bytes = old.slow_client_max_bytes;
-        }
-        // Every namespace's store is made with these at start.
-        if config.recovery != old.recovery {
-            needs_restart.push("realtime_recovery_*");
-            config.recovery = old.recovery.clone();
-        }
-        if config.recovery_store != old.recovery_store {
-            needs_restart.push("realtime_recovery_store");
-            config.recovery_store = old.recovery_store;
-        }
-        if config.last_state != old.last_state {
-            needs_restart.push("realtime_last_state_*");
-            config.last_state = old.last_state.clone();
-        }
-        let frappe = FrappeClient::new(&config, self.redis.clone())?;
+        let needs_restart = reload::keep_restart_values(&mut config, &running.config);
+        self.frappe.apply(&config)?;
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(Settings {
             config,
-            frappe,
             app_handlers: Arc::new(app_handlers),
         });
         Ok(needs_restart)

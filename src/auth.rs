@@ -19,6 +19,7 @@ use url::Url;
 use ::metrics::{counter, gauge, histogram};
 
 use crate::answer_cache::AnswerCache;
+use crate::call_health::{CallHealth, CallHealthReport};
 use crate::coalesce::SingleFlight;
 use crate::config::{Config, FrappeVersion, is_truthy};
 use crate::handshake::{Accepted, Credential};
@@ -30,6 +31,8 @@ const METHOD_PREFIX: &str = "/api/method/frappe.realtime.";
 const USER_INFO_ENDPOINT: &str = "get_user_info";
 const SECRET_KEY: &str = "socketio_auth_secret";
 const SECRET_HEADER: &str = "x-frappe-socket-secret";
+/// How long connecting to the site may take, within the call's own timeout.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 /// Why a client without the site's own `Origin` cannot be validated, and what the operator
 /// can do.
 const NO_CALLBACK_TARGET: &str = "the client sent no Origin of the site's own to call the site back at; \
@@ -123,19 +126,44 @@ enum CallbackTarget {
     Origin { developer_port: Option<u16> },
 }
 
+/// The client of the bench's sites. It lives as long as the process: a SIGHUP hands it the
+/// reloaded values ([`FrappeClient::apply`]) and keeps its caches, its shared calls and its
+/// bound on calls under way, so a reload neither forgets answers nor lets twice the calls
+/// through.
 pub struct FrappeClient {
     http: reqwest::Client,
-    version: FrappeVersion,
-    target: CallbackTarget,
+    /// What a reload can change; each call takes one snapshot.
+    reloadable: std::sync::RwLock<Arc<CallSettings>>,
     secret: SocketSecret,
-    timeout: std::time::Duration,
     /// Bounds calls under way towards the site's web workers: a reconnect storm queues here
     /// instead of stampeding gunicorn.
     slots: Semaphore,
+    /// The slots there are (`realtime_callback_concurrency`).
+    concurrency: usize,
     /// Identical `get_user_info` calls under way, shared.
     user_info_calls: SingleFlight<UserInfoKey, Result<UserInfo, AuthFailure>>,
     /// Positive answers remembered for `realtime_user_info_cache_seconds`, if set.
     known_users: Option<AnswerCache<UserInfoKey, UserInfo>>,
+    /// How the calls went, for the status page.
+    health: CallHealth,
+}
+
+/// The configuration a call reads, replaced as a whole on reload.
+struct CallSettings {
+    version: FrappeVersion,
+    target: CallbackTarget,
+    /// `realtime_callback_timeout`: a call, waiting for its slot included, ends by then.
+    timeout: std::time::Duration,
+}
+
+impl CallSettings {
+    fn new(config: &Config) -> anyhow::Result<Self> {
+        Ok(Self {
+            version: config.frappe_version,
+            target: callback_target(config)?,
+            timeout: config.callback_timeout,
+        })
+    }
 }
 
 /// What makes two `get_user_info` calls identical.
@@ -147,14 +175,12 @@ struct UserInfoKey {
 }
 
 impl FrappeClient {
+    /// The client for `config`. `realtime_callback_concurrency` and
+    /// `realtime_user_info_cache_seconds` are read here only (see `config::RESTART_KEYS`).
     pub fn new(config: &Config, redis: QueueRedis) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
-            .timeout(config.callback_timeout)
-            .connect_timeout(
-                config
-                    .callback_timeout
-                    .min(std::time::Duration::from_secs(3)),
-            )
+            // The whole call is bounded per request, by the timeout of the moment.
+            .connect_timeout(CONNECT_TIMEOUT)
             // Below gunicorn's keep-alive, so a pooled connection is never reused as it closes.
             .pool_idle_timeout(std::time::Duration::from_secs(2))
             .no_proxy()
@@ -162,20 +188,56 @@ impl FrappeClient {
             .map_err(|e| anyhow::anyhow!("cannot build the HTTP client: {e}"))?;
         Ok(Self {
             http,
-            version: config.frappe_version,
-            target: callback_target(config)?,
+            reloadable: std::sync::RwLock::new(Arc::new(CallSettings::new(config)?)),
             secret: SocketSecret::new(redis),
-            timeout: config.callback_timeout,
             slots: Semaphore::new(config.callback_concurrency),
+            concurrency: config.callback_concurrency,
             user_info_calls: SingleFlight::default(),
             known_users: config.user_info_cache_ttl.map(AnswerCache::new),
+            health: CallHealth::default(),
         })
+    }
+
+    /// Take a reloaded configuration's Frappe version, callback target and timeout, for the
+    /// calls that start from now on.
+    pub fn apply(&self, config: &Config) -> anyhow::Result<()> {
+        let settings = Arc::new(CallSettings::new(config)?);
+        *self
+            .reloadable
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = settings;
+        Ok(())
+    }
+
+    fn observe(&self, endpoint: &'static str) -> CallObservation<'_> {
+        gauge!(metrics::FRAPPE_REQUESTS_IN_FLIGHT, "endpoint" => endpoint).increment(1.0);
+        CallObservation {
+            endpoint,
+            started: Instant::now(),
+            health: &self.health,
+        }
+    }
+
+    fn settings(&self) -> Arc<CallSettings> {
+        self.reloadable
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// How the calls to Frappe went since the start.
+    pub fn health(&self) -> CallHealthReport {
+        let in_flight = self.concurrency - self.slots.available_permits();
+        let timeout = self.settings().timeout;
+        let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        self.health.report(in_flight, self.concurrency, timeout_ms)
     }
 
     /// Ask the site who holds `accepted`'s credential.
     pub async fn get_user_info(&self, accepted: Accepted) -> Result<Session, AuthFailure> {
+        let settings = self.settings();
         let site = accepted.site.as_str();
-        let base = self.callback_base(accepted.callback_origin.as_deref())?;
+        let base = callback_base(&settings.target, accepted.callback_origin.as_deref())?;
         let url = base
             .join(&format!("{METHOD_PREFIX}{USER_INFO_ENDPOINT}"))
             .map_err(|e| AuthFailure::error(format!("bad callback URL: {e}")))?;
@@ -189,7 +251,7 @@ impl FrappeClient {
             None => {
                 let info = self
                     .user_info_calls
-                    .run(key.clone(), || self.ask_user_info(&key))
+                    .run(key.clone(), || self.ask_user_info(&key, &settings))
                     .await?;
                 self.remember(&key, &info);
                 info
@@ -234,26 +296,27 @@ impl FrappeClient {
 
     /// One `get_user_info` question, retried once on Frappe 16 when the answer is `{}`: the
     /// secret did not match, and may have just been created or rotated.
-    async fn ask_user_info(&self, key: &UserInfoKey) -> Result<UserInfo, AuthFailure> {
-        let info = self
-            .fetch_user_info(&key.site, &key.url, &key.credential)
-            .await?;
-        if info.user.is_some() || self.version != FrappeVersion::V16 {
+    async fn ask_user_info(
+        &self,
+        key: &UserInfoKey,
+        settings: &CallSettings,
+    ) -> Result<UserInfo, AuthFailure> {
+        let info = self.fetch_user_info(key, settings).await?;
+        if info.user.is_some() || settings.version != FrappeVersion::V16 {
             return Ok(info);
         }
         self.secret.refresh().await;
-        self.fetch_user_info(&key.site, &key.url, &key.credential)
-            .await
+        self.fetch_user_info(key, settings).await
     }
 
     /// Wait for a free slot towards Frappe; waiting counts against the callback timeout.
-    async fn slot(&self) -> Result<SemaphorePermit<'_>, AuthFailure> {
-        match tokio::time::timeout(self.timeout, self.slots.acquire()).await {
+    async fn slot(&self, timeout: std::time::Duration) -> Result<SemaphorePermit<'_>, AuthFailure> {
+        match tokio::time::timeout(timeout, self.slots.acquire()).await {
             Ok(Ok(permit)) => Ok(permit),
             Ok(Err(_closed)) => Err(AuthFailure::error("the callback queue is closed".into())),
             Err(_) => Err(AuthFailure {
                 kind: FailureKind::Timeout,
-                detail: format!("no free slot to call Frappe within {:?}", self.timeout),
+                detail: format!("no free slot to call Frappe within {timeout:?}"),
             }),
         }
     }
@@ -261,18 +324,18 @@ impl FrappeClient {
     /// Whether the site lets `session` follow `subject`. Denials are normal and silent; a
     /// failing call is logged and denies.
     pub async fn may_subscribe(&self, session: &Session, subject: Subject<'_>) -> bool {
-        let (endpoint, query) = permission_request(self.version, &subject);
+        let settings = self.settings();
+        let (endpoint, query) = permission_request(settings.version, &subject);
         let Ok(url) = session
             .callback_base
             .join(&format!("{METHOD_PREFIX}{endpoint}"))
         else {
             return false;
         };
-        let call = CallObservation::start(endpoint);
+        let call = self.observe(endpoint);
         let result = async {
-            let (_slot, response) = self
-                .send_as(session, self.http.get(url).query(&query))
-                .await?;
+            let request = self.http.get(url).query(&query);
+            let (_slot, response) = self.send_as(session, request, &settings).await?;
             let status = response.status();
             if status == StatusCode::FORBIDDEN {
                 return Ok(false);
@@ -280,10 +343,10 @@ impl FrappeClient {
             if !status.is_success() {
                 return Err(AuthFailure::error(format!("Frappe answered HTTP {status}")));
             }
-            match self.version {
+            match settings.version {
                 FrappeVersion::V13 | FrappeVersion::V14 | FrappeVersion::V15 => Ok(true),
                 FrappeVersion::V16 => {
-                    let body: Value = response.json().await.map_err(|e| self.failure(e))?;
+                    let body: Value = response.json().await.map_err(|e| failure(e, &settings))?;
                     Ok(body.get("message").is_some_and(is_truthy))
                 }
             }
@@ -319,19 +382,23 @@ impl FrappeClient {
             .callback_base
             .join(path)
             .map_err(|_| AuthFailure::error(format!("{path:?} is not a path on the site")))?;
-        let call = CallObservation::start(label);
+        let settings = self.settings();
+        let call = self.observe(label);
         let request = match body {
             Some(body) => self.http.post(url).json(body),
             None => self.http.get(url),
         }
         .query(query);
         let result = async {
-            let (_slot, response) = self.send_as(session, request).await?;
+            let (_slot, response) = self.send_as(session, request, &settings).await?;
             let status = response.status();
             if !status.is_success() {
                 return Err(AuthFailure::error(format!("Frappe answered HTTP {status}")));
             }
-            response.json::<Value>().await.map_err(|e| self.failure(e))
+            response
+                .json::<Value>()
+                .await
+                .map_err(|e| failure(e, &settings))
         }
         .await;
         call.finish(match &result {
@@ -347,48 +414,37 @@ impl FrappeClient {
         &self,
         session: &Session,
         request: RequestBuilder,
+        settings: &CallSettings,
     ) -> Result<(SemaphorePermit<'_>, reqwest::Response), AuthFailure> {
         let request = self
-            .authenticate(request, &session.site, &session.credential)
+            .authenticate(request, &session.site, &session.credential, settings)
             .await;
-        let slot = self.slot().await?;
-        let response = request.send().await.map_err(|e| self.failure(e))?;
+        let slot = self.slot(settings.timeout).await?;
+        let response = request
+            .timeout(settings.timeout)
+            .send()
+            .await
+            .map_err(|e| failure(e, settings))?;
         Ok((slot, response))
-    }
-
-    /// Where to call the site back for a client from `origin` (spec §4.3).
-    fn callback_base(&self, origin: Option<&str>) -> Result<Url, AuthFailure> {
-        match (&self.target, origin) {
-            (CallbackTarget::Fixed(url), _) => Ok(url.clone()),
-            (CallbackTarget::Origin { developer_port }, Some(origin)) => {
-                let mut url = Url::parse(origin)
-                    .map_err(|_| AuthFailure::error("the Origin header is not a URL".into()))?;
-                if let Some(port) = developer_port {
-                    url.set_port(Some(*port))
-                        .map_err(|()| AuthFailure::error("the Origin header has no host".into()))?;
-                }
-                Ok(url)
-            }
-            (CallbackTarget::Origin { .. }, None) => Err(AuthFailure {
-                kind: FailureKind::NoCallbackTarget,
-                detail: NO_CALLBACK_TARGET.to_owned(),
-            }),
-        }
     }
 
     async fn fetch_user_info(
         &self,
-        site: &str,
-        url: &Url,
-        credential: &Credential,
+        key: &UserInfoKey,
+        settings: &CallSettings,
     ) -> Result<UserInfo, AuthFailure> {
-        let call = CallObservation::start(USER_INFO_ENDPOINT);
+        let call = self.observe(USER_INFO_ENDPOINT);
         let result = async {
-            let _slot = self.slot().await?;
+            let _slot = self.slot(settings.timeout).await?;
+            let request = self.http.get(key.url.clone());
             let request = self
-                .authenticate(self.http.get(url.clone()), site, credential)
+                .authenticate(request, &key.site, &key.credential, settings)
                 .await;
-            let response = request.send().await.map_err(|e| self.failure(e))?;
+            let response = request
+                .timeout(settings.timeout)
+                .send()
+                .await
+                .map_err(|e| failure(e, settings))?;
             let status = response.status();
             if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
                 return Err(AuthFailure::denied(format!(
@@ -398,7 +454,7 @@ impl FrappeClient {
             if !status.is_success() {
                 return Err(AuthFailure::error(format!("Frappe answered HTTP {status}")));
             }
-            let body: Value = response.json().await.map_err(|e| self.failure(e))?;
+            let body: Value = response.json().await.map_err(|e| failure(e, settings))?;
             Ok(UserInfo::from_reply(&body))
         }
         .await;
@@ -418,9 +474,10 @@ impl FrappeClient {
         request: RequestBuilder,
         site: &str,
         credential: &Credential,
+        settings: &CallSettings,
     ) -> RequestBuilder {
         let mut request = request.header("x-frappe-site-name", site);
-        request = match (credential, self.version) {
+        request = match (credential, settings.version) {
             (Credential::Authorization(value), _) => {
                 request.header(AUTHORIZATION, sensitive(value))
             }
@@ -432,59 +489,73 @@ impl FrappeClient {
                 request.header(COOKIE, sensitive(&format!("sid={sid}")))
             }
         };
-        if self.version == FrappeVersion::V16
+        if settings.version == FrappeVersion::V16
             && let Some(secret) = self.secret.current().await
         {
             request = request.header(SECRET_HEADER, sensitive(&secret));
         }
         request
     }
+}
 
-    /// A failure for the client and the log: the cause chain, never the URL (which can
-    /// carry `?sid=` on Frappe 15).
-    fn failure(&self, error: reqwest::Error) -> AuthFailure {
-        if error.is_timeout() {
-            return AuthFailure {
-                kind: FailureKind::Timeout,
-                detail: format!("Frappe did not answer within {:?}", self.timeout),
-            };
+/// Where to call the site back for a client from `origin` (spec §4.3).
+fn callback_base(target: &CallbackTarget, origin: Option<&str>) -> Result<Url, AuthFailure> {
+    match (target, origin) {
+        (CallbackTarget::Fixed(url), _) => Ok(url.clone()),
+        (CallbackTarget::Origin { developer_port }, Some(origin)) => {
+            let mut url = Url::parse(origin)
+                .map_err(|_| AuthFailure::error("the Origin header is not a URL".into()))?;
+            if let Some(port) = developer_port {
+                url.set_port(Some(*port))
+                    .map_err(|()| AuthFailure::error("the Origin header has no host".into()))?;
+            }
+            Ok(url)
         }
-        let error = error.without_url();
-        let mut text = error.to_string();
-        let mut source = std::error::Error::source(&error);
-        while let Some(cause) = source {
-            let _ = write!(text, ": {cause}");
-            source = cause.source();
-        }
-        AuthFailure::error(text)
+        (CallbackTarget::Origin { .. }, None) => Err(AuthFailure {
+            kind: FailureKind::NoCallbackTarget,
+            detail: NO_CALLBACK_TARGET.to_owned(),
+        }),
     }
+}
+
+/// A failure for the client and the log: the cause chain, never the URL (which can
+/// carry `?sid=` on Frappe 15).
+fn failure(error: reqwest::Error, settings: &CallSettings) -> AuthFailure {
+    if error.is_timeout() {
+        return AuthFailure {
+            kind: FailureKind::Timeout,
+            detail: format!("Frappe did not answer within {:?}", settings.timeout),
+        };
+    }
+    let error = error.without_url();
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        let _ = write!(text, ": {cause}");
+        source = cause.source();
+    }
+    AuthFailure::error(text)
 }
 
 /// In-flight gauge, duration and outcome of one call to Frappe. The gauge goes back down
 /// when this is dropped, whichever way the call ended.
-struct CallObservation {
+struct CallObservation<'a> {
     endpoint: &'static str,
     started: Instant,
+    health: &'a CallHealth,
 }
 
-impl CallObservation {
-    fn start(endpoint: &'static str) -> Self {
-        gauge!(metrics::FRAPPE_REQUESTS_IN_FLIGHT, "endpoint" => endpoint).increment(1.0);
-        Self {
-            endpoint,
-            started: Instant::now(),
-        }
-    }
-
+impl CallObservation<'_> {
     fn finish(self, outcome: &'static str) {
         histogram!(metrics::FRAPPE_REQUEST_DURATION, "endpoint" => self.endpoint)
             .record(self.started.elapsed());
         counter!(metrics::FRAPPE_REQUESTS, "endpoint" => self.endpoint, "outcome" => outcome)
             .increment(1);
+        self.health.record(self.endpoint, outcome);
     }
 }
 
-impl Drop for CallObservation {
+impl Drop for CallObservation<'_> {
     fn drop(&mut self) {
         gauge!(metrics::FRAPPE_REQUESTS_IN_FLIGHT, "endpoint" => self.endpoint).decrement(1.0);
     }

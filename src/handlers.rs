@@ -159,7 +159,7 @@ impl Frappe {
                 socket: &socket,
                 client,
                 io: &io,
-                frappe: &settings.frappe,
+                frappe: &app.frappe,
                 redis: &app.redis,
                 max_rooms: settings.config.limits.max_rooms,
             };
@@ -327,11 +327,8 @@ impl Here<'_> {
     }
 
     async fn may_subscribe(&self, subject: Subject<'_>) -> bool {
-        let settings = self.app.settings();
-        settings
-            .frappe
-            .may_subscribe(&self.client.session, subject)
-            .await
+        let session = &self.client.session;
+        self.app.frappe.may_subscribe(session, subject).await
     }
 
     fn presence(&self) -> Announcer<'_> {

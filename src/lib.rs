@@ -20,6 +20,8 @@ mod audience;
 mod auth;
 /// Frappe → clients: the `events` subscriber and the routing of each publication.
 pub mod bridge;
+/// How the calls to Frappe went since the start, for the status page.
+mod call_health;
 /// Connection caps per site, per address and per user.
 mod caps;
 /// One socket's Frappe state: who it is, its rooms' naming, open documents, budgets.
@@ -58,6 +60,8 @@ mod queue_redis;
 mod reconnects;
 /// Connection state recovery's Redis store: the log as a Stream, sessions as keys.
 mod recovery_store;
+/// What a SIGHUP changes, and the keys that need a restart, listed once.
+mod reload;
 /// Session revocation: disconnect every socket of a user on a site.
 mod revoke;
 /// Frappe's room names.

@@ -28,7 +28,7 @@ pub struct Revocation {
 /// Disconnect every socket of `user` on `site` and forget their remembered `get_user_info`
 /// answers, so they cannot reconnect without Frappe's say; returns how many sockets there were.
 pub fn disconnect_user(io: &Io, app: &App, site: &str, user: &str) -> usize {
-    app.settings().frappe.forget_user(site, user);
+    app.frappe.forget_user(site, user);
     let sockets: Vec<_> = audience::room_of_site(io, site, &rooms::user(user))
         .into_iter()
         .flat_map(|(namespace, room)| namespace.sockets_in(&room))

@@ -83,7 +83,6 @@ pub async fn run(
     let app = Arc::new(App::new(config, app_handlers)?);
     tracing::info!(frappe_version = %app.settings().config.frappe_version, "speaking Frappe's realtime protocol");
     let redis = app.redis.client();
-    let reloader = tokio::spawn(reload_on_hangup(app.clone(), options.overrides.clone()));
 
     let recovery = app.settings().config.recovery.clone();
     let redis_store = match (&recovery, app.settings().config.recovery_store) {
@@ -99,6 +98,11 @@ pub async fn run(
         ..IoConfig::default()
     });
     let admission = Arc::new(Admission::default());
+    let reloader = tokio::spawn(reload_on_hangup(
+        app.clone(),
+        io.clone(),
+        options.overrides.clone(),
+    ));
     let frappe = Frappe::new(app.clone(), io.clone(), admission.clone());
     // The root namespace: Frappe 13 and 14's only one, and where non-browser clients connect
     // on any version; its handshakes name the site.
@@ -234,11 +238,10 @@ fn note_shutdown_disconnects(io: &Io, sites: &SiteTable) {
 }
 
 /// Re-read the bench's configuration and the apps' handler files on SIGHUP
-/// (`supervisorctl signal HUP …`, `systemctl reload`). What can change live: `default_site`, `developer_mode`,
-/// `webserver_host`, `webserver_port`, `realtime_callback_url`, `realtime_callback_timeout`,
-/// `realtime_frappe_version`; the listener, `redis_queue`, `realtime_reconnect_window` and the
-/// slow-consumer bounds need a restart. A configuration that does not load leaves the running one in place.
-async fn reload_on_hangup(app: Arc<App>, overrides: Overrides) {
+/// (`supervisorctl signal HUP …`, `systemctl reload`); what needs a restart instead is
+/// [`crate::reload::RESTART_KEYS`]. A configuration that does not load leaves the running one
+/// in place.
+async fn reload_on_hangup(app: Arc<App>, io: Io, overrides: Overrides) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hangups = match signal(SignalKind::hangup()) {
         Ok(hangups) => hangups,
@@ -257,6 +260,7 @@ async fn reload_on_hangup(app: Arc<App>, overrides: Overrides) {
             });
         match reloaded {
             Ok(needs_restart) => {
+                io.set_connect_timeout(connect_timeout(app.settings().config.callback_timeout));
                 tracing::info!("configuration reloaded");
                 for key in needs_restart {
                     tracing::warn!(key, "changed; takes effect at the next restart");

@@ -31,7 +31,7 @@ use crate::sessions::transport_label;
 use crate::socketio::{Recovery, Socket};
 
 pub use refusal::Refusal;
-pub use refused::{RecentRefusals, RefusedHandshake};
+pub use refused::{RecentRefusals, RefusedHandshake, now_ms};
 
 /// The door every handshake goes through; it remembers the last ones it refused.
 #[derive(Debug, Default)]
@@ -128,7 +128,7 @@ async fn decide(
         }
     };
     let site = accepted.site.clone();
-    let session = match settings.frappe.get_user_info(accepted).await {
+    let session = match app.frappe.get_user_info(accepted).await {
         Ok(session) => session,
         Err(failure) => return (site, Err(Refusal::Unauthorized(failure))),
     };

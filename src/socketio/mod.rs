@@ -141,6 +141,11 @@ impl Io {
         }))
     }
 
+    /// The connect timeout of the sessions that open from now on (see [`IoConfig`]).
+    pub fn set_connect_timeout(&self, timeout: Duration) {
+        self.0.deadlines.set_timeout(timeout);
+    }
+
     /// Serve `path` (`/` or `/name`; a missing leading `/` is added) with `handler`.
     pub fn add_namespace(
         &self,

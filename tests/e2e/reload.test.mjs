@@ -51,6 +51,25 @@ test("a move from Frappe 16 to 14 needs a restart: the site namespaces stay", as
   await hangup("configuration reloaded");
 });
 
+test("a reloaded realtime_callback_timeout also sets the time a client has to send CONNECT", async () => {
+  // Start-up default: 10 s for Frappe's answer, plus 5 s to send CONNECT. After the reload:
+  // 1 s plus 5 s. A session that never sends CONNECT must be closed on the new clock.
+  writeConfig({ ...readConfig(), realtime_callback_timeout: 1 });
+  await hangup("configuration reloaded");
+  const base = `http://127.0.0.1:${stack.port}/socket.io/?EIO=4&transport=polling`;
+  const opened = Date.now();
+  const handshake = await (await fetch(base)).text();
+  const { sid } = JSON.parse(handshake.slice(1));
+  // Nothing is queued before the first ping (25 s), so this poll returns when the session is
+  // closed: with a CLOSE packet, or refused as unknown.
+  const poll = await fetch(`${base}&sid=${sid}`, { signal: AbortSignal.timeout(20_000) });
+  const body = await poll.text();
+  const closedAfter = Date.now() - opened;
+  assert.ok(poll.status === 400 || body.includes("1"), `closed (HTTP ${poll.status}: ${body})`);
+  assert.ok(closedAfter >= 5_000 && closedAfter < 12_000,
+    `closed ${closedAfter} ms after it opened: the 6 s of the reloaded timeout, not the 15 s of the start`);
+});
+
 test("a broken file leaves the running configuration in place", async () => {
   fs.writeFileSync(configFile(), "{ not json");
   await hangup("configuration not reloaded");

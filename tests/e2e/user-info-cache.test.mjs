@@ -75,3 +75,20 @@ describe("by default", () => {
     assert.equal(userInfoCalls(stack) - before, 3);
   });
 });
+
+describe("across a SIGHUP", () => {
+  let stack;
+  before(async () => { stack = await warmStack({ common: { realtime_user_info_cache_seconds: 300 } }); });
+  after(async () => { await stack?.stop(); });
+
+  test("the Frappe client keeps its remembered answers: a reload does not ask Frappe again", async () => {
+    (await stack.connect({ sid: "sid-alice", transports: ["websocket"] })).disconnect();
+    const before = userInfoCalls(stack);
+    const reloads = () => stack.server.output.split("configuration reloaded").length;
+    const reloaded = reloads();
+    process.kill(stack.server.proc.pid, "SIGHUP");
+    await waitFor(() => reloads() > reloaded, { what: "the reload in the log" });
+    (await stack.connect({ sid: "sid-alice", transports: ["websocket"] })).disconnect();
+    assert.equal(userInfoCalls(stack) - before, 0, "the answer was remembered across the reload");
+  });
+});
