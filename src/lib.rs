@@ -76,3 +76,5 @@ mod site_registry;
 pub mod sites;
 /// Socket.IO protocol 5 and 4 over an Engine.IO session: namespaces, rooms, events, acks.
 pub mod socketio;
+/// The operators' status page: sockets, users, rooms, health, the last refusals.
+mod status;

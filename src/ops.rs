@@ -1,24 +1,29 @@
-//! Endpoints for operators: `/metrics` (Prometheus), `/health` (alive) and `/ready` (Redis
-//! subscribed, configuration loaded). Served on the main listener, outside `/socket.io/` so
-//! bench nginx never routes them, and optionally on a separate `--metrics-addr`.
+//! Endpoints for operators: `/metrics` (Prometheus), `/health` (alive), `/ready` (Redis
+//! subscribed, configuration loaded), `/status` and `/status.json` (see [`crate::status`]) and
+//! `/admin/disconnect`. Served on the main listener, outside `/socket.io/` so bench nginx
+//! never routes them, and optionally on a separate `--metrics-addr`.
 
 use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
+use axum::extract::ConnectInfo;
 use axum::extract::Query;
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::http::{Extensions, HeaderMap};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 
+use crate::admission::Admission;
 use crate::app::App;
 use crate::bridge::Subscription;
+use crate::connection::Peer;
 use crate::metrics::Metrics;
 use crate::revoke::{self, Revocation};
 use crate::socketio::Io;
+use crate::status::{self, Sources};
 
 pub struct Ops {
     pub app: Arc<App>,
@@ -26,6 +31,7 @@ pub struct Ops {
     /// `None` with `--no-metrics`.
     pub metrics: Option<Metrics>,
     pub subscription: Subscription,
+    pub admission: Arc<Admission>,
 }
 
 pub fn router(ops: Arc<Ops>) -> Router {
@@ -33,6 +39,8 @@ pub fn router(ops: Arc<Ops>) -> Router {
         .route("/metrics", get(metrics))
         .route("/health", get(health))
         .route("/ready", get(ready))
+        .route("/status", get(status_page))
+        .route("/status.json", get(status_json))
         .route("/admin/disconnect", post(disconnect_user))
         .with_state(ops)
 }
@@ -73,6 +81,87 @@ async fn ready(State(ops): State<Arc<Ops>>) -> (StatusCode, Json<serde_json::Val
     (status, Json(body))
 }
 
+/// The status page, for a caller allowed to see it ([`may_see_status`]).
+async fn status_page(
+    State(ops): State<Arc<Ops>>,
+    extensions: Extensions,
+    headers: HeaderMap,
+) -> Response {
+    if !may_see_status(&ops, &extensions, &headers) {
+        return status_refused();
+    }
+    let page = status::render(&ops.sources().snapshot());
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        page,
+    )
+        .into_response()
+}
+
+async fn status_json(
+    State(ops): State<Arc<Ops>>,
+    extensions: Extensions,
+    headers: HeaderMap,
+) -> Response {
+    if !may_see_status(&ops, &extensions, &headers) {
+        return status_refused();
+    }
+    Json(ops.sources().snapshot()).into_response()
+}
+
+impl Ops {
+    fn sources(&self) -> Sources {
+        Sources {
+            app: self.app.clone(),
+            io: self.io.clone(),
+            admission: self.admission.clone(),
+            subscription: self.subscription.clone(),
+        }
+    }
+}
+
+/// The status page names users and shows clients' headers: it is for this machine (a
+/// loopback peer, or the bench's Unix socket) or a caller presenting `realtime_admin_token`.
+/// Bench's nginx routes only `/socket.io` here, so nothing outside reaches it through nginx.
+fn may_see_status(ops: &Ops, extensions: &Extensions, headers: &HeaderMap) -> bool {
+    let peer = extensions.get::<ConnectInfo<Peer>>().map(|info| info.0);
+    is_local(peer) || presents_admin_token(ops, headers)
+}
+
+/// Whether a request comes from this machine: a loopback peer, or the bench's Unix socket
+/// (only this machine's users reach it). A connection that says nothing is not.
+fn is_local(peer: Option<Peer>) -> bool {
+    match peer {
+        Some(Peer { ip: Some(ip) }) => ip.is_loopback(),
+        Some(Peer { ip: None }) => true,
+        None => false,
+    }
+}
+
+fn presents_admin_token(ops: &Ops, headers: &HeaderMap) -> bool {
+    let settings = ops.app.settings();
+    let Some(token) = &settings.config.admin_token else {
+        return false;
+    };
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .is_some_and(|candidate| token.matches(candidate))
+}
+
+fn status_refused() -> Response {
+    (
+        StatusCode::FORBIDDEN,
+        "the status page is served to loopback callers, or with \
+         Authorization: Bearer <realtime_admin_token>\n",
+    )
+        .into_response()
+}
+
 /// `POST /admin/disconnect?site=<site>&user=<user>`: revoke a user's sessions on a site.
 /// Off (404) unless `realtime_admin_token` is set; the caller sends it as a Bearer token.
 async fn disconnect_user(
@@ -80,18 +169,13 @@ async fn disconnect_user(
     headers: HeaderMap,
     Query(revocation): Query<Revocation>,
 ) -> (StatusCode, Json<serde_json::Value>) {
-    let settings = ops.app.settings();
-    let Some(token) = &settings.config.admin_token else {
+    if ops.app.settings().config.admin_token.is_none() {
         return (
             StatusCode::NOT_FOUND,
             Json(json!({"error": "the admin endpoint is off (set realtime_admin_token)"})),
         );
-    };
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "));
-    if !presented.is_some_and(|candidate| token.matches(candidate)) {
+    }
+    if !presents_admin_token(&ops, &headers) {
         return (
             StatusCode::UNAUTHORIZED,
             Json(json!({"error": "a valid Bearer token is required"})),
@@ -100,4 +184,22 @@ async fn disconnect_user(
     let disconnected =
         revoke::disconnect_user(&ops.io, &ops.app, &revocation.site, &revocation.user);
     (StatusCode::OK, Json(json!({"disconnected": disconnected})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_this_machine_is_local() {
+        let peer = |ip: &str| {
+            Some(Peer {
+                ip: ip.parse().ok(),
+            })
+        };
+        assert!(is_local(peer("127.0.0.1")) && is_local(peer("::1")));
+        assert!(is_local(peer("unix")), "the Unix socket");
+        assert!(!is_local(peer("192.0.2.7")) && !is_local(peer("2001:db8::1")));
+        assert!(!is_local(None));
+    }
 }

@@ -135,6 +135,7 @@ pub async fn run(
         io: io.clone(),
         metrics,
         subscription,
+        admission,
     }));
     let metrics_listener = match options.metrics_addr {
         Some(address) => Some(spawn_metrics_listener(address, ops.clone()).await?),
@@ -319,6 +320,7 @@ async fn spawn_metrics_listener(
         .with_context(|| format!("cannot listen on --metrics-addr {address}"))?;
     tracing::info!("metrics and health on http://{address}/metrics");
     Ok(tokio::spawn(async move {
+        let ops = ops.into_make_service_with_connect_info::<Peer>();
         if let Err(e) = axum::serve(listener, ops).await {
             tracing::error!(error = %e, "the metrics listener stopped");
         }

@@ -100,6 +100,15 @@ impl<M: Clone> Hub<M> {
             .map_or(0, |existing| existing.members.len())
     }
 
+    /// Every room whose name `wanted` accepts, with its member count.
+    pub(crate) fn room_sizes(&self, wanted: impl Fn(&str) -> bool) -> Vec<(Arc<str>, usize)> {
+        read(&self.rooms)
+            .values()
+            .filter(|room| wanted(&room.name))
+            .map(|room| (room.name.clone(), room.members.len()))
+            .collect()
+    }
+
     /// The members of `room` (of the whole hub when `None`), without `except`. The locks are
     /// released before this returns: send to the snapshot, not under the lock.
     pub(crate) fn snapshot(&self, room: Option<&str>, except: Option<Sid>) -> Vec<M> {

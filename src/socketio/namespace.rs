@@ -187,6 +187,11 @@ impl Namespace {
         self.0.hub.room_len(room)
     }
 
+    /// Every room whose name `wanted` accepts, with how many sockets are in it.
+    pub fn room_sizes(&self, wanted: impl Fn(&str) -> bool) -> Vec<(Arc<str>, usize)> {
+        self.0.hub.room_sizes(wanted)
+    }
+
     /// What recovery holds now (trimmed to its bounds first); `None` when it is off.
     pub fn recovery_stats(&self) -> Option<RecoveryStats> {
         let mut store = self.recovery_store()?;
