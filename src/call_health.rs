@@ -7,7 +7,7 @@ use std::sync::{Mutex, PoisonError};
 
 use serde::Serialize;
 
-use crate::admission::now_ms;
+use crate::metrics::unix_now_ms as now_ms;
 
 /// The outcomes of a call that mean Frappe answered as it should (a denial is an answer).
 const ANSWERED: [&str; 4] = ["ok", "allowed", "denied", "unauthorized"];

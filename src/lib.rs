@@ -50,7 +50,9 @@ mod last_state;
 mod limits;
 /// Prometheus metrics: the recorder, scrape-time series, and every metric's name.
 mod metrics;
-/// Operators' endpoints: `/metrics`, `/health`, `/ready`, `/admin/disconnect`.
+/// The running service as one value: its parts, its background tasks, its operations.
+mod node;
+/// Operators' endpoints: `/metrics`, `/health`, `/ready`, `/status`, `/admin/disconnect`.
 mod ops;
 /// Who-is-viewing presence, and the users in a room.
 mod presence;
@@ -66,8 +68,10 @@ mod reload;
 mod revoke;
 /// Frappe's room names.
 mod rooms;
-/// Process lifecycle: build, serve, watch, bridge, and shut down.
+/// The process around a node: listen, serve until a signal, shut down.
 pub mod server;
+/// The handle every part of the running service shares, and its operations.
+mod service;
 /// Engine.IO sessions as the service sees them: counted, slow consumers logged.
 mod sessions;
 /// Keeps the sites and their namespaces equal to `sites/` on disk, watching it.

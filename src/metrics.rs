@@ -165,6 +165,15 @@ pub fn unix_now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
+/// Now, in milliseconds since the Unix epoch.
+pub fn unix_now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| {
+            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+        })
+}
+
 fn describe() {
     describe_gauge!(SOCKETS, "Connected sockets by site and transport");
     describe_gauge!(SITES, "Sites served (one namespace each)");

@@ -16,22 +16,16 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 
-use crate::admission::Admission;
-use crate::app::App;
-use crate::bridge::Subscription;
 use crate::connection::Peer;
 use crate::metrics::Metrics;
-use crate::revoke::{self, Revocation};
-use crate::socketio::Io;
-use crate::status::{self, Sources};
+use crate::revoke::Revocation;
+use crate::service::Service;
+use crate::status;
 
 pub struct Ops {
-    pub app: Arc<App>,
-    pub io: Io,
+    pub service: Service,
     /// `None` with `--no-metrics`.
     pub metrics: Option<Metrics>,
-    pub subscription: Subscription,
-    pub admission: Arc<Admission>,
 }
 
 pub fn router(ops: Arc<Ops>) -> Router {
@@ -52,7 +46,11 @@ async fn metrics(State(ops): State<Arc<Ops>>) -> Response {
                 header::CONTENT_TYPE,
                 "text/plain; version=0.0.4; charset=utf-8",
             )],
-            metrics.render(&ops.io, &ops.app.sites, &ops.app.last_state),
+            metrics.render(
+                &ops.service.io,
+                &ops.service.app.sites,
+                &ops.service.app.last_state,
+            ),
         )
             .into_response(),
         None => (StatusCode::NOT_FOUND, "metrics are off (--no-metrics)\n").into_response(),
@@ -66,12 +64,12 @@ async fn health() -> Json<serde_json::Value> {
 /// Ready when subscribed to Frappe's events: before that, clients can connect but would
 /// receive nothing. (The configuration is loaded before anything listens.)
 async fn ready(State(ops): State<Arc<Ops>>) -> (StatusCode, Json<serde_json::Value>) {
-    let subscribed = ops.subscription.is_up();
+    let subscribed = ops.service.subscription.is_up();
     let body = json!({
         "status": if subscribed { "ready" } else { "not_ready" },
         "redis": if subscribed { "subscribed" } else { "disconnected" },
         "config": "loaded",
-        "sites": ops.app.sites.len(),
+        "sites": ops.service.app.sites.len(),
     });
     let status = if subscribed {
         StatusCode::OK
@@ -90,7 +88,7 @@ async fn status_page(
     if !may_see_status(&ops, &extensions, &headers) {
         return status_refused();
     }
-    let page = status::render(&ops.sources().snapshot());
+    let page = status::render(&status::snapshot(&ops.service));
     (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
@@ -109,18 +107,7 @@ async fn status_json(
     if !may_see_status(&ops, &extensions, &headers) {
         return status_refused();
     }
-    Json(ops.sources().snapshot()).into_response()
-}
-
-impl Ops {
-    fn sources(&self) -> Sources {
-        Sources {
-            app: self.app.clone(),
-            io: self.io.clone(),
-            admission: self.admission.clone(),
-            subscription: self.subscription.clone(),
-        }
-    }
+    Json(status::snapshot(&ops.service)).into_response()
 }
 
 /// The status page names users and shows clients' headers: it is for this machine (a
@@ -142,7 +129,7 @@ fn is_local(peer: Option<Peer>) -> bool {
 }
 
 fn presents_admin_token(ops: &Ops, headers: &HeaderMap) -> bool {
-    let settings = ops.app.settings();
+    let settings = ops.service.app.settings();
     let Some(token) = &settings.config.admin_token else {
         return false;
     };
@@ -169,7 +156,7 @@ async fn disconnect_user(
     headers: HeaderMap,
     Query(revocation): Query<Revocation>,
 ) -> (StatusCode, Json<serde_json::Value>) {
-    if ops.app.settings().config.admin_token.is_none() {
+    if ops.service.app.settings().config.admin_token.is_none() {
         return (
             StatusCode::NOT_FOUND,
             Json(json!({"error": "the admin endpoint is off (set realtime_admin_token)"})),
@@ -181,8 +168,9 @@ async fn disconnect_user(
             Json(json!({"error": "a valid Bearer token is required"})),
         );
     }
-    let disconnected =
-        revoke::disconnect_user(&ops.io, &ops.app, &revocation.site, &revocation.user);
+    let disconnected = ops
+        .service
+        .disconnect_user(&revocation.site, &revocation.user);
     (StatusCode::OK, Json(json!({"disconnected": disconnected})))
 }
 

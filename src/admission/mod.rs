@@ -31,7 +31,7 @@ use crate::sessions::transport_label;
 use crate::socketio::{Recovery, Socket};
 
 pub use refusal::Refusal;
-pub use refused::{RecentRefusals, RefusedHandshake, now_ms};
+pub use refused::{RecentRefusals, RefusedHandshake};
 
 /// The door every handshake goes through; it remembers the last ones it refused.
 #[derive(Debug, Default)]
@@ -84,7 +84,7 @@ impl Admission {
         tracing::info!(%site, namespace, reason = refusal.label(), transport,
             refusal = %refusal, "handshake refused");
         let refused = RefusedHandshake {
-            at_ms: refused::now_ms(),
+            at_ms: metrics::unix_now_ms(),
             site,
             namespace: namespace.to_owned(),
             reason: refusal.label(),

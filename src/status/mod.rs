@@ -10,17 +10,15 @@
 
 mod page;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
-
 use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
 
-use crate::admission::{Admission, RefusedHandshake, now_ms};
-use crate::app::App;
+use crate::admission::RefusedHandshake;
 use crate::audience;
-use crate::bridge::Subscription;
 use crate::call_health::CallHealthReport;
 use crate::client::ClientState;
+use crate::metrics::unix_now_ms;
+use crate::service::Service;
 use crate::sessions::transport_label;
 use crate::socketio::{Io, Socket};
 
@@ -30,15 +28,6 @@ pub use page::render;
 const BUSIEST_ROOMS: usize = 10;
 /// How many users per site the page names (all are counted).
 const USERS_NAMED: usize = 50;
-
-/// What the status page is made from.
-#[derive(Clone)]
-pub struct Sources {
-    pub app: Arc<App>,
-    pub io: Io,
-    pub admission: Arc<Admission>,
-    pub subscription: Subscription,
-}
 
 /// One snapshot of the service, as `/status.json` serves it.
 #[derive(Debug, Serialize)]
@@ -74,24 +63,22 @@ pub struct RoomSize {
     pub members: usize,
 }
 
-impl Sources {
-    pub fn snapshot(&self) -> Status {
-        let settings = self.app.settings();
-        Status {
-            generated_at_ms: now_ms(),
-            version: env!("CARGO_PKG_VERSION"),
-            frappe_version: settings.config.frappe_version.to_string(),
-            redis_subscribed: self.subscription.is_up(),
-            frappe_calls: self.app.frappe.health(),
-            sites: self
-                .app
-                .sites
-                .names()
-                .into_iter()
-                .map(|site| site_status(&self.io, site))
-                .collect(),
-            refused_handshakes: self.admission.recent_refusals(),
-        }
+/// The service as it is now.
+pub fn snapshot(service: &Service) -> Status {
+    let app = &service.app;
+    Status {
+        generated_at_ms: unix_now_ms(),
+        version: env!("CARGO_PKG_VERSION"),
+        frappe_version: app.settings().config.frappe_version.to_string(),
+        redis_subscribed: service.subscription.is_up(),
+        frappe_calls: app.frappe.health(),
+        sites: app
+            .sites
+            .names()
+            .into_iter()
+            .map(|site| site_status(&service.io, site))
+            .collect(),
+        refused_handshakes: service.admission.recent_refusals(),
     }
 }
 
