@@ -2,8 +2,8 @@
 //!
 //! Modules by responsibility, one line each below. Private unless `main.rs`, the tests or the
 //! examples need them: the layers (`engine`, `socketio`), what the tests drive directly
-//! (`config`, `handshake`, `handlers`, `bridge`, `sites`, `cors`, `app_handlers`) and the
-//! entry point (`server`). No module uses itself through others (`tests/architecture.rs`).
+//! (`config`, `handshake`, `handlers`, `bridge`, `sites`, `cors`, `app_handlers`), what
+//! `--check-config` shows (`reload`) and the entry point (`server`). No module uses itself through others (`tests/architecture.rs`).
 
 /// Whether a handshake becomes a socket: the checks, the site's word, the caps, the first
 /// rooms; and the last refusals, for the status page.
@@ -63,7 +63,7 @@ mod reconnects;
 /// Connection state recovery's Redis store: the log as a Stream, sessions as keys.
 mod recovery_store;
 /// What a SIGHUP changes, and the keys that need a restart, listed once.
-mod reload;
+pub mod reload;
 /// Session revocation: disconnect every socket of a user on a site.
 mod revoke;
 /// Frappe's room names.

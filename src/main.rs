@@ -7,6 +7,7 @@ use clap::Parser;
 use frappe_realtime::app_handlers::AppHandlers;
 use frappe_realtime::config::{Config, Overrides};
 use frappe_realtime::handlers::frappe_events;
+use frappe_realtime::reload;
 use frappe_realtime::server::Options;
 use tracing_subscriber::EnvFilter;
 
@@ -122,7 +123,10 @@ fn check_config(bench: &std::path::Path, overrides: &Overrides) -> ExitCode {
     };
     println!("# effective configuration of {}", bench.display());
     println!("{:#?}", explained.config.redacted());
-    println!("# keys read, and where from (unset: the default above)");
+    println!(
+        "# keys read, where from (default: its value is above), and [restart] where a change \
+         takes a restart rather than SIGHUP"
+    );
     let width = explained
         .keys
         .iter()
@@ -130,9 +134,16 @@ fn check_config(bench: &std::path::Path, overrides: &Overrides) -> ExitCode {
         .max()
         .unwrap_or(0);
     for key in &explained.keys {
+        let restart = if reload::needs_restart(&key.key) {
+            "  [restart]"
+        } else {
+            ""
+        };
         match (&key.value, &key.source) {
-            (Some(value), Some(source)) => println!("{:width$}  {value}  ({source})", key.key),
-            _ => println!("{:width$}  unset", key.key),
+            (Some(value), Some(source)) => {
+                println!("{:width$}  {value}  ({source}){restart}", key.key);
+            }
+            _ => println!("{:width$}  default{restart}", key.key),
         }
     }
     println!("# app handlers");

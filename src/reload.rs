@@ -105,6 +105,17 @@ pub const RESTART_KEYS: [RestartKey; 13] = [
     },
 ];
 
+/// Whether a change to `key` needs a restart (it is in [`RESTART_KEYS`], or in a family of
+/// them such as `realtime_recovery_*`).
+pub fn needs_restart(key: &str) -> bool {
+    RESTART_KEYS
+        .iter()
+        .any(|listed| match listed.name.strip_suffix('*') {
+            Some(family) => key.starts_with(family),
+            None => key == listed.name,
+        })
+}
+
 /// Give `reloaded` the running value of every key that needs a restart, and name the ones
 /// it changed.
 pub fn keep_restart_values(reloaded: &mut Config, running: &Config) -> Vec<&'static str> {
@@ -148,6 +159,15 @@ mod tests {
                     .any(|prefix| name.starts_with(prefix))
             })
             .collect()
+    }
+
+    #[test]
+    fn families_of_keys_need_a_restart_as_a_whole() {
+        assert!(needs_restart("realtime_recovery_max_events"));
+        assert!(needs_restart("realtime_recovery_store"));
+        assert!(needs_restart("socketio_port"));
+        assert!(!needs_restart("realtime_callback_timeout"));
+        assert!(!needs_restart("allow_cors"));
     }
 
     #[test]

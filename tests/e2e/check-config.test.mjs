@@ -27,10 +27,11 @@ test("a good bench: the effective configuration, each key's origin, secrets mask
     const { code, out, err } = check(bench, { FRAPPE_SOCKETIO_PORT: "9123" });
     assert.equal(code, 0, err);
     assert.match(out, /listen: Port\(\s*9123,?\s*\)/);
-    assert.match(out, /^socketio_port\s+"9123"\s+\(environment variable FRAPPE_SOCKETIO_PORT\)$/m);
+    assert.match(out, /^socketio_port\s+"9123"\s+\(environment variable FRAPPE_SOCKETIO_PORT\)  \[restart\]$/m);
     assert.ok(out.includes(`redis_queue`) && out.includes(`(${common})`), out);
     assert.match(out, /^realtime_admin_token\s+<redacted>/m);
-    assert.match(out, /^realtime_recovery_seconds\s+unset$/m, "unset keys are listed too");
+    assert.match(out, /^realtime_recovery_seconds\s+default  \[restart\]$/m, "unset keys are listed too");
+    assert.match(out, /^realtime_callback_timeout\s+default$/m, "a key SIGHUP applies has no [restart]");
     assert.match(out, /^helpdesk \(the built-in handlers of helpdesk\): 6 handlers$/m);
     assert.match(out, /configuration check is successful/);
     for (const secret of ["hunter2secret", "token-0123456789abcdef"]) {
