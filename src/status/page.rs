@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use super::{SiteStatus, Status};
+use super::snapshot::{SiteStatus, Status};
 use crate::admission::RefusedHandshake;
 use crate::call_health::CallHealthReport;
 
@@ -222,7 +222,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::status::RoomSize;
+    use crate::status::snapshot::RoomSize;
 
     fn status() -> Status {
         Status {

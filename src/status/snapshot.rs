@@ -1,0 +1,119 @@
+//! One snapshot of the running service, as the status page and `/status.json` show it.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+
+use crate::admission::RefusedHandshake;
+use crate::audience;
+use crate::call_health::CallHealthReport;
+use crate::client::ClientState;
+use crate::metrics::unix_now_ms;
+use crate::service::Service;
+use crate::sessions::transport_label;
+use crate::socketio::{Io, Socket};
+
+/// How many rooms per site the page lists, the busiest first.
+const BUSIEST_ROOMS: usize = 10;
+/// How many users per site the page names (all are counted).
+const USERS_NAMED: usize = 50;
+
+/// One snapshot of the service, as `/status.json` serves it.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub generated_at_ms: u64,
+    pub version: &'static str,
+    pub frappe_version: String,
+    /// Subscribed to Frappe's `events` channel on `redis_queue` right now.
+    pub redis_subscribed: bool,
+    pub frappe_calls: CallHealthReport,
+    pub sites: Vec<SiteStatus>,
+    /// The newest first.
+    pub refused_handshakes: Vec<RefusedHandshake>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SiteStatus {
+    pub site: String,
+    /// Connected sockets by transport (`websocket`, `polling`).
+    pub sockets: BTreeMap<&'static str, usize>,
+    /// Distinct users with a socket, Guest apart.
+    pub users_online: usize,
+    /// The first of them by name.
+    pub users: Vec<String>,
+    pub guests: usize,
+    pub busiest_rooms: Vec<RoomSize>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RoomSize {
+    /// As Frappe names it (without the site prefix of `/`).
+    pub room: String,
+    pub members: usize,
+}
+
+/// The service as it is now.
+pub fn snapshot(service: &Service) -> Status {
+    let app = &service.app;
+    Status {
+        generated_at_ms: unix_now_ms(),
+        version: env!("CARGO_PKG_VERSION"),
+        frappe_version: app.settings().config.frappe_version.to_string(),
+        redis_subscribed: service.subscription.is_up(),
+        frappe_calls: app.frappe.health(),
+        sites: app
+            .sites
+            .names()
+            .into_iter()
+            .map(|site| site_status(&service.io, site))
+            .collect(),
+        refused_handshakes: service.admission.recent_refusals(),
+    }
+}
+
+fn site_status(io: &Io, site: String) -> SiteStatus {
+    let sockets = audience::site_sockets(io, &site);
+    let mut by_transport = BTreeMap::from([("websocket", 0), ("polling", 0)]);
+    let mut users = BTreeSet::new();
+    let mut guests = 0;
+    for socket in &sockets {
+        *by_transport
+            .entry(transport_label(socket.transport_type()))
+            .or_default() += 1;
+        match socket.state::<ClientState>() {
+            Some(client) if client.session.is_guest() => guests += 1,
+            Some(client) => {
+                users.insert(client.session.user.clone());
+            }
+            None => {}
+        }
+    }
+    SiteStatus {
+        busiest_rooms: busiest_rooms(io, &site, &sockets),
+        sockets: by_transport,
+        users_online: users.len(),
+        users: users.into_iter().take(USERS_NAMED).collect(),
+        guests,
+        site,
+    }
+}
+
+/// The site's rooms with the most sockets, counted over its own namespace and `/`.
+fn busiest_rooms(io: &Io, site: &str, sockets: &[Socket]) -> Vec<RoomSize> {
+    if sockets.is_empty() {
+        return Vec::new();
+    }
+    let mut sizes: BTreeMap<String, usize> = BTreeMap::new();
+    for (namespace, prefix) in audience::room_of_site(io, site, "") {
+        for (room, members) in namespace.room_sizes(|room| room.starts_with(&prefix)) {
+            *sizes.entry(room[prefix.len()..].to_owned()).or_default() += members;
+        }
+    }
+    let mut rooms: Vec<RoomSize> = sizes
+        .into_iter()
+        .map(|(room, members)| RoomSize { room, members })
+        .collect();
+    rooms.sort_by(|a, b| b.members.cmp(&a.members).then_with(|| a.room.cmp(&b.room)));
+    rooms.truncate(BUSIEST_ROOMS);
+    rooms
+}
