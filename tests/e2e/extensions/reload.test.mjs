@@ -1,0 +1,59 @@
+// SIGHUP reloads the bench's configuration where that is safe (README "Configuration"):
+// live keys take effect for the next handshake, keys that need a restart are named in the
+// log and keep their running value, and a broken file leaves the running configuration.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import fs from "node:fs";
+import path from "node:path";
+import { startStack, waitFor, refusal, SITES } from "../../support/harness.mjs";
+
+let stack;
+before(async () => { stack = await startStack(); });
+after(async () => { await stack?.stop(); });
+
+const configFile = () => path.join(stack.bench, "sites/common_site_config.json");
+const readConfig = () => JSON.parse(fs.readFileSync(configFile(), "utf8"));
+const writeConfig = (config) => fs.writeFileSync(configFile(), JSON.stringify(config));
+
+/** Send SIGHUP and wait until the server logged the outcome `marker` one more time. */
+async function hangup(marker) {
+  const count = () => stack.server.output.split(marker).length;
+  const before = count();
+  process.kill(stack.server.proc.pid, "SIGHUP");
+  await waitFor(() => count() > before, { what: `"${marker}" in the log` });
+}
+
+// A client reaching us as 127.0.0.1 without X-Frappe-Site-Name resolves to default_site.
+const localClient = () => stack.socket({ sid: "sid-alice", siteHeader: false });
+
+test("default_site set after start applies after SIGHUP, without a restart", async () => {
+  assert.equal(await refusal(localClient()), "Invalid namespace");
+  writeConfig({ ...readConfig(), default_site: SITES[0] });
+  await hangup("configuration reloaded");
+  await stack.connect({ sid: "sid-alice", siteHeader: false });
+  assert.equal(stack.server.proc.exitCode, null);
+});
+
+test("a changed port is named as needing a restart and the server stays on its port", async () => {
+  writeConfig({ ...readConfig(), socketio_port: stack.port + 1 });
+  await hangup("takes effect at the next restart");
+  assert.match(stack.server.output, /next restart key="socketio_port"/);
+  await stack.connect({ sid: "sid-alice" });
+});
+
+test("a move from Frappe 16 to 14 needs a restart: the site namespaces stay", async () => {
+  writeConfig({ ...readConfig(), realtime_frappe_version: 14 });
+  await hangup("takes effect at the next restart");
+  assert.match(stack.server.output, /next restart key="realtime_frappe_version"/);
+  await stack.connect({ sid: "sid-alice" }); // on /<site>, which Frappe 14 would not have
+  const { realtime_frappe_version: _, ...rest } = readConfig();
+  writeConfig(rest);
+  await hangup("configuration reloaded");
+});
+
+test("a broken file leaves the running configuration in place", async () => {
+  fs.writeFileSync(configFile(), "{ not json");
+  await hangup("configuration not reloaded");
+  assert.match(stack.server.output, /common_site_config\.json is not valid JSON/);
+  await stack.connect({ sid: "sid-alice", siteHeader: false }); // default_site still applies
+});
