@@ -32,18 +32,16 @@ import fs from "node:fs";
 import http from "node:http";
 import os from "node:os";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
-import { BINARY, Redis, asFrappeJson, freePort, makeBench, waitFor } from "../../support/harness.mjs";
+import {
+  BINARY, Redis, asFrappeJson, freePort, makeBench, waitFor, ROOT, SITES, ALICE, ALICE_SID, USER_INFO,
+} from "../../support/harness.mjs";
 import { FakeFrappe } from "../../support/fake-frappe.mjs";
 import { BenchNginx, NGINX, RENDER_BENCH, canConnect, findProgram, listenLines, renderBench, run, startChild } from "../../support/bench-nginx.mjs";
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../..");
 const SOCKET_IO_JS = path.join(ROOT, "node_modules/socket.io-client/dist/socket.io.min.js");
 const ARTIFACTS = path.join(ROOT, "tests/artifacts");
 
-const SITE = "site1.local";
-const USER = "alice@example.com";
-const SID = "sid-alice";
+const [SITE] = SITES;
 const DOCTYPE = "ToDo";
 const DOCNAME = "TODO-0001"; // alice may read it
 const SECRET_DOC = "TODO-SECRET"; // alice may not
@@ -162,7 +160,7 @@ function startWebApp(port, frappePort) {
     requests.push({ url: req.url, headers: req.headers });
     if (req.method === "GET" && new URL(req.url, "http://x").pathname === "/desk") {
       res.writeHead(200, { "content-type": "text/html; charset=utf-8", "cache-control": "no-store" });
-      return res.end(deskPage(SID));
+      return res.end(deskPage(ALICE_SID));
     }
     const upstream = http.request({ host: "127.0.0.1", port: frappePort, method: req.method, path: req.url, headers: req.headers },
       (up) => { res.writeHead(up.statusCode, up.headers); up.pipe(res); });
@@ -254,8 +252,8 @@ for (const mode of MODES) describe(`a browser behind bench nginx (${mode.name}),
     s.redis = await Redis.start();
     s.frappe = await new FakeFrappe({ version: 16, redisUrl: s.redis.url }).listen();
     s.frappe.addSite(SITE, { installedApps: ["frappe", "erpnext"] });
-    s.frappe.addSession(SITE, SID, USER);
-    s.frappe.allow(SITE, USER, DOCTYPE, DOCNAME);
+    s.frappe.addSession(SITE, ALICE_SID, ALICE);
+    s.frappe.allow(SITE, ALICE, DOCTYPE, DOCNAME);
 
     s.socketioPort = await freePort();
     s.webserverPort = await freePort();
@@ -427,16 +425,16 @@ for (const mode of MODES) describe(`a browser behind bench nginx (${mode.name}),
     assert.equal(state.connects, 1);
     assert.deepEqual(state.errors, []);
     // The server authenticated the browser's cookie with the site.
-    const calls = s.frappe.callsTo("frappe.realtime.get_user_info");
-    assert.ok(calls.some((c) => c.site === SITE && (c.headers.cookie ?? "").includes(`sid=${SID}`)),
+    const calls = s.frappe.callsTo(USER_INFO);
+    assert.ok(calls.some((c) => c.site === SITE && (c.headers.cookie ?? "").includes(`sid=${ALICE_SID}`)),
       "get_user_info was called for the site with the page's sid cookie");
   });
 
   test("events published on Redis reach the page: user room, permitted doc room, task room", { timeout: 30000 }, async () => {
     // User room: joined before the connection was acknowledged.
-    await publishUntilSeen(page, `user:${USER}`, "msgprint");
+    await publishUntilSeen(page, `user:${ALICE}`, "msgprint");
     // Python publishes with frappe.as_json (indent 1, sorted keys, \u escapes).
-    await s.redis.publish(asFrappeJson({ event: "eval_message", message: { text: "Café ✓" }, namespace: SITE, room: `user:${USER}` }));
+    await s.redis.publish(asFrappeJson({ event: "eval_message", message: { text: "Café ✓" }, namespace: SITE, room: `user:${ALICE}` }));
     await waitPage(page, (st) => st.events.some((e) => e.event === "eval_message"), "the as_json event", 5000);
     // A browser takes connection state recovery's offsets: the publication's offset comes
     // last, after Frappe's message.
@@ -450,7 +448,7 @@ for (const mode of MODES) describe(`a browser behind bench nginx (${mode.name}),
     await publishUntilSeen(page, `task_progress:${TASK}`, "task_progress");
     // The refused document: publish to it, then a sentinel to the user room (in-order delivery).
     await publish("doc_update", { secret: true }, `doc:${DOCTYPE}/${SECRET_DOC}`);
-    await publishUntilSeen(page, `user:${USER}`, "sentinel");
+    await publishUntilSeen(page, `user:${ALICE}`, "sentinel");
     const { events } = await rt();
     assert.ok(!events.some((e) => e.args[0]?.secret), "an event for a refused document reached the page");
     const perms = s.frappe.callsTo("frappe.realtime.has_permission");
@@ -458,7 +456,7 @@ for (const mode of MODES) describe(`a browser behind bench nginx (${mode.name}),
     assert.ok(perms.some((c) => c.query.doctype === DOCTYPE && c.query.name === SECRET_DOC), "has_permission was asked for the refused doc");
     // An event for another room of the same site does not reach the page.
     await publish("list_update", { other: true }, "doctype:Note");
-    await publishUntilSeen(page, `user:${USER}`, "sentinel");
+    await publishUntilSeen(page, `user:${ALICE}`, "sentinel");
     assert.ok(!(await rt()).events.some((e) => e.args[0]?.other), "an event for a room the page never joined reached it");
     // What the user sees.
     const items = await page.locator("#events li:not(.sys)").allTextContents();
@@ -493,7 +491,7 @@ for (const mode of MODES) describe(`a browser behind bench nginx (${mode.name}),
     const after = await rt();
     assert.equal(after.id, before.id, "the same socket id");
     await waitPage(page, (now) => now.events.filter((e) => e.args[0]?.marker === marker).length >= 20, "the missed events", 5000);
-    await publishUntilSeen(page, `user:${USER}`, "sentinel");
+    await publishUntilSeen(page, `user:${ALICE}`, "sentinel");
     for (const event of ["doc_update", "task_progress"]) {
       const seqs = (await rt()).events.filter((e) => e.event === event && e.args[0]?.marker === marker).map((e) => e.args[0].seq);
       assert.deepEqual(seqs, [...Array(10).keys()], `every missed ${event} once, in order`);
@@ -530,7 +528,7 @@ for (const mode of MODES) describe(`a browser behind bench nginx (${mode.name}),
     await publishUntilSeen(page, `task_progress:${TASK}`, "task_progress", { timeoutMs: 10000 });
     await page.waitForFunction(() => window.__rt.socket.io.engine.transport.name === "websocket", null, { timeout: 10000 });
     // The new process is subscribed to Redis; the next event to the user room arrives.
-    await publishUntilSeen(page, `user:${USER}`, "msgprint", { timeoutMs: 10000 });
+    await publishUntilSeen(page, `user:${ALICE}`, "msgprint", { timeoutMs: 10000 });
     // The websocket of the first connection went through nginx (logged when it closed).
     const access = fs.readFileSync(path.join(s.nginxDir, "access.log"), "utf8");
     // (A websocket with an Engine.IO sid is an upgrade from polling, not a direct connection.)
@@ -552,7 +550,7 @@ for (const mode of MODES) describe(`a browser behind bench nginx (${mode.name}),
       if (now.reconnectFailed) throw new Error(`the page gave up reconnecting: ${JSON.stringify(now)}`);
       return now.connects > before.connects && now.connected;
     }, "the page to reconnect", 20000);
-    await publishUntilSeen(page, `user:${USER}`, "msgprint", { timeoutMs: 10000 });
+    await publishUntilSeen(page, `user:${ALICE}`, "msgprint", { timeoutMs: 10000 });
     await page.waitForFunction(() => window.__rt.socket.io.engine.transport.name === "websocket", null, { timeout: 10000 });
     fs.mkdirSync(path.dirname(SCREENSHOT), { recursive: true });
     await page.screenshot({ path: SCREENSHOT, fullPage: true });
@@ -564,7 +562,7 @@ for (const mode of MODES) describe(`a browser behind bench nginx (${mode.name}),
       await polling.goto(`http://${SITE}:${s.nginxPort}/desk?transports=polling`, { waitUntil: "load" });
       await waitPage(polling, (st) => st.connected, "the polling page to connect");
       assert.equal((await rt(polling)).transport, "polling");
-      await publishUntilSeen(polling, `user:${USER}`, "msgprint");
+      await publishUntilSeen(polling, `user:${ALICE}`, "msgprint");
       await publishUntilSeen(polling, `doc:${DOCTYPE}/${DOCNAME}`, "doc_update");
       await publishUntilSeen(polling, `task_progress:${TASK}`, "task_progress");
       const state = await rt(polling);

@@ -9,10 +9,8 @@ import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
 import net from "node:net";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
-import { waitFor } from "../../support/harness.mjs";
+import { waitFor, ROOT } from "../../support/harness.mjs";
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../..");
 const DEMO = path.join(ROOT, "scripts/demo");
 const SERVER_PORT = 9000;
 const REDIS_PORT = 11000;

@@ -16,10 +16,10 @@ import fs from "node:fs";
 import net from "node:net";
 import os from "node:os";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
-import { startStack, waitFor, refusal, SITES } from "../../support/harness.mjs";
+import {
+  startStack, waitFor, refusal, SITES, ROOT, ALICE, ALICE_SID, userRoom,
+} from "../../support/harness.mjs";
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../..");
 const DASHBOARD = path.join(ROOT, "deploy/grafana/frappe-realtime.json");
 const ALERTS = path.join(ROOT, "deploy/prometheus/alerts.yml");
 const CATALOGUE = path.join(ROOT, "docs/metrics.md");
@@ -139,14 +139,14 @@ before(async () => {
   stack = await startStack({ common: { realtime_slow_client_max_bytes: 1e9, realtime_slow_client_timeout: 600 } });
 
   // A connect, a doc_subscribe (permission call) and a publication delivered to it.
-  const alice = await stack.connect({ sid: "sid-alice", transports: ["websocket"] });
+  const alice = await stack.connect({ sid: ALICE_SID, transports: ["websocket"] });
   alice.emit("doc_subscribe", "ToDo", "TODO-0001");
   await waitFor(() => stack.frappe.calls.some((c) => !c.path.endsWith("get_user_info")),
     { what: "the doc_subscribe permission call" });
-  await stack.publishUntilReceived(alice, "user:alice@example.com");
+  await stack.publishUntilReceived(alice, userRoom(ALICE));
 
   // A refused handshake, a malformed publication and one for an unknown site.
-  assert.equal(await refusal(stack.socket({ sid: "sid-alice", origin: "http://evil.example" })), "Invalid origin");
+  assert.equal(await refusal(stack.socket({ sid: ALICE_SID, origin: "http://evil.example" })), "Invalid origin");
   await stack.redis.publish("not json");
   await stack.publish("x", {}, { site: "no-such-site.local", room: "all" });
 
@@ -154,7 +154,7 @@ before(async () => {
   alice.disconnect();
   await waitFor(async () => /frappe_realtime_disconnects_total\{/.test(await scrape(stack)),
     { timeoutMs: 5000, everyMs: 100, what: "the disconnect to be counted" });
-  await stack.connect({ sid: "sid-alice", transports: ["websocket"] });
+  await stack.connect({ sid: ALICE_SID, transports: ["websocket"] });
 
   // A socket that stops reading: flood its user room until its send queue overflows.
   const stalled = await stalledSocket(stack);

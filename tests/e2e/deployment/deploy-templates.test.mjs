@@ -15,10 +15,8 @@ import fs from "node:fs";
 import http from "node:http";
 import os from "node:os";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
-import { BINARY, freePort, waitFor } from "../../support/harness.mjs";
+import { BINARY, freePort, waitFor, ROOT } from "../../support/harness.mjs";
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../..");
 const RENDER = path.join(ROOT, "tests/support/render_bench.py");
 const SUPERVISOR_SWAP = path.join(ROOT, "supervisor/swap.sh");
 const SYSTEMD_SWAP = path.join(ROOT, "systemd/swap.sh");

@@ -18,11 +18,11 @@ import { spawn } from "node:child_process";
 import fs from "node:fs";
 import http from "node:http";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
 import { WebSocketServer } from "ws";
-import { startStack, waitFor, SITES } from "../../support/harness.mjs";
+import {
+  startStack, waitFor, SITES, ROOT, ALICE, ALICE_SID, DAVE_API_KEY, DAVE_TOKEN, unique, DAVE,
+} from "../../support/harness.mjs";
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../..");
 const PYTHON = path.join(ROOT, ".cache/python-client-venv/bin/python");
 const CLIENTS = {
   node: [process.execPath, path.join(ROOT, "examples/node-client/client.mjs")],
@@ -30,16 +30,10 @@ const CLIENTS = {
 };
 const SITE = SITES[0];
 const CREDENTIALS = {
-  sid: { args: ["--sid", "sid-alice"], user: "alice@example.com", secret: "sid-alice" },
-  token: { args: ["--token", "key-dave:secret-dave"], user: "dave@example.com", secret: "secret-dave" },
+  sid: { args: ["--sid", ALICE_SID], user: ALICE, secret: ALICE_SID },
+  token: { args: ["--token", DAVE_API_KEY], user: DAVE, secret: "secret-dave" },
 };
 const TRANSPORTS = ["websocket", "polling"];
-
-let counter = 0;
-function unique(prefix) {
-  counter += 1;
-  return `${prefix}-${counter}-${Math.random().toString(36).slice(2, 8)}`;
-}
 
 /** One example client as a child process; `output` is stdout and stderr interleaved. */
 function runClient(kind, args, env = {}) {
@@ -142,7 +136,7 @@ describe("the example clients against the server", () => {
 
     test(`${kind}: the credential can come from the environment (kept out of the process list)`, async () => {
       await receivesEvent(stack, kind, {
-        args: ["--namespace", `/${SITE}`, "--origin", stack.frappe.url], env: { FRAPPE_TOKEN: "key-dave:secret-dave" },
+        args: ["--namespace", `/${SITE}`, "--origin", stack.frappe.url], env: { FRAPPE_TOKEN: DAVE_API_KEY },
         user: CREDENTIALS.token.user, secret: CREDENTIALS.token.secret, transport: "websocket",
       });
     });
@@ -163,7 +157,7 @@ describe("the example clients against the server", () => {
 
     test(`${kind}: --exit-after-connect exits 0 once connected; --once exits 1 at the --timeout`, async () => {
       const base = ["--url", `http://127.0.0.1:${stack.port}`, "--site", SITE, "--namespace", `/${SITE}`,
-        "--origin", stack.frappe.url, "--sid", "sid-alice", "--transports", "websocket"];
+        "--origin", stack.frappe.url, "--sid", ALICE_SID, "--transports", "websocket"];
       const quick = runClient(kind, [...base, "--exit-after-connect"]);
       const waiting = runClient(kind, [...base, "--once", "never-published", "--timeout", "2"]);
       try {
@@ -297,21 +291,21 @@ describe("what the example clients send", () => {
   for (const kind of Object.keys(CLIENTS)) {
     for (const transport of TRANSPORTS) {
       test(`${kind}, ${transport}: by default the credential goes both ways, to /, with no Origin`, async () => {
-        const sent = await record(kind, ["--site", SITE, "--sid", "sid-alice", "--transports", transport]);
+        const sent = await record(kind, ["--site", SITE, "--sid", ALICE_SID, "--transports", transport]);
         assert.equal(sent.transport, transport);
         assert.equal(sent.namespace, "/");
-        assert.deepEqual(sent.auth, { sid: "sid-alice" });
-        assert.equal(sent.headers.cookie, "sid=sid-alice");
+        assert.deepEqual(sent.auth, { sid: ALICE_SID });
+        assert.equal(sent.headers.cookie, `sid=${ALICE_SID}`);
         assert.equal(sent.headers.authorization, undefined);
         assert.equal(sent.headers["x-frappe-site-name"], SITE);
         assert.equal(sent.headers.origin, undefined, "no Origin header unless --origin");
       });
 
       test(`${kind}, ${transport}: --credential-in auth sends the token in the auth payload only`, async () => {
-        const sent = await record(kind, ["--token", "key-dave:secret-dave", "--credential-in", "auth",
+        const sent = await record(kind, ["--token", DAVE_API_KEY, "--credential-in", "auth",
           "--transports", transport]);
         assert.equal(sent.namespace, "/");
-        assert.deepEqual(sent.auth, { token: "key-dave:secret-dave" });
+        assert.deepEqual(sent.auth, { token: DAVE_API_KEY });
         assert.equal(sent.headers.cookie, undefined);
         assert.equal(sent.headers.authorization, undefined);
         assert.equal(sent.headers["x-frappe-site-name"], undefined, "no --site, no X-Frappe-Site-Name");
@@ -320,10 +314,10 @@ describe("what the example clients send", () => {
 
       test(`${kind}, ${transport}: --credential-in headers, --namespace and --origin`, async () => {
         const sent = await record(kind, ["--site", SITE, "--namespace", `/${SITE}`, "--origin", "https://erp.example.com",
-          "--token", "key-dave:secret-dave", "--credential-in", "headers", "--transports", transport]);
+          "--token", DAVE_API_KEY, "--credential-in", "headers", "--transports", transport]);
         assert.equal(sent.namespace, `/${SITE}`);
         assert.ok(sent.auth === undefined || Object.keys(sent.auth).length === 0, `no auth payload: ${JSON.stringify(sent.auth)}`);
-        assert.equal(sent.headers.authorization, "token key-dave:secret-dave");
+        assert.equal(sent.headers.authorization, DAVE_TOKEN);
         assert.equal(sent.headers.cookie, undefined);
         assert.equal(sent.headers.origin, "https://erp.example.com");
       });

@@ -4,13 +4,13 @@
 import { test } from "node:test";
 import net from "node:net";
 import assert from "node:assert/strict";
-import { startStack } from "../../support/harness.mjs";
+import { startStack, ALICE_SID } from "../../support/harness.mjs";
 
 test("SIGTERM closes every client's transport, logs the disconnects and exits 0", async (t) => {
   const stack = await startStack();
   t.after(() => stack.stop());
   const sockets = await Promise.all([["websocket"], ["polling"], ["polling", "websocket"]]
-    .map((transports) => stack.connect({ sid: "sid-alice", transports })));
+    .map((transports) => stack.connect({ sid: ALICE_SID, transports })));
   const reasons = sockets.map((socket) => new Promise((resolve) => socket.once("disconnect", resolve)));
 
   stack.server.proc.kill("SIGTERM");
@@ -36,7 +36,7 @@ test("SIGTERM closes the listening port before any client is told to go", async 
   const stack = await startStack();
   t.after(() => stack.stop());
   const sockets = await Promise.all(Array.from({ length: 1000 },
-    () => stack.connect({ sid: "sid-alice", transports: ["websocket"] })));
+    () => stack.connect({ sid: ALICE_SID, transports: ["websocket"] })));
   const firstDisconnect = Promise.race(sockets.map((socket) =>
     new Promise((resolve) => socket.once("disconnect", resolve))));
   const portAtFirstDisconnect = firstDisconnect.then(() => new Promise((resolve) => {

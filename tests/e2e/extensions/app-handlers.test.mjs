@@ -14,23 +14,17 @@ import { test, describe, before, after } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
-import { startStack, waitFor, nextEvent, SITES } from "../../support/harness.mjs";
+import {
+  startStack, waitFor, nextEvent, SITES, ALICE, ALICE_SID, BOB, BOB_SID, unique, received,
+} from "../../support/harness.mjs";
 
 const [SITE, OTHER_SITE] = SITES;
-const ALICE = "alice@example.com";
-const BOB = "bob@example.com";
 const APPS = ["helpdesk", "raven", "drive", "suite", "pos_next", "quizzly", "time_tracker", "press_agent_manager"];
-
-let counter = 0;
-const unique = (prefix) => `${prefix}-${(counter += 1)}-${Math.random().toString(36).slice(2, 7)}`;
-
-/** The arguments of every `event` `socket` received. */
-const got = (socket, event) => socket.received.filter((r) => r.event === event).map((r) => r.args);
 
 /** Wait until `socket` has received `count` `event`s; returns their arguments. */
 async function receivedCount(socket, event, count, what = event) {
-  await waitFor(() => got(socket, event).length >= count, { timeoutMs: 5000, what });
-  return got(socket, event);
+  await waitFor(() => received(socket, event).length >= count, { timeoutMs: 5000, what });
+  return received(socket, event);
 }
 
 /** Resolve once everything the server sent `socket` before now has arrived (a sentinel to its user room). */
@@ -44,7 +38,7 @@ async function inRoom(stack, socket, room, user, site = SITE) {
   const marker = unique("room-probe");
   await stack.publish("room_probe", { marker }, { site, room });
   await settled(stack, socket, user, site);
-  return got(socket, "room_probe").some(([m]) => m?.marker === marker);
+  return received(socket, "room_probe").some(([m]) => m?.marker === marker);
 }
 
 describe("public apps' handlers on a Frappe 16 bench that has them installed", () => {
@@ -61,8 +55,8 @@ describe("public apps' handlers on a Frappe 16 bench that has them installed", (
       stack.frappe.allow(SITE, ALICE, "HD Ticket", String(ticket));
       stack.frappe.allow(SITE, BOB, "HD Ticket", String(ticket));
       // Bob connects first and views second: Node lists viewers in the order they connected.
-      const bob = await stack.connect({ sid: "sid-bob" });
-      const alice = await stack.connect({ sid: "sid-alice" });
+      const bob = await stack.connect({ sid: BOB_SID });
+      const alice = await stack.connect({ sid: ALICE_SID });
       alice.emit("view_ticket", ticket);
       const [[first]] = await receivedCount(alice, "ticket_viewers", 1);
       assert.deepEqual(first, { ticket_id: ticket, users: JSON.stringify([ALICE]), total_viewers: 1 });
@@ -85,15 +79,15 @@ describe("public apps' handlers on a Frappe 16 bench that has them installed", (
       await receivedCount(alice, "helpdesk_ticket_typing_stopped", 1);
       await settled(stack, alice, ALICE);
       await settled(stack, bob, BOB);
-      assert.equal(got(alice, "ticket_update").length, 0, "the sender does not get its own update");
-      assert.equal(got(bob, "helpdesk_ticket_typing").length, 0, "nor its own typing");
+      assert.equal(received(alice, "ticket_update").length, 0, "the sender does not get its own update");
+      assert.equal(received(bob, "helpdesk_ticket_typing").length, 0, "nor its own typing");
 
       // ticket_get_viewers: only to the asker's user room.
-      const viewersForBob = got(bob, "ticket_viewers").length;
+      const viewersForBob = received(bob, "ticket_viewers").length;
       alice.emit("ticket_get_viewers", ticket);
       await receivedCount(alice, "ticket_viewers", 3);
       await settled(stack, bob, BOB);
-      assert.equal(got(bob, "ticket_viewers").length, viewersForBob, "bob did not ask");
+      assert.equal(received(bob, "ticket_viewers").length, viewersForBob, "bob did not ask");
 
       // stop_view_ticket: out of the room, the rest told who stays.
       bob.emit("stop_view_ticket", ticket);
@@ -107,8 +101,8 @@ describe("public apps' handlers on a Frappe 16 bench that has them installed", (
     test("view_ticket without permission joins nothing; a non-viewer's updates and typing go nowhere", async () => {
       const ticket = unique("T");
       stack.frappe.allow(SITE, ALICE, "HD Ticket", ticket);
-      const alice = await stack.connect({ sid: "sid-alice" });
-      const bob = await stack.connect({ sid: "sid-bob" });
+      const alice = await stack.connect({ sid: ALICE_SID });
+      const bob = await stack.connect({ sid: BOB_SID });
       alice.emit("view_ticket", ticket);
       await receivedCount(alice, "ticket_viewers", 1);
       bob.emit("view_ticket", ticket); // bob may not read it
@@ -119,10 +113,10 @@ describe("public apps' handlers on a Frappe 16 bench that has them installed", (
       await settled(stack, bob, BOB);
       await settled(stack, alice, ALICE);
       assert.equal(await inRoom(stack, bob, `open_doc:HD Ticket/${ticket}`, BOB), false);
-      assert.equal(got(alice, "ticket_update").length, 0);
-      assert.equal(got(alice, "helpdesk_ticket_typing").length, 0);
-      assert.equal(got(bob, "ticket_viewers").length, 0);
-      assert.equal(got(alice, "ticket_viewers").length, 1, "no announcement for a refused viewer");
+      assert.equal(received(alice, "ticket_update").length, 0);
+      assert.equal(received(alice, "helpdesk_ticket_typing").length, 0);
+      assert.equal(received(bob, "ticket_viewers").length, 0);
+      assert.equal(received(alice, "ticket_viewers").length, 1, "no announcement for a refused viewer");
       alice.disconnect();
       bob.disconnect();
     });
@@ -130,10 +124,10 @@ describe("public apps' handlers on a Frappe 16 bench that has them installed", (
     test("on a site without helpdesk installed, its events do nothing", async () => {
       const ticket = unique("T");
       stack.frappe.allow(OTHER_SITE, ALICE, "HD Ticket", ticket);
-      const alice = await stack.connect({ sid: "sid-alice", site: OTHER_SITE });
+      const alice = await stack.connect({ sid: ALICE_SID, site: OTHER_SITE });
       alice.emit("view_ticket", ticket);
       await settled(stack, alice, ALICE, OTHER_SITE);
-      assert.equal(got(alice, "ticket_viewers").length, 0);
+      assert.equal(received(alice, "ticket_viewers").length, 0);
       assert.equal(await inRoom(stack, alice, `open_doc:HD Ticket/${ticket}`, ALICE, OTHER_SITE), false);
       alice.disconnect();
     });
@@ -142,8 +136,8 @@ describe("public apps' handlers on a Frappe 16 bench that has them installed", (
   describe("raven", () => {
     test("typing: the channel's viewers get raven_channel_typers with who types; get_typers needs permission", async () => {
       const channel = unique("channel");
-      const alice = await stack.connect({ sid: "sid-alice" });
-      const bob = await stack.connect({ sid: "sid-bob" });
+      const alice = await stack.connect({ sid: ALICE_SID });
+      const bob = await stack.connect({ sid: BOB_SID });
       // Bob views the channel (Frappe's own doc_open puts him in its open_doc room).
       stack.frappe.allow(SITE, BOB, "Raven Channel", channel);
       bob.emit("doc_open", "Raven Channel", channel);
@@ -157,7 +151,7 @@ describe("public apps' handlers on a Frappe 16 bench that has them installed", (
       assert.deepEqual(forBob[1][0], { channel, users: [ALICE] });
       alice.emit("raven_channel_get_typers", channel);
       await settled(stack, alice, ALICE);
-      assert.equal(got(alice, "raven_channel_typers").length, 0, "no permission, no answer");
+      assert.equal(received(alice, "raven_channel_typers").length, 0, "no permission, no answer");
       alice.emit("raven_channel_typing_stopped", channel);
       const [, , [stopped]] = await receivedCount(bob, "raven_channel_typers", 3);
       assert.deepEqual(stopped, { channel, users: [] });
@@ -173,8 +167,8 @@ describe("public apps' handlers on a Frappe 16 bench that has them installed", (
       const doc = unique("FILE");
       stack.frappe.allow(SITE, ALICE, "Drive File", doc);
       stack.frappe.allow(SITE, BOB, "Drive File", doc);
-      const alice = await stack.connect({ sid: "sid-alice" });
-      const bob = await stack.connect({ sid: "sid-bob" });
+      const alice = await stack.connect({ sid: ALICE_SID });
+      const bob = await stack.connect({ sid: BOB_SID });
       for (const socket of [alice, bob]) {
         socket.emit("doc_subscribe", "Drive File", doc);
         await isIn(stack, socket, `doc:Drive File/${doc}`);
@@ -188,7 +182,7 @@ describe("public apps' handlers on a Frappe 16 bench that has them installed", (
     });
 
     test("tt_join joins tt_session_<pin> for a six-digit pin only; tt_leave leaves it", async () => {
-      const alice = await stack.connect({ sid: "sid-alice" });
+      const alice = await stack.connect({ sid: ALICE_SID });
       alice.emit("tt_join", "123456");
       await isIn(stack, alice, "tt_session_123456");
       for (const pin of ["12345", "1234567", "abcdef", 123457]) alice.emit("tt_join", pin);
@@ -205,11 +199,11 @@ describe("public apps' handlers on a Frappe 16 bench that has them installed", (
     test("guest_subscribe joins guest:<id> when validate_guest_session says valid, with the sender's credential", async () => {
       stack.frappe.route("/api/method/suite.meet.api.meeting.validate_guest_session", (call) =>
         ({ body: { message: { valid: call.query.guest_id === "guest_valid123" && call.user === ALICE } } }));
-      const alice = await stack.connect({ sid: "sid-alice" });
+      const alice = await stack.connect({ sid: ALICE_SID });
       alice.emit("guest_subscribe", "guest_valid123");
       await isIn(stack, alice, "guest:guest_valid123");
       const calls = stack.frappe.callsTo("validate_guest_session");
-      assert.equal(calls.at(-1).headers.cookie, "sid=sid-alice");
+      assert.equal(calls.at(-1).headers.cookie, `sid=${ALICE_SID}`);
       const asked = calls.length;
       alice.emit("guest_subscribe", "guest_other456");
       alice.emit("guest_subscribe", "guest_1"); // too short: never asked
@@ -226,7 +220,7 @@ describe("public apps' handlers on a Frappe 16 bench that has them installed", (
     test("pos_profile_subscribe joins pos_profile:<name> when has_pos_profile_access answers truthy", async () => {
       stack.frappe.route("/api/method/pos_next.realtime_events.has_pos_profile_access", (call) =>
         ({ body: { message: call.query.pos_profile === "Main POS" ? 1 : 0 } }));
-      const alice = await stack.connect({ sid: "sid-alice" });
+      const alice = await stack.connect({ sid: ALICE_SID });
       alice.emit("pos_profile_subscribe", "Main POS");
       await isIn(stack, alice, "pos_profile:Main POS");
       alice.emit("pos_profile_subscribe", "Other POS");
@@ -246,7 +240,7 @@ describe("public apps' handlers on a Frappe 16 bench that has them installed", (
         heartbeats.push(call);
         return { body: { message: "ok" } };
       });
-      const alice = await stack.connect({ sid: "sid-alice" });
+      const alice = await stack.connect({ sid: ALICE_SID });
       alice.emit("tracker:heartbeat", { project: "P-1", seconds: 30 });
       await waitFor(() => heartbeats.length === 1, { what: "the heartbeat to reach the site" });
       assert.deepEqual(heartbeats[0].body, { project: "P-1", seconds: 30 });
@@ -262,7 +256,7 @@ describe("public apps' handlers on a Frappe 16 bench that has them installed", (
           return { body: {} };
         });
       }
-      const alice = await stack.connect({ sid: "sid-alice" });
+      const alice = await stack.connect({ sid: ALICE_SID });
       alice.emit("remote_job.sync_job", { job_id: "J-9", data: { status: "Running" } });
       alice.emit("remote_job.sync_step", { job_id: "J-9", data: { step: 2 } });
       await waitFor(() => posted.length === 2, { what: "both posts" });
@@ -272,11 +266,11 @@ describe("public apps' handlers on a Frappe 16 bench that has them installed", (
   });
 
   test("ping is answered once, by Frappe's own handler, though helpdesk and suite answer it in Node", async () => {
-    const alice = await stack.connect({ sid: "sid-alice" });
+    const alice = await stack.connect({ sid: ALICE_SID });
     alice.emit("ping");
     await nextEvent(alice, "pong");
     await settled(stack, alice, ALICE);
-    assert.equal(got(alice, "pong").length, 1);
+    assert.equal(received(alice, "pong").length, 1);
     alice.disconnect();
   });
 });
@@ -299,7 +293,7 @@ describe("a bad handler file", () => {
   test("disables that app only, names the file and the line, is counted, and SIGHUP loads the fixed file", async () => {
     assert.match(stack.server.output, new RegExp(`${file.replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}:4: handler of \`my_join\``));
     assert.equal(await stack.metric("frappe_realtime_app_handler_files_rejected_total", { app: "myapp" }), 1);
-    const alice = await stack.connect({ sid: "sid-alice" });
+    const alice = await stack.connect({ sid: ALICE_SID });
     alice.emit("tt_join", "654321");
     await isIn(stack, alice, "tt_session_654321"); // quizzly works
     alice.emit("my_join", "a");

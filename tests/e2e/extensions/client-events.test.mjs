@@ -13,10 +13,9 @@ import { test, describe, before, after } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
-import { startStack, waitFor, nextEvent, SITES } from "../../support/harness.mjs";
+import { startStack, waitFor, nextEvent, SITES, ALICE, ALICE_SID } from "../../support/harness.mjs";
 
 const [SITE, OTHER_SITE] = SITES;
-const ALICE = "alice@example.com";
 
 const HANDLERS = {
   ide_chat: {
@@ -63,7 +62,7 @@ describe("client events declared for the backend", () => {
   test("an IDE chat: the message and the answer to a question reach the stream; the reply comes on the user room",
     async () => {
       const stream = `ide_chat:${SITE}`;
-      const chat = await stack.connect({ sid: "sid-alice", transports: ["websocket"] });
+      const chat = await stack.connect({ sid: ALICE_SID, transports: ["websocket"] });
       const ack = await chat.timeout(5000).emitWithAck("chat_message", { conversation: "C1", text: "Why is this slow?" });
       assert.equal(typeof ack.id, "string");
       const [entry] = (await readStream(stack, stream)).filter((e) => e.fields.id === ack.id);
@@ -90,7 +89,7 @@ describe("client events declared for the backend", () => {
 
   test("an agent UI: cancel and feedback reach the worker, and its task_progress stops after the cancel", async () => {
     const stream = `agent:${SITE}`;
-    const ui = await stack.connect({ sid: "sid-alice", transports: ["websocket"] });
+    const ui = await stack.connect({ sid: ALICE_SID, transports: ["websocket"] });
     const request = `req-${Math.random().toString(36).slice(2, 8)}`;
     ui.emit("task_subscribe", request);
     await stack.publishUntilReceived(ui, `task_progress:${request}`, { event: "task_progress" });
@@ -133,7 +132,7 @@ describe("client events declared for the backend", () => {
   test("an event goes over HTTP to a whitelisted method with the sender's credential, the answer in the ack", async () => {
     stack.frappe.route("/api/method/ide_chat.api.send_message", (call) =>
       ({ body: { message: { accepted: true, echo: call.body, user: call.user } } }));
-    const chat = await stack.connect({ sid: "sid-alice" });
+    const chat = await stack.connect({ sid: ALICE_SID });
     const answer = await chat.timeout(5000).emitWithAck("chat_message_http", { text: "hi" });
     assert.deepEqual(answer, { accepted: true, echo: { text: "hi" }, user: ALICE });
     chat.disconnect();
@@ -142,7 +141,7 @@ describe("client events declared for the backend", () => {
   test("per-socket limits: beyond the burst and over the size, refused in the ack, counted, and not queued", async () => {
     const stream = `ide_chat:${SITE}`;
     const before = (await readStream(stack, stream)).length;
-    const chat = await stack.connect({ sid: "sid-alice" });
+    const chat = await stack.connect({ sid: ALICE_SID });
     const acks = await Promise.all(Array.from({ length: 6 }, (_, i) =>
       chat.timeout(5000).emitWithAck("user_response", `Q${i}`, "ok")));
     const accepted = acks.filter((a) => a.id);
@@ -163,7 +162,7 @@ describe("client events declared for the backend", () => {
 
   test("on a site without the app, a declared event reaches no stream", async () => {
     const stream = `ide_chat:${OTHER_SITE}`;
-    const chat = await stack.connect({ sid: "sid-alice", site: OTHER_SITE });
+    const chat = await stack.connect({ sid: ALICE_SID, site: OTHER_SITE });
     await assert.rejects(chat.timeout(1000).emitWithAck("chat_message", { text: "hi" }));
     await stack.flush(chat, { site: OTHER_SITE, userRoom: `user:${ALICE}` });
     assert.deepEqual(await readStream(stack, stream), []);

@@ -36,7 +36,10 @@ import { createRequire } from "node:module";
 import { io as io46 } from "socket.io-client-4.6";
 import { io as io47 } from "socket.io-client-4.7";
 import { io as io48 } from "socket.io-client";
-import { SITES, Server, asFrappeJson, connected, refusal, startStack, waitFor } from "../../support/harness.mjs";
+import {
+  SITES, Server, asFrappeJson, connected, refusal, startStack, waitFor, ALICE_SID, DAVE_API_KEY,
+  USER_INFO, ALICE, DAVE,
+} from "../../support/harness.mjs";
 import { NGINX, startBenchNginx } from "../../support/bench-nginx.mjs";
 
 const require = createRequire(import.meta.url);
@@ -48,8 +51,6 @@ const CLIENTS = [
 
 const SITE = SITES[0];
 const OTHER_SITE = SITES[1];
-const ALICE = { user: "alice@example.com", sid: "sid-alice" };
-const DAVE = { user: "dave@example.com", token: "key-dave:secret-dave" };
 const SKIP = NGINX ? false : "not installed: nginx (Debian: apt-get install -y nginx)";
 
 /** The extension's client, with exactly its options; records what its three listeners get. */
@@ -82,7 +83,7 @@ function eventsFor(tag) {
 }
 
 /** Publish on Redis exactly as Frappe 15+ does: `frappe.as_json({event, message, namespace, room})`. */
-function publish(stack, [event, message], { site = SITE, user = ALICE.user } = {}) {
+function publish(stack, [event, message], { site = SITE, user = ALICE } = {}) {
   return stack.redis.publish(asFrappeJson({ event, message, namespace: site, room: `user:${user}` }));
 }
 
@@ -125,7 +126,7 @@ function clientCases(client, ctx, { upgrade }) {
   };
 
   test(`socket.io-client ${client.version}: websocket`, { timeout: 20000 }, async () => {
-    const socket = await open({ sid: ALICE.sid });
+    const socket = await open({ sid: ALICE_SID });
     try {
       assert.equal(namespaceOf(socket), "/");
       assert.equal(socket.io.engine.transport.name, "websocket");
@@ -133,13 +134,13 @@ function clientCases(client, ctx, { upgrade }) {
     } finally {
       socket.disconnect();
     }
-    const call = ctx.stack.frappe.callsTo("frappe.realtime.get_user_info").at(-1);
+    const call = ctx.stack.frappe.callsTo(USER_INFO).at(-1);
     assert.equal(call.site, SITE, "the site was called for the site the handshake resolved to");
     assert.match(call.headers.cookie ?? "", /(^|; )sid=sid-alice(;|$)/, "with the extension's sid");
   });
 
   test(`socket.io-client ${client.version}: polling`, { timeout: 20000 }, async () => {
-    const socket = await open({ sid: ALICE.sid, transports: ["polling"] });
+    const socket = await open({ sid: ALICE_SID, transports: ["polling"] });
     try {
       assert.equal(namespaceOf(socket), "/");
       assert.equal(socket.io.engine.transport.name, "polling");
@@ -171,7 +172,7 @@ function clientCases(client, ctx, { upgrade }) {
       })();
       let socket;
       try {
-        socket = await open({ sid: ALICE.sid, transports: ["polling", "websocket"] });
+        socket = await open({ sid: ALICE_SID, transports: ["polling", "websocket"] });
         assert.equal(namespaceOf(socket), "/");
         await waitFor(() => socket.io.engine.transport.name === "websocket", { timeoutMs: 8000, what: "the upgrade to websocket" });
         await waitFor(() => socket.got.length >= 10, { timeoutMs: 5000, what: "progress events after the upgrade" });
@@ -196,15 +197,15 @@ function clientCases(client, ctx, { upgrade }) {
   }
 
   test(`socket.io-client ${client.version}: an API token in the auth payload, no Cookie header`, { timeout: 20000 }, async () => {
-    const socket = await open({ token: DAVE.token });
+    const socket = await open({ token: DAVE_API_KEY });
     try {
       assert.equal(namespaceOf(socket), "/");
-      await assertEventsOnce(ctx.stack, socket, `token-${client.version}`, { user: DAVE.user });
+      await assertEventsOnce(ctx.stack, socket, `token-${client.version}`, { user: DAVE });
     } finally {
       socket.disconnect();
     }
-    const call = ctx.stack.frappe.callsTo("frappe.realtime.get_user_info").at(-1);
-    assert.equal(call.headers.authorization, `token ${DAVE.token}`, "the token went to Frappe as Authorization: token <key>:<secret>");
+    const call = ctx.stack.frappe.callsTo(USER_INFO).at(-1);
+    assert.equal(call.headers.authorization, `token ${DAVE_API_KEY}`, "the token went to Frappe as Authorization: token <key>:<secret>");
     assert.equal(call.headers.cookie, undefined, "and no cookie");
   });
 }
@@ -241,7 +242,7 @@ describe("a VS Code extension style client through bench's nginx", { skip: SKIP,
     const access = ctx.nginx.accessLog();
     assert.match(access, /"GET \/socket\.io\/\?EIO=4&transport=websocket[^ "]* HTTP\/1\.1" 101 /);
     assert.match(access, /"POST \/socket\.io\/\?EIO=4&transport=polling[^ "]*sid=[^ "]* HTTP\/1\.1" 200 /);
-    const socket = extensionClient(io48, ctx.url(), { sid: ALICE.sid });
+    const socket = extensionClient(io48, ctx.url(), { sid: ALICE_SID });
     ctx.sockets.push(socket);
     try {
       await connected(socket);
@@ -255,7 +256,7 @@ describe("a VS Code extension style client through bench's nginx", { skip: SKIP,
 
   test("the server restarts behind nginx: every release reconnects by itself and gets the next events once", { timeout: 40000 }, async () => {
     const sockets = CLIENTS.map((client) => {
-      const socket = extensionClient(client.io, ctx.url(), { sid: ALICE.sid });
+      const socket = extensionClient(client.io, ctx.url(), { sid: ALICE_SID });
       socket.release = client.version;
       socket.connects = 0;
       socket.on("connect", () => { socket.connects += 1; });
@@ -293,7 +294,7 @@ describe("a VS Code extension style client through bench's nginx", { skip: SKIP,
   });
 
   test("directly on the service port, without default_site nothing names the site: Invalid namespace", { timeout: 20000 }, async () => {
-    const socket = extensionClient(io48, `http://127.0.0.1:${ctx.stack.port}`, { sid: ALICE.sid });
+    const socket = extensionClient(io48, `http://127.0.0.1:${ctx.stack.port}`, { sid: ALICE_SID });
     ctx.sockets.push(socket);
     try {
       assert.equal(await refusal(socket), "Invalid namespace");

@@ -10,25 +10,19 @@ import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
 import { io } from "socket.io-client";
-import { startStack, connected, refusal, waitFor, SITES } from "../../support/harness.mjs";
+import {
+  startStack, connected, refusal, waitFor, SITES, ALICE, ALICE_SID, BOB, BOB_SID, DAVE,
+  DAVE_API_KEY, DAVE_TOKEN, unique, payloads, REFUSAL, USER_INFO_PATH,
+} from "../../support/harness.mjs";
 
 const [SITE, OTHER_SITE] = SITES;
-const ALICE = "alice@example.com"; // System User, sid-alice
-const BOB = "bob@example.com"; // System User, sid-bob
-const DAVE = "dave@example.com"; // System User, token key-dave:secret-dave
 const PORTAL = "https://portal.example";
-const USER_INFO = "/api/method/frappe.realtime.get_user_info";
-const NO_CALLBACK_TARGET = "Unauthorized: the client sent no Origin of the site's own to call the site back at; "
-  + "set realtime_callback_url (or webserver_host and webserver_port) in sites/common_site_config.json";
-
-let counter = 0;
-const unique = (prefix) => `${prefix}-${++counter}-${Math.random().toString(36).slice(2, 8)}`;
 
 /**
  * The client of a VS Code extension streaming `ai_progress` (issue text, socket.io-client 4.x):
  * the root namespace, the sid in the auth payload and in a Cookie header, no Origin.
  */
-function ideClient(stack, { sid = "sid-alice", transports = ["websocket", "polling"], extra = {} } = {}) {
+function ideClient(stack, { sid = ALICE_SID, transports = ["websocket", "polling"], extra = {} } = {}) {
   const socket = io(`http://127.0.0.1:${stack.port}`, {
     path: "/socket.io",
     transports,
@@ -38,7 +32,7 @@ function ideClient(stack, { sid = "sid-alice", transports = ["websocket", "polli
     forceNew: true,
     ...extra,
   });
-  return track(stack, socket);
+  return stack.track(socket);
 }
 
 /** A client of any shape on any namespace, with no headers beyond `headers`. */
@@ -46,18 +40,8 @@ function client(stack, { namespace = "/", headers = {}, auth, transports = ["web
   const socket = io(`http://127.0.0.1:${stack.port}${namespace}`, {
     transports, extraHeaders: headers, auth, reconnection: false, forceNew: true, timeout: 8000,
   });
-  return track(stack, socket);
+  return stack.track(socket);
 }
-
-function track(stack, socket) {
-  socket.received = [];
-  socket.onAny((event, ...args) => socket.received.push({ event, args }));
-  stack.sockets.push(socket);
-  return socket;
-}
-
-/** The events `socket` received named `event`, as their first arguments. */
-const got = (socket, event) => socket.received.filter((r) => r.event === event).map((r) => r.args[0]);
 
 /** Wait until every socket has the sentinel published after everything before it. */
 async function flushAll(stack, sockets, user = ALICE, site = SITE) {
@@ -91,31 +75,31 @@ for (const version of [15, 16]) {
         await stack.publish("msgprint", "done", { site: SITE, room: `user:${ALICE}` });
         await stack.publish("eval_js", "console.log(1)", { site: SITE, room: `user:${ALICE}` });
         await stack.flush(socket, { site: SITE, userRoom: `user:${ALICE}` });
-        assert.deepEqual(got(socket, "ai_progress"), steps, "every step once, in order");
-        assert.deepEqual(got(socket, "msgprint"), ["done"]);
-        assert.deepEqual(got(socket, "eval_js"), ["console.log(1)"]);
+        assert.deepEqual(payloads(socket, "ai_progress"), steps, "every step once, in order");
+        assert.deepEqual(payloads(socket, "msgprint"), ["done"]);
+        assert.deepEqual(payloads(socket, "eval_js"), ["console.log(1)"]);
         // The other site's events for the same user do not reach it.
         await stack.publish("ai_progress", { other: true }, { site: OTHER_SITE, room: `user:${ALICE}` });
         await stack.flush(socket, { site: SITE, userRoom: `user:${ALICE}` });
-        assert.equal(got(socket, "ai_progress").length, 3);
+        assert.equal(payloads(socket, "ai_progress").length, 3);
         // The callback went to the configured web server, naming the site.
-        const call = stack.frappe.calls.filter((c) => c.path === USER_INFO).at(-1);
+        const call = stack.frappe.calls.filter((c) => c.path === USER_INFO_PATH).at(-1);
         assert.equal(call.headers["x-frappe-site-name"], SITE);
         socket.disconnect();
       });
     }
 
     test("X-Frappe-Site-Name picks the site on `/`; a site the bench lacks is Invalid namespace", async () => {
-      const other = client(stack, { headers: { "x-frappe-site-name": OTHER_SITE, cookie: "sid=sid-alice" } });
+      const other = client(stack, { headers: { "x-frappe-site-name": OTHER_SITE, cookie: `sid=${ALICE_SID}` } });
       await connected(other);
       await settle(stack, other, ALICE, OTHER_SITE);
-      const unknown = client(stack, { headers: { "x-frappe-site-name": "nosuch.local", cookie: "sid=sid-alice" } });
+      const unknown = client(stack, { headers: { "x-frappe-site-name": "nosuch.local", cookie: `sid=${ALICE_SID}` } });
       assert.equal(await refusal(unknown), "Invalid namespace");
     });
 
     test("sockets on `/` and on `/<site>` of one site each get every event exactly once", async () => {
-      const root = client(stack, { headers: { cookie: "sid=sid-alice" } });
-      const own = client(stack, { namespace: `/${SITE}`, headers: { origin: stack.frappe.url, "x-frappe-site-name": SITE, cookie: "sid=sid-alice" } });
+      const root = client(stack, { headers: { cookie: `sid=${ALICE_SID}` } });
+      const own = client(stack, { namespace: `/${SITE}`, headers: { origin: stack.frappe.url, "x-frappe-site-name": SITE, cookie: `sid=${ALICE_SID}` } });
       await Promise.all([connected(root), connected(own)]);
       await Promise.all([settle(stack, root), settle(stack, own)]);
       stack.frappe.allow(SITE, ALICE, "ToDo");
@@ -135,32 +119,32 @@ for (const version of [15, 16]) {
       await stack.redis.publish({ event, message: { i: rooms.length, room: "every site" } });
       await flushAll(stack, [root, own]);
       const expected = [...rooms, "every site"].map((room, i) => ({ i, room }));
-      assert.deepEqual(got(root, event), expected, "root namespace: once each, in order");
-      assert.deepEqual(got(own, event), expected, "site namespace: once each, in order");
+      assert.deepEqual(payloads(root, event), expected, "root namespace: once each, in order");
+      assert.deepEqual(payloads(own, event), expected, "site namespace: once each, in order");
     });
 
     test("doc_viewers lists the viewers on `/` and on `/<site>` together", async () => {
       stack.frappe.allow(SITE, ALICE, "Note", "N-1");
       stack.frappe.allow(SITE, BOB, "Note", "N-1");
-      const alice = client(stack, { headers: { cookie: "sid=sid-alice" } });
-      const bob = client(stack, { namespace: `/${SITE}`, headers: { origin: stack.frappe.url, "x-frappe-site-name": SITE, cookie: "sid=sid-bob" } });
+      const alice = client(stack, { headers: { cookie: `sid=${ALICE_SID}` } });
+      const bob = client(stack, { namespace: `/${SITE}`, headers: { origin: stack.frappe.url, "x-frappe-site-name": SITE, cookie: `sid=${BOB_SID}` } });
       await Promise.all([connected(alice), connected(bob)]);
       alice.emit("doc_open", "Note", "N-1");
       bob.emit("doc_open", "Note", "N-1");
-      const both = (socket) => got(socket, "doc_viewers").some((v) => v.docname === "N-1"
+      const both = (socket) => payloads(socket, "doc_viewers").some((v) => v.docname === "N-1"
         && [...v.users].sort().join() === [ALICE, BOB].sort().join());
       await waitFor(() => both(alice) && both(bob), { what: "doc_viewers with both users on both sockets" });
       // Bob leaves from his namespace: Alice, on `/`, is told she is alone.
       bob.disconnect();
-      await waitFor(() => got(alice, "doc_viewers").at(-1)?.users?.join() === ALICE,
+      await waitFor(() => payloads(alice, "doc_viewers").at(-1)?.users?.join() === ALICE,
         { what: "doc_viewers without bob on alice's socket" });
       alice.disconnect();
     });
 
     test("the auth payload is the credential when the headers carry none: sid, token, authorization", async () => {
-      const bySid = client(stack, { auth: { sid: "sid-bob" } });
-      const byToken = client(stack, { auth: { token: "key-dave:secret-dave" } });
-      const byHeader = client(stack, { auth: { authorization: "token key-dave:secret-dave" } });
+      const bySid = client(stack, { auth: { sid: BOB_SID } });
+      const byToken = client(stack, { auth: { token: DAVE_API_KEY } });
+      const byHeader = client(stack, { auth: { authorization: DAVE_TOKEN } });
       await Promise.all([connected(bySid), connected(byToken), connected(byHeader)]);
       await settle(stack, bySid, BOB);
       await settle(stack, byToken, DAVE);
@@ -172,20 +156,20 @@ for (const version of [15, 16]) {
     });
 
     test("no Origin is accepted; a mismatching Origin is still refused", async () => {
-      const program = client(stack, { namespace: `/${SITE}`, headers: { "x-frappe-site-name": SITE, cookie: "sid=sid-alice" } });
+      const program = client(stack, { namespace: `/${SITE}`, headers: { "x-frappe-site-name": SITE, cookie: `sid=${ALICE_SID}` } });
       await connected(program);
-      const foreign = client(stack, { namespace: `/${SITE}`, headers: { "x-frappe-site-name": SITE, origin: "https://evil.example", cookie: "sid=sid-alice" } });
+      const foreign = client(stack, { namespace: `/${SITE}`, headers: { "x-frappe-site-name": SITE, origin: "https://evil.example", cookie: `sid=${ALICE_SID}` } });
       assert.equal(await refusal(foreign), "Invalid origin");
-      const foreignRoot = client(stack, { headers: { origin: "https://evil.example", cookie: "sid=sid-alice" } });
+      const foreignRoot = client(stack, { headers: { origin: "https://evil.example", cookie: `sid=${ALICE_SID}` } });
       assert.equal(await refusal(foreignRoot), "Invalid origin", "default_site (Host is 127.0.0.1) names the site");
-      const foreignRootNamed = client(stack, { headers: { "x-frappe-site-name": SITE, origin: "https://evil.example", cookie: "sid=sid-alice" } });
+      const foreignRootNamed = client(stack, { headers: { "x-frappe-site-name": SITE, origin: "https://evil.example", cookie: `sid=${ALICE_SID}` } });
       assert.equal(await refusal(foreignRootNamed), "Invalid origin");
     });
 
     test("a site's allow_cors admits the origins it lists, with credentials; edits apply without a restart", async () => {
       const fromPortal = () => client(stack, {
         namespace: `/${OTHER_SITE}`, transports: ["polling", "websocket"],
-        headers: { "x-frappe-site-name": OTHER_SITE, origin: PORTAL, cookie: "sid=sid-alice" },
+        headers: { "x-frappe-site-name": OTHER_SITE, origin: PORTAL, cookie: `sid=${ALICE_SID}` },
       });
       assert.equal(await refusal(fromPortal()), "Invalid origin");
       writeSiteConfig(stack, OTHER_SITE, { allow_cors: [PORTAL] });
@@ -203,17 +187,17 @@ for (const version of [15, 16]) {
       // Straight to the service, no proxy naming the site: the Host does, not the portal's Origin.
       const direct = client(stack, {
         namespace: `/${OTHER_SITE}`,
-        headers: { host: `${OTHER_SITE}:${stack.port}`, origin: PORTAL, cookie: "sid=sid-alice" },
+        headers: { host: `${OTHER_SITE}:${stack.port}`, origin: PORTAL, cookie: `sid=${ALICE_SID}` },
       });
       await connected(direct);
       await settle(stack, direct, ALICE, OTHER_SITE);
       // The site is called back at the configured web server, never at the portal.
-      const call = stack.frappe.calls.filter((c) => c.path === USER_INFO).at(-1);
+      const call = stack.frappe.calls.filter((c) => c.path === USER_INFO_PATH).at(-1);
       assert.equal(call.headers["x-frappe-site-name"], OTHER_SITE);
       // Other origins stay refused, and the other site lists nothing.
-      const evil = client(stack, { namespace: `/${OTHER_SITE}`, headers: { "x-frappe-site-name": OTHER_SITE, origin: "https://evil.example", cookie: "sid=sid-alice" } });
+      const evil = client(stack, { namespace: `/${OTHER_SITE}`, headers: { "x-frappe-site-name": OTHER_SITE, origin: "https://evil.example", cookie: `sid=${ALICE_SID}` } });
       assert.equal(await refusal(evil), "Invalid origin");
-      const elsewhere = client(stack, { namespace: `/${SITE}`, headers: { "x-frappe-site-name": SITE, origin: PORTAL, cookie: "sid=sid-alice" } });
+      const elsewhere = client(stack, { namespace: `/${SITE}`, headers: { "x-frappe-site-name": SITE, origin: PORTAL, cookie: `sid=${ALICE_SID}` } });
       assert.equal(await refusal(elsewhere), "Invalid origin");
       // The CORS answer to the portal's polling request allows it with credentials.
       const res = await fetch(`http://127.0.0.1:${stack.port}/socket.io/?EIO=4&transport=polling`, {
@@ -233,14 +217,14 @@ describe("clients without Origin on a bench with no web server configured", () =
 
   test("are refused with a message that names the keys to set, before any call to Frappe", async () => {
     const before = stack.frappe.calls.length;
-    const socket = client(stack, { headers: { "x-frappe-site-name": SITE, cookie: "sid=sid-alice" } });
-    assert.equal(await refusal(socket), NO_CALLBACK_TARGET);
+    const socket = client(stack, { headers: { "x-frappe-site-name": SITE, cookie: `sid=${ALICE_SID}` } });
+    assert.equal(await refusal(socket), REFUSAL.noCallbackTarget);
     assert.equal(stack.frappe.calls.length, before);
     assert.equal(await stack.metric("frappe_realtime_handshakes_total", { site: SITE, outcome: "no_callback_target" }), 1);
   });
 
   test("the Desk (Origin of the site's own) still works as before", async () => {
-    const desk = await stack.connect({ sid: "sid-alice" });
+    const desk = await stack.connect({ sid: ALICE_SID });
     await settle(stack, desk);
   });
 });

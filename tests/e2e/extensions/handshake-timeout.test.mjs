@@ -4,7 +4,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import WebSocket from "ws";
-import { startStack, SITES } from "../../support/harness.mjs";
+import { startStack, SITES, ALICE_SID } from "../../support/harness.mjs";
 
 let stack;
 before(async () => { stack = await startStack({ common: { realtime_callback_timeout: 1 } }); });
@@ -12,7 +12,7 @@ after(async () => { await stack?.stop(); });
 
 test("a session that never sends its namespace CONNECT is closed after the handshake timeout", async () => {
   const ws = new WebSocket(`ws://127.0.0.1:${stack.port}/socket.io/?EIO=4&transport=websocket`, {
-    headers: { origin: stack.frappe.url, cookie: "sid=sid-alice", "x-frappe-site-name": SITES[0] },
+    headers: { origin: stack.frappe.url, cookie: `sid=${ALICE_SID}`, "x-frappe-site-name": SITES[0] },
   });
   const opened = performance.now();
   const closedAfterMs = await new Promise((resolve, reject) => {

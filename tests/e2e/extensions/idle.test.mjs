@@ -3,14 +3,14 @@
 // load generator's CPU figures showed it.)
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { startStack } from "../../support/harness.mjs";
+import { startStack, ALICE_SID } from "../../support/harness.mjs";
 
 let stack;
 before(async () => { stack = await startStack(); });
 after(async () => { await stack?.stop(); });
 
 test("an idle server with a connected client uses almost no CPU", async () => {
-  await stack.connect({ sid: "sid-alice", transports: ["websocket"] });
+  await stack.connect({ sid: ALICE_SID, transports: ["websocket"] });
   const before = stack.server.cpuMs();
   // A window of wall time is the measurement itself here, not a wait for an event.
   await new Promise((resolve) => setTimeout(resolve, 3000));

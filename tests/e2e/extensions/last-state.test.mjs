@@ -7,16 +7,11 @@
 // event that did not come before it will not come.
 import { describe, test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { startStack, waitFor, received, SITES } from "../../support/harness.mjs";
+import {
+  startStack, waitFor, received, SITES, ALICE, ALICE_SID, BOB_SID, unique,
+} from "../../support/harness.mjs";
 
 const SITE = SITES[0];
-const ALICE = "alice@example.com";
-
-let counter = 0;
-function unique(prefix) {
-  counter += 1;
-  return `${prefix}-${counter}-${Math.random().toString(36).slice(2, 8)}`;
-}
 
 /** Subscribe with `event`/`args`, then wait for a sentinel published to `room` after it. */
 async function subscribeAndSettle(stack, socket, room, event, ...args) {
@@ -41,10 +36,10 @@ describe("last state on subscribe", () => {
     const room = `task_progress:${task}`;
     for (const progress of [10, 40, 70]) await stack.publish("task_progress", { progress }, { room });
     // The bridge handles publications in order: once this arrives, the three above are kept.
-    const probe = await stack.connect({ sid: "sid-bob", transports: ["websocket"] });
+    const probe = await stack.connect({ sid: BOB_SID, transports: ["websocket"] });
     await stack.flush(probe, { userRoom: "user:bob@example.com" });
 
-    const socket = await stack.connect({ sid: "sid-alice", transports: ["websocket"] });
+    const socket = await stack.connect({ sid: ALICE_SID, transports: ["websocket"] });
     await subscribeAndSettle(stack, socket, room, "task_subscribe", task);
     assert.deepEqual(received(socket, "task_progress"), [[{ progress: 70 }]], "only the latest, once");
     await stack.publish("task_progress", { progress: 100 }, { room });
@@ -56,9 +51,9 @@ describe("last state on subscribe", () => {
     const task = unique("task");
     const room = `task_progress:${task}`;
     await stack.publish("progress", { percent: 5 }, { room });
-    const probe = await stack.connect({ sid: "sid-bob", transports: ["websocket"] });
+    const probe = await stack.connect({ sid: BOB_SID, transports: ["websocket"] });
     await stack.flush(probe, { userRoom: "user:bob@example.com" });
-    const socket = await stack.connect({ sid: "sid-alice", transports: ["websocket"] });
+    const socket = await stack.connect({ sid: ALICE_SID, transports: ["websocket"] });
     await subscribeAndSettle(stack, socket, room, "progress_subscribe", task);
     assert.deepEqual(received(socket, "progress"), [[{ percent: 5 }]]);
   });
@@ -69,10 +64,10 @@ describe("last state on subscribe", () => {
     stack.frappe.allow(SITE, ALICE, doctype, "A");
     await stack.publish("doc_update", { modified: "1" }, { room: `doc:${doctype}/A` });
     await stack.publish("list_update", { name: "A" }, { room: `doctype:${doctype}` });
-    const probe = await stack.connect({ sid: "sid-bob", transports: ["websocket"] });
+    const probe = await stack.connect({ sid: BOB_SID, transports: ["websocket"] });
     await stack.flush(probe, { userRoom: "user:bob@example.com" });
 
-    const socket = await stack.connect({ sid: "sid-alice", transports: ["websocket"] });
+    const socket = await stack.connect({ sid: ALICE_SID, transports: ["websocket"] });
     await subscribeAndSettle(stack, socket, `doc:${doctype}/A`, "doc_subscribe", doctype, "A");
     assert.deepEqual(received(socket, "doc_update"), [[{ modified: "1" }]]);
     await subscribeAndSettle(stack, socket, `doctype:${doctype}`, "doctype_subscribe", doctype);
@@ -82,9 +77,9 @@ describe("last state on subscribe", () => {
   test("a refused subscription gets no state", async () => {
     const doctype = unique("Secret");
     await stack.publish("doc_update", { secret: true }, { room: `doc:${doctype}/X` });
-    const probe = await stack.connect({ sid: "sid-bob", transports: ["websocket"] });
+    const probe = await stack.connect({ sid: BOB_SID, transports: ["websocket"] });
     await stack.flush(probe, { userRoom: "user:bob@example.com" });
-    const socket = await stack.connect({ sid: "sid-alice", transports: ["websocket"] });
+    const socket = await stack.connect({ sid: ALICE_SID, transports: ["websocket"] });
     socket.emit("doc_subscribe", doctype, "X");
     await waitFor(() => stack.frappe.callsTo("frappe.realtime.has_permission")
       .concat(stack.frappe.callsTo("frappe.realtime.can_subscribe_doc"))
@@ -109,9 +104,9 @@ describe("last state on subscribe, turned off", () => {
     const task = unique("task");
     const room = `task_progress:${task}`;
     await stack.publish("task_progress", { progress: 50 }, { room });
-    const probe = await stack.connect({ sid: "sid-bob", transports: ["websocket"] });
+    const probe = await stack.connect({ sid: BOB_SID, transports: ["websocket"] });
     await stack.flush(probe, { userRoom: "user:bob@example.com" });
-    const socket = await stack.connect({ sid: "sid-alice", transports: ["websocket"] });
+    const socket = await stack.connect({ sid: ALICE_SID, transports: ["websocket"] });
     await subscribeAndSettle(stack, socket, room, "task_subscribe", task);
     assert.deepEqual(received(socket, "task_progress"), []);
   });

@@ -3,7 +3,7 @@
 // disconnected), and the rooms a socket may be in are capped.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { startStack, nextEvent, waitFor } from "../../support/harness.mjs";
+import { startStack, nextEvent, waitFor, ALICE_SID, CAROL_SID } from "../../support/harness.mjs";
 
 let stack;
 before(async () => {
@@ -18,7 +18,7 @@ before(async () => {
 after(async () => { await stack?.stop(); });
 
 test("a flood of events: the burst is handled, the rest dropped, then the client is disconnected", async () => {
-  const socket = await stack.connect({ sid: "sid-alice", transports: ["websocket"] });
+  const socket = await stack.connect({ sid: ALICE_SID, transports: ["websocket"] });
   let pongs = 0;
   socket.on("pong", () => { pongs += 1; });
   const disconnected = nextEvent(socket, "disconnect");
@@ -39,7 +39,7 @@ test("a flood of events: the burst is handled, the rest dropped, then the client
 
 test("subscriptions beyond realtime_max_rooms_per_socket are ignored", async () => {
   // carol (Website User) is in 2 rooms after connecting (user:, website): two more fit in 4.
-  const socket = await stack.connect({ sid: "sid-carol", transports: ["websocket"] });
+  const socket = await stack.connect({ sid: CAROL_SID, transports: ["websocket"] });
   for (const task of ["first", "second"]) {
     socket.emit("task_subscribe", task);
     await stack.publishUntilReceived(socket, `task_progress:${task}`);

@@ -12,12 +12,11 @@ import { spawn } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
 import {
-  startStack, Redis, addSite, freePort, waitFor, nextEvent, connected, refusal, SITES,
+  startStack, Redis, addSite, freePort, waitFor, nextEvent, connected, refusal, SITES, ALICE,
+  ALICE_SID, BOB, BOB_SID, DAVE_TOKEN, unique, DAVE,
 } from "../../support/harness.mjs";
 
 const [SITE, OTHER_SITE] = SITES;
-const ALICE = "alice@example.com"; // System User, sid-alice on every site
-const DAVE_TOKEN = "token key-dave:secret-dave";
 const PROMTOOL = "/usr/bin/promtool";
 
 // Series names (docs/metrics.md).
@@ -184,12 +183,6 @@ async function getJson(url) {
 // Helpers: stacks, users, logs
 // ---------------------------------------------------------------------------------------------
 
-let counter = 0;
-function unique(prefix) {
-  counter += 1;
-  return `${prefix}-${counter}-${Math.random().toString(36).slice(2, 8)}`;
-}
-
 /** A user no test has seen, with a session on every site of `stack`. */
 function newUser(stack, sites = SITES) {
   const name = unique("user");
@@ -261,7 +254,7 @@ describe("connections: sockets gauge, engine sessions, sites", () => {
       const labels = { site: SITE, transport };
       const other = transport === "websocket" ? "polling" : "websocket";
       const before = await scrape(stack);
-      const socket = await stack.connect({ sid: "sid-alice", transports: [transport] });
+      const socket = await stack.connect({ sid: ALICE_SID, transports: [transport] });
       const during = await scrapeUntilGrown(stack, before, M.sockets, labels);
       assert.equal(delta(before, during, M.sockets, labels), 1);
       assert.equal(delta(before, during, M.sockets, { site: SITE, transport: other }), 0);
@@ -279,9 +272,9 @@ describe("connections: sockets gauge, engine sessions, sites", () => {
 
   test("sockets on both sites and transports are counted separately", async () => {
     const before = await scrape(stack);
-    await stack.connect({ sid: "sid-alice", transports: ["websocket"] });
-    await stack.connect({ sid: "sid-bob", transports: ["websocket"] });
-    await stack.connect({ site: OTHER_SITE, sid: "sid-alice", transports: ["polling"] });
+    await stack.connect({ sid: ALICE_SID, transports: ["websocket"] });
+    await stack.connect({ sid: BOB_SID, transports: ["websocket"] });
+    await stack.connect({ site: OTHER_SITE, sid: ALICE_SID, transports: ["polling"] });
     const during = await scrapeUntil(stack, (s) =>
       delta(before, s, M.sockets, { site: SITE, transport: "websocket" }) === 2
       && delta(before, s, M.sockets, { site: OTHER_SITE, transport: "polling" }) === 1,
@@ -301,7 +294,7 @@ describe("handshakes_total by outcome", () => {
   // realtime_callback_timeout 1 s, so the `timeout` outcome takes a second.
   before(async () => {
     stack = await startStack({ common: { realtime_callback_timeout: 1 } });
-    await stack.connect({ sid: "sid-alice" }); // the server learns the socket secret
+    await stack.connect({ sid: ALICE_SID }); // the server learns the socket secret
   });
   after(async () => { await stack?.stop(); });
   afterEach(() => { if (stack) stack.frappe.fault = null; });
@@ -323,21 +316,21 @@ describe("handshakes_total by outcome", () => {
   }
 
   test("ok", async () => {
-    const { before, after } = await expectOutcome("ok", () => stack.connect({ sid: "sid-alice" }));
+    const { before, after } = await expectOutcome("ok", () => stack.connect({ sid: ALICE_SID }));
     assert.equal(delta(before, after, M.frappeRequests, { endpoint: "get_user_info", outcome: "ok" }), 1);
-    await expectOutcome("ok", () => stack.connect({ site: OTHER_SITE, sid: "sid-bob" }), OTHER_SITE);
+    await expectOutcome("ok", () => stack.connect({ site: OTHER_SITE, sid: BOB_SID }), OTHER_SITE);
   });
 
   test("invalid_namespace: X-Frappe-Site-Name names site2 on site1's namespace (labelled by the namespace)", async () => {
     await expectOutcome("invalid_namespace", async () => {
-      assert.equal(await refusal(stack.socket({ site: OTHER_SITE, namespace: `/${SITE}`, sid: "sid-alice" })),
+      assert.equal(await refusal(stack.socket({ site: OTHER_SITE, namespace: `/${SITE}`, sid: ALICE_SID })),
         "Invalid namespace");
     });
   });
 
   test("invalid_origin", async () => {
     await expectOutcome("invalid_origin", async () => {
-      assert.equal(await refusal(stack.socket({ sid: "sid-alice", origin: "http://evil.example" })), "Invalid origin");
+      assert.equal(await refusal(stack.socket({ sid: ALICE_SID, origin: "http://evil.example" })), "Invalid origin");
     });
   });
 
@@ -356,7 +349,7 @@ describe("handshakes_total by outcome", () => {
   test("unauthorized: Frappe 16 answers {} (twice, the retry after re-reading the secret)", async () => {
     stack.frappe.fault = { status: 200, body: '{"message": {}}' };
     const { before, after } = await expectOutcome("unauthorized", async () => {
-      assert.match(await refusal(stack.socket({ sid: "sid-alice" })), /^Unauthorized/);
+      assert.match(await refusal(stack.socket({ sid: ALICE_SID })), /^Unauthorized/);
     });
     assert.equal(delta(before, after, M.frappeRequests, { endpoint: "get_user_info", outcome: "denied" }), 2);
     assert.equal(delta(before, after, M.frappeRequests, { endpoint: "get_user_info", outcome: "ok" }), 0);
@@ -382,7 +375,7 @@ describe("handshakes_total by outcome", () => {
   test("auth_error: Frappe answers HTTP 500", async () => {
     stack.frappe.fault = { status: 500, body: "Internal Server Error" };
     const { before, after } = await expectOutcome("auth_error", async () => {
-      assert.match(await refusal(stack.socket({ sid: "sid-alice" })), /^Unauthorized/);
+      assert.match(await refusal(stack.socket({ sid: ALICE_SID })), /^Unauthorized/);
     });
     assert.equal(delta(before, after, M.frappeRequests, { endpoint: "get_user_info", outcome: "auth_error" }), 1);
   });
@@ -392,7 +385,7 @@ describe("handshakes_total by outcome", () => {
     const late = { message: { user: ALICE, user_type: "System User", installed_apps: ["frappe"] } };
     stack.frappe.fault = { latencyMs: 2500, status: 200, body: JSON.stringify(late) };
     const { before, after } = await expectOutcome("timeout", async () => {
-      assert.match(await refusal(stack.socket({ sid: "sid-alice" })), /^Unauthorized/);
+      assert.match(await refusal(stack.socket({ sid: ALICE_SID })), /^Unauthorized/);
     });
     assert.equal(delta(before, after, M.frappeRequests, { endpoint: "get_user_info", outcome: "timeout" }), 1);
   });
@@ -401,7 +394,7 @@ describe("handshakes_total by outcome", () => {
     const before = await scrape(stack);
     const refusals = [];
     for (let i = 0; i < 50; i += 1) {
-      refusals.push(refusal(stack.socket({ site: `junk-${i}`, sid: "sid-alice" })));
+      refusals.push(refusal(stack.socket({ site: `junk-${i}`, sid: ALICE_SID })));
     }
     for (const message of await Promise.all(refusals)) assert.equal(message, "Invalid namespace");
     const after = await scrape(stack);
@@ -434,12 +427,12 @@ describe("disconnects_total by reason", () => {
   }
 
   test("client_disconnect: socket.disconnect()", async () => {
-    const socket = await stack.connect({ sid: "sid-alice" });
+    const socket = await stack.connect({ sid: ALICE_SID });
     await expectReason("client_disconnect", () => socket.disconnect());
   });
 
   test("transport_close: the client's engine closes its websocket", async () => {
-    const socket = await stack.connect({ sid: "sid-alice", transports: ["websocket"] });
+    const socket = await stack.connect({ sid: ALICE_SID, transports: ["websocket"] });
     await expectReason("transport_close", async () => {
       const gone = nextEvent(socket, "disconnect");
       socket.io.engine.close();
@@ -450,9 +443,9 @@ describe("disconnects_total by reason", () => {
   test("site_removed: the site's folder disappears", async () => {
     addSite(stack.bench, THIRD);
     stack.frappe.addSite(THIRD);
-    stack.frappe.addSession(THIRD, "sid-alice", ALICE);
+    stack.frappe.addSession(THIRD, ALICE_SID, ALICE);
     await scrapeUntil(stack, (s) => value(s, M.sites) === 3, { what: "sites = 3 after adding a site", timeoutMs: 10000 });
-    removedSocket = await stack.connect({ site: THIRD, sid: "sid-alice", transports: ["websocket"] });
+    removedSocket = await stack.connect({ site: THIRD, sid: ALICE_SID, transports: ["websocket"] });
     removedSocket.reasons = [];
     removedSocket.on("disconnect", (reason) => removedSocket.reasons.push(reason));
     await scrapeUntil(stack, (s) => value(s, M.sockets, { site: THIRD, transport: "websocket" }) === 1,
@@ -569,7 +562,7 @@ for (const version of [15, 16]) {
     const doctypeEndpoint = version === 16 ? "has_permission" : "can_subscribe_doctype";
     before(async () => {
       stack = await startStack({ version });
-      (await stack.connect({ sid: "sid-alice" })).disconnect(); // v16: the server learns the socket secret
+      (await stack.connect({ sid: ALICE_SID })).disconnect(); // v16: the server learns the socket secret
     });
     after(async () => { await stack?.stop(); });
     afterEach(() => { if (stack) stack.frappe.fault = null; });
@@ -577,8 +570,8 @@ for (const version of [15, 16]) {
     test("get_user_info outcome ok, once per connect, with a duration each", async () => {
       const labels = { endpoint: "get_user_info", outcome: "ok" };
       const before = await scrape(stack);
-      await stack.connect({ sid: "sid-bob" });
-      await stack.connect({ site: OTHER_SITE, sid: "sid-alice" });
+      await stack.connect({ sid: BOB_SID });
+      await stack.connect({ site: OTHER_SITE, sid: ALICE_SID });
       const after = await scrapeUntilGrown(stack, before, M.frappeRequests, labels, 2);
       assert.equal(delta(before, after, M.frappeRequests, labels), 2);
       assert.equal(delta(before, after, M.frappeRequests, { endpoint: "get_user_info", outcome: "denied" }), 0);
@@ -589,7 +582,7 @@ for (const version of [15, 16]) {
     test(`doc_subscribe calls ${docEndpoint}: outcome allowed, then denied`, async () => {
       const doc = unique("TD");
       stack.frappe.allow(SITE, ALICE, "ToDo", doc);
-      const socket = await stack.connect({ sid: "sid-alice" });
+      const socket = await stack.connect({ sid: ALICE_SID });
 
       const before = await scrape(stack);
       socket.emit("doc_subscribe", "ToDo", doc);
@@ -610,7 +603,7 @@ for (const version of [15, 16]) {
     });
 
     test(`doctype_subscribe calls ${doctypeEndpoint}: outcome denied`, async () => {
-      const socket = await stack.connect({ sid: "sid-alice" });
+      const socket = await stack.connect({ sid: ALICE_SID });
       const labels = { endpoint: doctypeEndpoint, outcome: "denied" };
       const before = await scrape(stack);
       socket.emit("doctype_subscribe", unique("Secret Doctype"));
@@ -620,11 +613,11 @@ for (const version of [15, 16]) {
     });
 
     test("requests_in_flight{get_user_info} is 1 during a slow call and 0 after", async () => {
-      const reply = { message: { user: "bob@example.com", user_type: "System User", installed_apps: ["frappe"] } };
+      const reply = { message: { user: BOB, user_type: "System User", installed_apps: ["frappe"] } };
       stack.frappe.fault = { latencyMs: 1500, status: 200, body: JSON.stringify(reply) };
       const before = await scrape(stack);
       assert.equal(value(before, M.frappeInFlight, { endpoint: "get_user_info" }), 0);
-      const socket = stack.socket({ sid: "sid-bob" });
+      const socket = stack.socket({ sid: BOB_SID });
       const accepted = connected(socket);
       await scrapeUntil(stack, (s) => value(s, M.frappeInFlight, { endpoint: "get_user_info" }) === 1,
         { what: "get_user_info in flight = 1" });
@@ -679,8 +672,8 @@ describe("delivery: routed, sent, bytes, dropped", () => {
   });
 
   test("a broadcast without a room counts once per site with sockets", async () => {
-    await stack.connect({ sid: "sid-alice", transports: ["websocket"] });
-    await stack.connect({ site: OTHER_SITE, sid: "sid-alice", transports: ["websocket"] });
+    await stack.connect({ sid: ALICE_SID, transports: ["websocket"] });
+    await stack.connect({ site: OTHER_SITE, sid: ALICE_SID, transports: ["websocket"] });
     const before = await scrape(stack);
     await stack.redis.publish({ event: "build_event", message: { success: true } });
     const after = await scrapeUntil(stack, (s) => delta(before, s, M.deliveryCount) >= 1, { what: "the broadcast delivered" });
@@ -747,7 +740,7 @@ describe("Redis: connected gauge, reconnects, /ready and /health", () => {
   });
 
   test("Redis killed: redis_connected 0 and /ready 503; back on the same port: re-subscribed, reconnects +1", async () => {
-    const socket = await stack.connect({ sid: "sid-alice" });
+    const socket = await stack.connect({ sid: ALICE_SID });
     const before = await scrape(stack);
     const { port } = stack.redis;
     await stack.redis.stop();
@@ -800,12 +793,12 @@ describe("promtool check metrics", () => {
     // Traffic that creates every kind of series: gauges, counters, the three histograms.
     const doc = unique("TD");
     stack.frappe.allow(SITE, ALICE, "ToDo", doc);
-    const alice = await connectSettled(stack, { sid: "sid-alice" }, ALICE);
+    const alice = await connectSettled(stack, { sid: ALICE_SID }, ALICE);
     alice.emit("doc_subscribe", "ToDo", doc);
     await stack.publishUntilReceived(alice, `doc:ToDo/${doc}`);
     await disconnectSettled(stack, alice, SITE, ALICE);
-    await stack.connect({ sid: "sid-alice", transports: ["polling"] }); // a reconnect
-    await refusal(stack.socket({ origin: "http://evil.example", sid: "sid-alice" }));
+    await stack.connect({ sid: ALICE_SID, transports: ["polling"] }); // a reconnect
+    await refusal(stack.socket({ origin: "http://evil.example", sid: ALICE_SID }));
     await stack.redis.publish("not json");
     const samples = await scrapeUntil(stack, (s) => value(s, M.reconnectDelayCount, { site: SITE }) >= 1
       && value(s, M.dropped, { reason: "not_json" }) >= 1, { what: "the traffic recorded" });
@@ -839,7 +832,7 @@ describe("--metrics-addr", () => {
     assert.deepEqual(await getJson(`${base}/ready`),
       { status: 200, body: { status: "ready", redis: "subscribed", config: "loaded", sites: 2 } });
 
-    await stack.connect({ sid: "sid-alice", transports: ["websocket"] });
+    await stack.connect({ sid: ALICE_SID, transports: ["websocket"] });
     const after = await scrapeUntilGrown(base, before, M.sockets, { site: SITE, transport: "websocket" });
     assert.equal(delta(before, after, M.handshakes, { site: SITE, outcome: "ok" }), 1);
     // The service port keeps serving them as well.
@@ -859,7 +852,7 @@ describe("--no-metrics", () => {
     assert.doesNotMatch(await response.text(), /frappe_realtime_/);
     assert.deepEqual(await getJson(`${base}/health`), { status: 200, body: { status: "ok" } });
     assert.equal((await getJson(`${base}/ready`)).status, 200);
-    const socket = await stack.connect({ sid: "sid-alice" });
+    const socket = await stack.connect({ sid: ALICE_SID });
     const got = nextEvent(socket, "msgprint");
     await stack.publish("msgprint", "still flowing", { room: `user:${ALICE}` });
     assert.deepEqual(await got, ["still flowing"]);
@@ -896,7 +889,7 @@ describe("--log-format json, and no secret in logs or labels", () => {
   const withMessage = (message) => jsonLines().filter((l) => l.fields?.message === message);
 
   test("connect, refusal and disconnect lines are JSON objects with their fields", async () => {
-    const socket = await stack.connect({ sid: "sid-alice", transports: ["websocket"] });
+    const socket = await stack.connect({ sid: ALICE_SID, transports: ["websocket"] });
     await waitFor(() => withMessage("client connected").some((l) => l.fields.user === ALICE),
       { what: "the connect line" });
     const connect = withMessage("client connected").find((l) => l.fields.user === ALICE);
@@ -904,7 +897,7 @@ describe("--log-format json, and no secret in logs or labels", () => {
     assert.equal(connect.fields.transport, "websocket");
     assert.equal(connect.level, "INFO");
 
-    await refusal(stack.socket({ sid: "sid-alice", origin: "http://evil.example" }));
+    await refusal(stack.socket({ sid: ALICE_SID, origin: "http://evil.example" }));
     const refusedLine = () => jsonLines().find((l) => l.fields?.reason === "invalid_origin");
     const refused = await waitFor(refusedLine, { what: "the refusal line" });
     assert.equal(refused.fields.site, SITE);
@@ -931,9 +924,9 @@ describe("--log-format json, and no secret in logs or labels", () => {
 
   test("no sid, token, Basic/Bearer credential or socket secret in the log or in a metric", async () => {
     const users = [
-      [{ sid: "sid-alice" }, ALICE],
-      [{ sid: "sid-bob", transports: ["polling"] }, "bob@example.com"],
-      [{ authorization: DAVE_TOKEN }, "dave@example.com"],
+      [{ sid: ALICE_SID }, ALICE],
+      [{ sid: BOB_SID, transports: ["polling"] }, BOB],
+      [{ authorization: DAVE_TOKEN }, DAVE],
       [{ authorization: BASIC }, "erin@example.com"],
       [{ authorization: BEARER }, "frank@example.com"],
     ];
@@ -952,7 +945,7 @@ describe("--log-format json, and no secret in logs or labels", () => {
     const secrets = [...stack.frappe.secretsIssued];
     const socketSecret = await stack.redis.client.get("socketio_auth_secret");
     assert.ok(socketSecret && secrets.includes(socketSecret), "the socket secret is among the secrets checked");
-    for (const needle of ["sid-alice", "secret-dave", BASIC.split(" ")[1], "oauth-frank-secret-123"]) {
+    for (const needle of [ALICE_SID, "secret-dave", BASIC.split(" ")[1], "oauth-frank-secret-123"]) {
       assert.ok(secrets.some((s) => s.includes(needle)), `${needle} is among the secrets checked`);
     }
     for (const secret of [...secrets, "wrong-secret"]) {

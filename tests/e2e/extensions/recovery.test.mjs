@@ -17,12 +17,12 @@ import WebSocket from "ws";
 import { io as io48 } from "socket.io-client";
 import { io as io46 } from "socket.io-client-4.6";
 import { io as io47 } from "socket.io-client-4.7";
-import { Server, startStack, waitFor, nextEvent, SITES } from "../../support/harness.mjs";
+import {
+  Server, startStack, waitFor, nextEvent, SITES, ALICE, ALICE_SID, BOB, BOB_SID, userRoom, unique,
+} from "../../support/harness.mjs";
 import { CutProxy } from "../../support/cut-proxy.mjs";
 
 const SITE = SITES[0];
-const ALICE = "alice@example.com"; // System User, sid-alice
-const BOB = "bob@example.com"; // System User, sid-bob
 const BROWSER_UA = "Mozilla/5.0 (test)";
 const CLIENTS = [["4.6.2", io46], ["4.7.2", io47], ["4.8", io48]];
 
@@ -32,15 +32,7 @@ const LOG_EVENTS = "frappe_realtime_recovery_log_events";
 const LOG_BYTES = "frappe_realtime_recovery_log_bytes";
 const KEPT = "frappe_realtime_recovery_sessions_kept";
 
-const userRoom = (user) => `user:${user}`;
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-
-let counter = 0;
-/** A name no other test uses (doctypes, documents, tasks, markers). */
-function unique(prefix) {
-  counter += 1;
-  return `${prefix}-${counter}-${Math.random().toString(36).slice(2, 8)}`;
-}
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -50,7 +42,7 @@ function unique(prefix) {
  * A browser-like socket.io-client socket (User-Agent Mozilla, reconnection on, short delays)
  * of `sid`, through `proxy` when given; resolves once connected.
  */
-async function browser(stack, { io = io48, proxy, transports = ["websocket"], sid = "sid-alice", auth } = {}) {
+async function browser(stack, { io = io48, proxy, transports = ["websocket"], sid = ALICE_SID, auth } = {}) {
   const socket = stack.socket({
     sid, io, transports, auth,
     port: proxy?.port ?? stack.port,
@@ -158,7 +150,7 @@ describe("a browser socket cut from under it recovers its session", () => {
         assert.equal(typeof probe.args[1], "string");
 
         // An observer that stays connected: once it has the last event, the server handled all.
-        const observer = await stack.connect({ sid: "sid-alice", transports: ["websocket"] });
+        const observer = await stack.connect({ sid: ALICE_SID, transports: ["websocket"] });
         const id = socket.id;
         const recoveredBefore = await outcome(stack, "recovered");
         const replayedBefore = await stack.metric(REPLAYED, { site: SITE });
@@ -222,7 +214,7 @@ describe("a polling socket cut from under it (realtime_slow_client_timeout 1 s)"
   test("recovers with every missed event, including those queued to the dead session", { timeout: 60000 }, async () => {
     const socket = await browser(stack, { proxy, transports: ["polling"] });
     const docRoom = await subscribeDoc(stack, socket);
-    const observer = await stack.connect({ sid: "sid-alice", transports: ["websocket"] });
+    const observer = await stack.connect({ sid: ALICE_SID, transports: ["websocket"] });
     const id = socket.id;
     const recoveredBefore = await outcome(stack, "recovered");
     const keptBefore = await stack.metric(KEPT, { site: SITE });
@@ -375,7 +367,7 @@ describe("with realtime_recovery_seconds 1", () => {
 /** A raw Engine.IO websocket of alice's that joins the namespace with `auth`; resolves with its CONNECT reply. */
 async function rawJoin(stack, auth, { headers = {} } = {}) {
   const ws = new WebSocket(`ws://127.0.0.1:${stack.port}/socket.io/?EIO=4&transport=websocket`, {
-    headers: { origin: stack.frappe.url, cookie: "sid=sid-alice", "x-frappe-site-name": SITE, ...headers },
+    headers: { origin: stack.frappe.url, cookie: `sid=${ALICE_SID}`, "x-frappe-site-name": SITE, ...headers },
   });
   ws.messages = [];
   ws.on("error", () => {});
@@ -452,12 +444,12 @@ describe("a user logged out during the gap", () => {
     { timeout: 30000 }, async () => {
       const socket = await browser(stack, { proxy });
       const docRoom = await subscribeDoc(stack, socket);
-      const observer = await stack.connect({ sid: "sid-alice", transports: ["websocket"] });
+      const observer = await stack.connect({ sid: ALICE_SID, transports: ["websocket"] });
       const id = socket.id;
       const refusedBefore = await outcome(stack, "refused");
       const recoveredBefore = await outcome(stack, "recovered");
       await cutAndHold(stack, proxy, socket);
-      stack.frappe.removeSession(SITE, "sid-alice");
+      stack.frappe.removeSession(SITE, ALICE_SID);
       const run = unique("run");
       for (let seq = 0; seq < 10; seq += 1) {
         await stack.publish("missed", { run, seq }, { room: seq % 2 ? docRoom : userRoom(ALICE) });
@@ -481,7 +473,7 @@ describe("a user logged out during the gap", () => {
       assert.notEqual(socket.id, id, "a new socket id");
       socket.disconnect();
       observer.disconnect();
-      stack.frappe.addSession(SITE, "sid-alice", ALICE);
+      stack.frappe.addSession(SITE, ALICE_SID, ALICE);
     });
 });
 
@@ -501,7 +493,7 @@ describe("with realtime_recovery_max_events 5", () => {
     { timeout: 60000 }, async () => {
       const socket = await browser(stack, { proxy });
       await subscribeDoc(stack, socket);
-      const observer = await stack.connect({ sid: "sid-alice", transports: ["websocket"] });
+      const observer = await stack.connect({ sid: ALICE_SID, transports: ["websocket"] });
       const id = socket.id;
       const tooOldBefore = await outcome(stack, "too_old");
       const recoveredBefore = await outcome(stack, "recovered");
@@ -557,9 +549,9 @@ describe("isolation of the replay", () => {
     const socket = await browser(stack, { proxy });
     const docRoom = await subscribeDoc(stack, socket);
     // bob is connected and in a document room alice never subscribed to.
-    const bob = await browser(stack, { sid: "sid-bob" });
+    const bob = await browser(stack, { sid: BOB_SID });
     const bobDoc = await subscribeDoc(stack, bob, BOB);
-    const observer = await stack.connect({ sid: "sid-alice", transports: ["websocket"] });
+    const observer = await stack.connect({ sid: ALICE_SID, transports: ["websocket"] });
     await cutAndHold(stack, proxy, socket);
     const run = unique("run");
     const plan = [
@@ -666,7 +658,7 @@ describe("offsets go only to sockets that take them", () => {
   for (const transports of [["websocket"], ["polling"]]) {
     test(`a node client without a browser User-Agent or recovery auth (${transports[0]}): events as published`,
       { timeout: 30000 }, async () => {
-        const socket = await stack.connect({ sid: "sid-alice", transports });
+        const socket = await stack.connect({ sid: ALICE_SID, transports });
         assert.deepEqual(await argsFor(socket, { a: 1 }), [{ a: 1 }]);
         assert.deepEqual(await argsFor(socket, "text"), ["text"]);
         socket.disconnect();
@@ -685,7 +677,7 @@ describe("offsets go only to sockets that take them", () => {
   });
 
   test("a client whose auth is {recovery: true} gets the offset as last argument", { timeout: 30000 }, async () => {
-    const socket = await stack.connect({ sid: "sid-alice", transports: ["websocket"], auth: { recovery: true } });
+    const socket = await stack.connect({ sid: ALICE_SID, transports: ["websocket"], auth: { recovery: true } });
     const args = await argsFor(socket, { a: 1 });
     assert.equal(args.length, 2);
     assert.deepEqual(args[0], { a: 1 });
@@ -784,7 +776,7 @@ describe("with realtime_recovery_store redis, a restart (SIGTERM) is recovered f
         for (let seq = 0; seq < 20; seq += 1) {
           await stack.publish("missed", { run, seq }, { room: rooms[seq % 2] });
         }
-        const observer = await stack.connect({ sid: "sid-bob", transports: ["websocket"] });
+        const observer = await stack.connect({ sid: BOB_SID, transports: ["websocket"] });
         await stack.flush(observer, { userRoom: userRoom(BOB) });
         const since = socket.received.length;
         await releaseAndReconnect(proxy, socket);

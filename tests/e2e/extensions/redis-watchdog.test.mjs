@@ -3,7 +3,7 @@
 // subscription (a bug once dropped it every 10 s, losing events published meanwhile).
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { startStack, nextEvent, waitFor } from "../../support/harness.mjs";
+import { startStack, nextEvent, waitFor, ALICE, ALICE_SID, userRoom } from "../../support/harness.mjs";
 
 let stack;
 before(async () => { stack = await startStack(); });
@@ -16,12 +16,12 @@ async function subscriberLastCommand() {
 }
 
 test("an idle subscription survives the PING watchdog", async () => {
-  const socket = await stack.connect({ sid: "sid-alice" });
+  const socket = await stack.connect({ sid: ALICE_SID });
   await waitFor(async () => (await subscriberLastCommand()) === "ping",
     { timeoutMs: 15000, everyMs: 200, what: "the watchdog's PING" });
   assert.equal(await stack.redis.subscribers(), 1);
   const got = nextEvent(socket, "msgprint");
-  await stack.publish("msgprint", "still here", { room: "user:alice@example.com" });
+  await stack.publish("msgprint", "still here", { room: userRoom(ALICE) });
   assert.deepEqual(await got, ["still here"]);
   assert.doesNotMatch(stack.server.output, /lost the Redis subscription/);
 });

@@ -10,30 +10,17 @@ import { describe, test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import http from "node:http";
 import { createClient } from "redis";
-import { startStack, waitFor, refusal, nextEvent, Redis, SITES } from "../../support/harness.mjs";
+import {
+  startStack, waitFor, refusal, nextEvent, Redis, SITES, ALICE, ALICE_SID, GUEST, USER_INFO_PATH,
+  userRoom, unique, trackDisconnects,
+} from "../../support/harness.mjs";
 import { CutProxy } from "../../support/cut-proxy.mjs";
 
 const [SITE1] = SITES;
-const ALICE = "alice@example.com"; // System User, sid-alice on every site of the harness
-const userRoom = (user) => `user:${user}`;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
-
-let counter = 0;
-/** A string no other publication uses. */
-function unique(prefix) {
-  counter += 1;
-  return `${prefix}-${counter}-${Math.random().toString(36).slice(2, 10)}`;
-}
-
-/** Record every disconnect of `socket` (to prove it stayed connected throughout). */
-function trackDisconnects(socket) {
-  const reasons = [];
-  socket.on("disconnect", (reason) => reasons.push(reason));
-  return reasons;
-}
 
 /** Wait until `socket` got `event` whose first argument carries `marker`. */
 function receivedMarker(socket, event, marker, timeoutMs = 5000) {
@@ -132,8 +119,8 @@ describe("Redis killed and restarted 10 times under publish load", () => {
   test("clients stay connected, every acknowledged event reaches both in order, the subscription is back fast", async (t) => {
     const serverExits = [];
     stack.server.proc.once("exit", (code, signal) => serverExits.push({ code, signal }));
-    const ws = await stack.connect({ sid: "sid-alice", transports: ["websocket"] });
-    const polling = await stack.connect({ sid: "sid-alice", transports: ["polling"] });
+    const ws = await stack.connect({ sid: ALICE_SID, transports: ["websocket"] });
+    const polling = await stack.connect({ sid: ALICE_SID, transports: ["polling"] });
     const clients = { websocket: ws, polling };
     const disconnects = { websocket: trackDisconnects(ws), polling: trackDisconnects(polling) };
     const reconnectsBefore = await scrapeValue(stack.port, "frappe_realtime_redis_reconnects_total");
@@ -248,7 +235,6 @@ describe("Redis killed and restarted 10 times under publish load", () => {
 // 2. Frappe's web side misbehaving: redirects, redirect loops, broken JSON (spec §4.2)
 // ---------------------------------------------------------------------------------------------
 
-const USER_INFO_PATH = "/api/method/frappe.realtime.get_user_info";
 
 /**
  * A tiny stand-in for the Frappe web server at `realtime_callback_url`, whose get_user_info
@@ -261,7 +247,7 @@ async function startCallbackServer() {
   const userInfo = (req, url, res) => {
     const cookieSid = /(?:^|;\s*)sid=([^;]*)/.exec(req.headers.cookie ?? "")?.[1];
     const sid = url.searchParams.get("sid") ?? cookieSid;
-    const body = sid === "sid-alice"
+    const body = sid === ALICE_SID
       ? { message: { user: ALICE, user_type: "System User", installed_apps: ["frappe"] } }
       : { message: { user: "Guest", user_type: "Website User", installed_apps: ["frappe"] } };
     res.writeHead(200, { "content-type": "application/json" });
@@ -317,7 +303,7 @@ for (const version of [15, 16]) {
     /** A handshake as alice; resolves with the refusal message (or the socket) and the time it took. */
     async function handshake({ expectRefusal }) {
       const started = Date.now();
-      const socket = stack.socket({ sid: "sid-alice" });
+      const socket = stack.socket({ sid: ALICE_SID });
       const outcome = expectRefusal ? await refusal(socket) : await new Promise((resolve, reject) => {
         socket.once("connect", () => resolve(socket));
         socket.once("connect_error", (err) => reject(new Error(`the handshake was refused: ${err.message}`)));
@@ -343,7 +329,7 @@ for (const version of [15, 16]) {
 
     function assertRefusedInTime({ outcome, elapsed }, what) {
       assert.match(outcome, /^Unauthorized/, `${what}: refusal message`);
-      assert.ok(!outcome.includes("sid-alice"), `${what}: the refusal leaks the sid: ${outcome}`);
+      assert.ok(!outcome.includes(ALICE_SID), `${what}: the refusal leaks the sid: ${outcome}`);
       assert.ok(elapsed < TIMEOUT_S * 1000 + 500,
         `${what}: refused after ${elapsed} ms (realtime_callback_timeout ${TIMEOUT_S} s)`);
     }
@@ -388,7 +374,6 @@ const DOCTYPES = ["ToDo", "Note", "Sales Invoice", "Task"];
 const DOCS = { "ToDo": ["TD-1", "TD-2"], "Note": ["welcome"], "Sales Invoice": ["SINV/0001", "SINV-0002"], "Task": ["TASK 1"] };
 const TASKS = ["t-alpha", "t-beta", "t-gamma"];
 const USERS = ["u0@example.com", "u1@example.com", "u2@example.com", "u3@example.com"];
-const GUEST = "Guest";
 const UNSERVED_SITE = "site3.local";
 /** Rooms no client can be in (nobody subscribed, nobody opened, nobody is that user). */
 const EMPTY_ROOMS = ["user:nobody@example.com", "doctype:Nobody", "doc:ToDo/none", "task_progress:nobody",

@@ -5,7 +5,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
-import { startStack, waitFor, refusal, SITES } from "../../support/harness.mjs";
+import { startStack, waitFor, refusal, SITES, ALICE_SID } from "../../support/harness.mjs";
 
 let stack;
 before(async () => { stack = await startStack(); });
@@ -24,13 +24,13 @@ async function hangup(marker) {
 }
 
 // A client reaching us as 127.0.0.1 without X-Frappe-Site-Name resolves to default_site.
-const localClient = () => stack.socket({ sid: "sid-alice", siteHeader: false });
+const localClient = () => stack.socket({ sid: ALICE_SID, siteHeader: false });
 
 test("default_site set after start applies after SIGHUP, without a restart", async () => {
   assert.equal(await refusal(localClient()), "Invalid namespace");
   writeConfig({ ...readConfig(), default_site: SITES[0] });
   await hangup("configuration reloaded");
-  await stack.connect({ sid: "sid-alice", siteHeader: false });
+  await stack.connect({ sid: ALICE_SID, siteHeader: false });
   assert.equal(stack.server.proc.exitCode, null);
 });
 
@@ -38,14 +38,14 @@ test("a changed port is named as needing a restart and the server stays on its p
   writeConfig({ ...readConfig(), socketio_port: stack.port + 1 });
   await hangup("takes effect at the next restart");
   assert.match(stack.server.output, /next restart key="socketio_port"/);
-  await stack.connect({ sid: "sid-alice" });
+  await stack.connect({ sid: ALICE_SID });
 });
 
 test("a move from Frappe 16 to 14 needs a restart: the site namespaces stay", async () => {
   writeConfig({ ...readConfig(), realtime_frappe_version: 14 });
   await hangup("takes effect at the next restart");
   assert.match(stack.server.output, /next restart key="realtime_frappe_version"/);
-  await stack.connect({ sid: "sid-alice" }); // on /<site>, which Frappe 14 would not have
+  await stack.connect({ sid: ALICE_SID }); // on /<site>, which Frappe 14 would not have
   const { realtime_frappe_version: _, ...rest } = readConfig();
   writeConfig(rest);
   await hangup("configuration reloaded");
@@ -55,5 +55,5 @@ test("a broken file leaves the running configuration in place", async () => {
   fs.writeFileSync(configFile(), "{ not json");
   await hangup("configuration not reloaded");
   assert.match(stack.server.output, /common_site_config\.json is not valid JSON/);
-  await stack.connect({ sid: "sid-alice", siteHeader: false }); // default_site still applies
+  await stack.connect({ sid: ALICE_SID, siteHeader: false }); // default_site still applies
 });

@@ -3,10 +3,9 @@
 // DISCONNECT, which socket.io-client does not retry ("io server disconnect").
 import { test, describe, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { startStack, nextEvent, waitFor, SITES } from "../../support/harness.mjs";
+import { startStack, nextEvent, waitFor, SITES, ALICE, ALICE_SID, BOB_SID } from "../../support/harness.mjs";
 
 const TOKEN = "test-admin-token-0123456789";
-const ALICE = "alice@example.com";
 
 async function revokeVia(stack, { site = SITES[0], user = ALICE, token = TOKEN } = {}) {
   const url = `http://127.0.0.1:${stack.port}/admin/disconnect?site=${encodeURIComponent(site)}&user=${encodeURIComponent(user)}`;
@@ -28,7 +27,7 @@ describe("without realtime_admin_token", () => {
   after(async () => { await stack?.stop(); });
 
   test("the admin endpoint is off", async () => {
-    const socket = await stack.connect({ sid: "sid-alice" });
+    const socket = await stack.connect({ sid: ALICE_SID });
     const { status } = await revokeVia(stack);
     assert.equal(status, 404);
     assert.equal(socket.connected, true);
@@ -41,7 +40,7 @@ describe("with realtime_admin_token", () => {
   after(async () => { await stack?.stop(); });
 
   test("a missing or wrong token is refused and disconnects nobody", async () => {
-    const socket = await stack.connect({ sid: "sid-alice" });
+    const socket = await stack.connect({ sid: ALICE_SID });
     assert.equal((await revokeVia(stack, { token: null })).status, 401);
     assert.equal((await revokeVia(stack, { token: `${TOKEN}x` })).status, 401);
     assert.equal(socket.connected, true);
@@ -50,9 +49,9 @@ describe("with realtime_admin_token", () => {
 
   test("POST /admin/disconnect disconnects the user's sockets on that site only", async () => {
     const before = await revokedCount(stack);
-    const tabs = [await stack.connect({ sid: "sid-alice" }), await stack.connect({ sid: "sid-alice", transports: ["polling"] })];
-    const otherSite = await stack.connect({ sid: "sid-alice", site: SITES[1] });
-    const bob = await stack.connect({ sid: "sid-bob" });
+    const tabs = [await stack.connect({ sid: ALICE_SID }), await stack.connect({ sid: ALICE_SID, transports: ["polling"] })];
+    const otherSite = await stack.connect({ sid: ALICE_SID, site: SITES[1] });
+    const bob = await stack.connect({ sid: BOB_SID });
     const reasons = tabs.map((socket) => nextEvent(socket, "disconnect"));
 
     const { status, body } = await revokeVia(stack);
@@ -69,8 +68,8 @@ describe("with realtime_admin_token", () => {
   });
 
   test("a message on Redis channel frappe_realtime:revoke does the same", async () => {
-    const tab = await stack.connect({ sid: "sid-alice" });
-    const bob = await stack.connect({ sid: "sid-bob" });
+    const tab = await stack.connect({ sid: ALICE_SID });
+    const bob = await stack.connect({ sid: BOB_SID });
     const reason = nextEvent(tab, "disconnect");
     await stack.redis.client.publish("frappe_realtime:revoke", "not json"); // dropped, logged
     await stack.redis.client.publish("frappe_realtime:revoke", JSON.stringify({ site: SITES[0], user: ALICE }));

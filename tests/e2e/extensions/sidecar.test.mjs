@@ -9,17 +9,13 @@ import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
-import { fileURLToPath } from "node:url";
-import { startStack, waitFor, SITES } from "../../support/harness.mjs";
+import {
+  startStack, waitFor, SITES, ROOT, ALICE, ALICE_SID, BOB, BOB_SID, payloads,
+} from "../../support/harness.mjs";
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../../..");
 const PYTHON = path.join(ROOT, ".cache/python-client-venv/bin/python");
 const EXAMPLE = path.join(ROOT, "examples/python-sidecar");
 const SITE = SITES[0];
-const ALICE = "alice@example.com";
-const BOB = "bob@example.com";
-
-const got = (socket, event) => socket.received.filter((r) => r.event === event).map((r) => r.args[0]);
 
 describe("a Python sidecar behind an app's queued events", () => {
   let stack;
@@ -58,27 +54,27 @@ describe("a Python sidecar behind an app's queued events", () => {
     const board = `WB-${Math.random().toString(36).slice(2, 8)}`;
     stack.frappe.allow(SITE, ALICE, "Whiteboard", board);
     stack.frappe.allow(SITE, BOB, "Whiteboard", board);
-    const alice = await stack.connect({ sid: "sid-alice" });
-    const bob = await stack.connect({ sid: "sid-bob" });
+    const alice = await stack.connect({ sid: ALICE_SID });
+    const bob = await stack.connect({ sid: BOB_SID });
 
     alice.emit("whiteboard_join", "Whiteboard", board);
-    await waitFor(() => got(alice, "whiteboard_state").length === 1, { what: "alice's state" });
-    assert.deepEqual(got(alice, "whiteboard_state")[0],
+    await waitFor(() => payloads(alice, "whiteboard_state").length === 1, { what: "alice's state" });
+    assert.deepEqual(payloads(alice, "whiteboard_state")[0],
       { doctype: "Whiteboard", name: board, strokes: [], socket_id: alice.id });
 
     alice.emit("whiteboard_draw", "Whiteboard", board, { from: [0, 0], to: [10, 10] });
-    await waitFor(() => got(alice, "whiteboard_stroke").length === 1, { what: "alice's own stroke" });
+    await waitFor(() => payloads(alice, "whiteboard_stroke").length === 1, { what: "alice's own stroke" });
     const stroke = { doctype: "Whiteboard", name: board, by: ALICE, stroke: { from: [0, 0], to: [10, 10] } };
-    assert.deepEqual(got(alice, "whiteboard_stroke")[0], stroke);
-    assert.equal(got(bob, "whiteboard_stroke").length, 0, "bob is not on the board yet");
+    assert.deepEqual(payloads(alice, "whiteboard_stroke")[0], stroke);
+    assert.equal(payloads(bob, "whiteboard_stroke").length, 0, "bob is not on the board yet");
 
     // Bob joins later: the sidecar sends him what was drawn; a stroke of his reaches alice.
     bob.emit("whiteboard_join", "Whiteboard", board);
-    await waitFor(() => got(bob, "whiteboard_state").length === 1, { what: "bob's state" });
-    assert.deepEqual(got(bob, "whiteboard_state")[0].strokes, [{ by: ALICE, stroke: stroke.stroke }]);
+    await waitFor(() => payloads(bob, "whiteboard_state").length === 1, { what: "bob's state" });
+    assert.deepEqual(payloads(bob, "whiteboard_state")[0].strokes, [{ by: ALICE, stroke: stroke.stroke }]);
     bob.emit("whiteboard_draw", "Whiteboard", board, { from: [5, 5], to: [6, 6] });
-    await waitFor(() => got(alice, "whiteboard_stroke").length === 2, { what: "bob's stroke at alice" });
-    assert.equal(got(alice, "whiteboard_stroke")[1].by, BOB);
+    await waitFor(() => payloads(alice, "whiteboard_stroke").length === 2, { what: "bob's stroke at alice" });
+    assert.equal(payloads(alice, "whiteboard_stroke")[1].by, BOB);
     alice.disconnect();
     bob.disconnect();
   });
@@ -86,18 +82,18 @@ describe("a Python sidecar behind an app's queued events", () => {
   test("the server's checks hold before anything reaches the sidecar", async () => {
     const board = `WB-${Math.random().toString(36).slice(2, 8)}`;
     stack.frappe.allow(SITE, ALICE, "Whiteboard", board);
-    const alice = await stack.connect({ sid: "sid-alice" });
-    const bob = await stack.connect({ sid: "sid-bob" });
+    const alice = await stack.connect({ sid: ALICE_SID });
+    const bob = await stack.connect({ sid: BOB_SID });
     alice.emit("whiteboard_join", "Whiteboard", board);
-    await waitFor(() => got(alice, "whiteboard_state").length === 1, { what: "alice's state" });
+    await waitFor(() => payloads(alice, "whiteboard_state").length === 1, { what: "alice's state" });
     bob.emit("whiteboard_join", "Whiteboard", board); // not permitted: not joined, not queued
     bob.emit("whiteboard_draw", "Whiteboard", board, { scribble: true }); // not a member: dropped
     alice.emit("whiteboard_draw", "Whiteboard", board, { mark: "after" });
     // Entries are handled in order: once alice's stroke is back, bob's would have been too.
-    await waitFor(() => got(alice, "whiteboard_stroke").length === 1, { what: "alice's stroke" });
-    assert.deepEqual(got(alice, "whiteboard_stroke").map((s) => s.stroke), [{ mark: "after" }]);
+    await waitFor(() => payloads(alice, "whiteboard_stroke").length === 1, { what: "alice's stroke" });
+    assert.deepEqual(payloads(alice, "whiteboard_stroke").map((s) => s.stroke), [{ mark: "after" }]);
     await stack.flush(bob, { userRoom: `user:${BOB}` });
-    assert.equal(got(bob, "whiteboard_state").length, 0);
+    assert.equal(payloads(bob, "whiteboard_state").length, 0);
     alice.disconnect();
     bob.disconnect();
   });

@@ -9,7 +9,7 @@
 import { test, describe, before, after } from "node:test";
 import assert from "node:assert/strict";
 import WebSocket from "ws";
-import { startStack, waitFor, SITES } from "../../support/harness.mjs";
+import { startStack, waitFor, SITES, ALICE_SID, BOB_SID } from "../../support/harness.mjs";
 
 const SITE = SITES[0];
 const BIG = "x".repeat(256 * 1024);
@@ -21,7 +21,7 @@ const BIG = "x".repeat(256 * 1024);
  * finish before the namespace is joined: the join waits for a call to Frappe).
  */
 async function stalledClient(stack, { upgrade = false, joinAfterUpgrade = false } = {}) {
-  const headers = { origin: stack.frappe.url, cookie: "sid=sid-bob", "x-frappe-site-name": SITE };
+  const headers = { origin: stack.frappe.url, cookie: `sid=${BOB_SID}`, "x-frappe-site-name": SITE };
   const base = `127.0.0.1:${stack.port}/socket.io/?EIO=4`;
   let sid;
   if (upgrade) {
@@ -71,7 +71,7 @@ describe("a client that stops reading, with realtime_slow_client_timeout 2 s", (
   after(async () => { await stack?.stop(); });
 
   test("is cut after the timeout with reason slow_consumer; a reading client gets everything", async () => {
-    const reader = await stack.connect({ sid: "sid-alice", transports: ["websocket"] });
+    const reader = await stack.connect({ sid: ALICE_SID, transports: ["websocket"] });
     const slow = await stalledClient(stack);
     const rssBefore = stack.server.rssKiB();
     // 60 × 256 KiB = 15 MiB: more than loopback's socket buffers, so the slow client's
@@ -89,7 +89,7 @@ describe("a client that stops reading, with realtime_slow_client_timeout 2 s", (
   });
 
   test("a client that upgraded from polling is cut the same way", async () => {
-    const reader = await stack.connect({ sid: "sid-alice", transports: ["websocket"] });
+    const reader = await stack.connect({ sid: ALICE_SID, transports: ["websocket"] });
     const slow = await stalledClient(stack, { upgrade: true });
     await publishAndRead(stack, reader, "big2", 60, BIG);
     await waitFor(async () => (await stack.metric("frappe_realtime_disconnects_total",
@@ -100,7 +100,7 @@ describe("a client that stops reading, with realtime_slow_client_timeout 2 s", (
   // The socket is admitted when it is already on websocket, but the request it keeps is the
   // polling one: its websocket connection is the one to watch, not the polling connection.
   test("a client that upgraded before joining the namespace is cut the same way", async () => {
-    const reader = await stack.connect({ sid: "sid-alice", transports: ["websocket"] });
+    const reader = await stack.connect({ sid: ALICE_SID, transports: ["websocket"] });
     const slow = await stalledClient(stack, { upgrade: true, joinAfterUpgrade: true });
     await publishAndRead(stack, reader, "big3", 60, BIG);
     await waitFor(async () => (await stack.metric("frappe_realtime_disconnects_total",
@@ -117,8 +117,8 @@ describe("a polling client that stops polling, with realtime_slow_client_timeout
   after(async () => { await stack?.stop(); });
 
   test("is cut once events have waited unpolled for the timeout, with reason slow_consumer", async () => {
-    const reader = await stack.connect({ sid: "sid-alice", transports: ["websocket"] });
-    const headers = { origin: stack.frappe.url, cookie: "sid=sid-bob", "x-frappe-site-name": SITE };
+    const reader = await stack.connect({ sid: ALICE_SID, transports: ["websocket"] });
+    const headers = { origin: stack.frappe.url, cookie: `sid=${BOB_SID}`, "x-frappe-site-name": SITE };
     const base = `http://127.0.0.1:${stack.port}/socket.io/?EIO=4&transport=polling`;
     const open = await (await fetch(base, { headers })).text();
     const sid = JSON.parse(open.slice(1)).sid;
@@ -148,7 +148,7 @@ describe("a client that stops reading while its queue overflows", () => {
   after(async () => { await stack?.stop(); });
 
   test("is cut soon after its 1024-packet queue overflows; the drops are counted", async () => {
-    const reader = await stack.connect({ sid: "sid-alice", transports: ["websocket"] });
+    const reader = await stack.connect({ sid: ALICE_SID, transports: ["websocket"] });
     const slow = await stalledClient(stack);
     await publishAndRead(stack, reader, "big", 60, BIG);
     await publishAndRead(stack, reader, "small", 1200, "y");
@@ -173,7 +173,7 @@ describe("a client that stops reading while bytes pile up for it", () => {
   after(async () => { await stack?.stop(); });
 
   test("is cut once more than realtime_slow_client_max_bytes were queued for it", async () => {
-    const reader = await stack.connect({ sid: "sid-alice", transports: ["websocket"] });
+    const reader = await stack.connect({ sid: ALICE_SID, transports: ["websocket"] });
     const slow = await stalledClient(stack);
     const cutCount = () => stack.metric("frappe_realtime_disconnects_total", { site: SITE, reason: "slow_consumer" });
     let published = 0;

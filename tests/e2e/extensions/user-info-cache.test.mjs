@@ -4,16 +4,18 @@
 // the user is revoked, which forgets their answers at once. Guest answers are never cached.
 import { test, before, after, describe } from "node:test";
 import assert from "node:assert/strict";
-import { startStack, waitFor, SITES } from "../../support/harness.mjs";
+import {
+  startStack, waitFor, SITES, ALICE_SID, BOB, BOB_SID, CAROL_SID, USER_INFO,
+} from "../../support/harness.mjs";
 
 const SITE = SITES[0];
-const userInfoCalls = (stack) => stack.frappe.callsTo("frappe.realtime.get_user_info").length;
+const userInfoCalls = (stack) => stack.frappe.callsTo(USER_INFO).length;
 
 /** A stack whose server has already read Frappe 16's socket secret (its first handshake
  * retries once for it), so every later call counted is a handshake's own. */
 async function warmStack(options) {
   const stack = await startStack(options);
-  (await stack.connect({ sid: "sid-carol", transports: ["websocket"] })).disconnect();
+  (await stack.connect({ sid: CAROL_SID, transports: ["websocket"] })).disconnect();
   return stack;
 }
 
@@ -25,7 +27,7 @@ describe("with realtime_user_info_cache_seconds set", () => {
   test("repeated handshakes of one sid ask Frappe once", async () => {
     const before = userInfoCalls(stack);
     for (let i = 0; i < 5; i += 1) {
-      const socket = await stack.connect({ sid: "sid-alice", transports: ["websocket"] });
+      const socket = await stack.connect({ sid: ALICE_SID, transports: ["websocket"] });
       socket.disconnect();
     }
     assert.equal(userInfoCalls(stack) - before, 1);
@@ -34,16 +36,16 @@ describe("with realtime_user_info_cache_seconds set", () => {
   });
 
   test("a logout reaches new handshakes after the TTL, or at once when the user is revoked", async () => {
-    await stack.connect({ sid: "sid-bob", transports: ["websocket"] });
-    stack.frappe.removeSession(SITE, "sid-bob");
+    await stack.connect({ sid: BOB_SID, transports: ["websocket"] });
+    stack.frappe.removeSession(SITE, BOB_SID);
     // Within the TTL the remembered answer still admits bob: the documented trade-off.
-    const remembered = await stack.connect({ sid: "sid-bob", transports: ["websocket"] });
+    const remembered = await stack.connect({ sid: BOB_SID, transports: ["websocket"] });
     await stack.publishUntilReceived(remembered, "user:bob@example.com");
 
-    await stack.redis.client.publish("frappe_realtime:revoke", JSON.stringify({ site: SITE, user: "bob@example.com" }));
+    await stack.redis.client.publish("frappe_realtime:revoke", JSON.stringify({ site: SITE, user: BOB }));
     await waitFor(() => !remembered.connected, { what: "bob's sockets to be revoked" });
     const before = userInfoCalls(stack);
-    const after = await stack.connect({ sid: "sid-bob", transports: ["websocket"] });
+    const after = await stack.connect({ sid: BOB_SID, transports: ["websocket"] });
     assert.equal(userInfoCalls(stack) - before, 1, "Frappe is asked again after the revocation");
     // Frappe now answers Guest for that sid: the socket is not in bob's room.
     await stack.publish("for_bob", { secret: true }, { room: "user:bob@example.com" });
@@ -69,7 +71,7 @@ describe("by default", () => {
   test("every handshake after the last one finished asks Frappe again", async () => {
     const before = userInfoCalls(stack);
     for (let i = 0; i < 3; i += 1) {
-      const socket = await stack.connect({ sid: "sid-alice", transports: ["websocket"] });
+      const socket = await stack.connect({ sid: ALICE_SID, transports: ["websocket"] });
       socket.disconnect();
     }
     assert.equal(userInfoCalls(stack) - before, 3);

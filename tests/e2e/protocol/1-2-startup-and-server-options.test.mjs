@@ -13,22 +13,16 @@ import os from "node:os";
 import path from "node:path";
 import { FakeFrappe } from "../../support/fake-frappe.mjs";
 import {
-  Redis, Server, Stack, startStack, makeBench, addSite, freePort, waitFor, nextEvent, refusal, SITES,
+  Redis, Server, Stack, startStack, makeBench, addSite, freePort, waitFor, nextEvent, refusal,
+  SITES, ALICE, ALICE_SID, unique, userRoom,
 } from "../../support/harness.mjs";
 
 const [SITE1] = SITES;
-const ALICE = "alice@example.com";
-const ALICE_ROOM = `user:${ALICE}`;
+const ALICE_ROOM = userRoom(ALICE);
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
-
-let counter = 0;
-function unique(prefix) {
-  counter += 1;
-  return `${prefix}-${counter}-${Math.random().toString(36).slice(2, 10)}`;
-}
 
 /** Resolve with `promise`, or reject after `ms` naming `what`. */
 function within(promise, ms, what) {
@@ -159,7 +153,7 @@ async function stackWithRedisQueue({ redisQueue, events }) {
     started.push(() => frappe.close());
     for (const site of SITES) {
       frappe.addSite(site);
-      frappe.addSession(site, "sid-alice", ALICE);
+      frappe.addSession(site, ALICE_SID, ALICE);
     }
     const port = await freePort();
     const benchDir = makeBench({ version: 15, common: { socketio_port: port, redis_queue: redisQueue } });
@@ -175,7 +169,7 @@ async function stackWithRedisQueue({ redisQueue, events }) {
 }
 
 /** A raw Engine.IO long-polling session, opened with a browser's headers for `site`. */
-async function rawPollingSession(stack, { site = SITE1, sid = "sid-alice" } = {}) {
+async function rawPollingSession(stack, { site = SITE1, sid = ALICE_SID } = {}) {
   const base = `http://127.0.0.1:${stack.port}/socket.io/?EIO=4&transport=polling`;
   const headers = { origin: stack.frappe.url, "x-frappe-site-name": site, cookie: `sid=${sid}` };
   const opened = await fetch(base, { headers, signal: AbortSignal.timeout(3000) });
@@ -227,7 +221,7 @@ describe("§1.1/§1.2 start-up: cwd = bench, config files, precedence, environme
       assert.match(stack.server.output, /Realtime service listening on/);
       assert.equal(await tcpOpen(port), true);
       await openPacket(port);
-      const socket = await stack.connect({ sid: "sid-alice" });
+      const socket = await stack.connect({ sid: ALICE_SID });
       const got = nextEvent(socket, "msgprint");
       await stack.publish("msgprint", "served", { room: ALICE_ROOM });
       assert.deepEqual(await got, ["served"]);
@@ -403,7 +397,7 @@ describe("§1.3 Redis URL forms: unix://, credentials in the URL, a db number", 
 
   /** Connect alice, publish through `events`, and expect the event. */
   async function assertDelivers() {
-    const socket = await stack.connect({ sid: "sid-alice" });
+    const socket = await stack.connect({ sid: ALICE_SID });
     const marker = unique("url-form");
     const got = nextEvent(socket, "msgprint");
     await stack.publish("msgprint", { marker }, { room: ALICE_ROOM });
@@ -466,7 +460,7 @@ describe("§3.1 sites added or removed later are seen without a restart", () => 
   /** Try to connect to `site` until it is accepted (bounded: the watcher is given 7 s). */
   function connectEventually(site) {
     return waitFor(async () => {
-      const socket = stack.socket({ site, sid: "sid-alice" });
+      const socket = stack.socket({ site, sid: ALICE_SID });
       try {
         return await new Promise((resolve, reject) => {
           socket.once("connect", () => resolve(socket));
@@ -480,11 +474,11 @@ describe("§3.1 sites added or removed later are seen without a restart", () => 
   }
 
   test("a site created after start is served; removed, it refuses with Invalid namespace", async () => {
-    assert.equal(await refusal(stack.socket({ site: SITE3, sid: "sid-alice" })), "Invalid namespace",
+    assert.equal(await refusal(stack.socket({ site: SITE3, sid: ALICE_SID })), "Invalid namespace",
       "before the site exists");
 
     stack.frappe.addSite(SITE3, { installedApps: ["frappe"] });
-    stack.frappe.addSession(SITE3, "sid-alice", ALICE);
+    stack.frappe.addSession(SITE3, ALICE_SID, ALICE);
     addSite(stack.bench, SITE3);
     const socket = await connectEventually(SITE3);
     const got = nextEvent(socket, "msgprint");
@@ -493,12 +487,12 @@ describe("§3.1 sites added or removed later are seen without a restart", () => 
 
     fs.rmSync(path.join(stack.bench, "sites", SITE3), { recursive: true, force: true });
     await waitFor(async () => {
-      const message = await refusal(stack.socket({ site: SITE3, sid: "sid-alice" })).catch(() => null);
+      const message = await refusal(stack.socket({ site: SITE3, sid: ALICE_SID })).catch(() => null);
       return message === "Invalid namespace";
     }, { timeoutMs: 7000, everyMs: 100, what: `/${SITE3} to be refused` });
 
     // The other sites are untouched.
-    await stack.connect({ site: SITE1, sid: "sid-alice" });
+    await stack.connect({ site: SITE1, sid: ALICE_SID });
   });
 });
 
@@ -524,7 +518,7 @@ describe("§2.1/§1.4 protocol: open packet, transports, CORS, 404, maxHttpBuffe
 
   for (const [label, transports] of [["websocket only", ["websocket"]], ["polling only", ["polling"]]]) {
     test(`a ${label} client connects and receives an event`, async () => {
-      const socket = await stack.connect({ sid: "sid-alice", transports });
+      const socket = await stack.connect({ sid: ALICE_SID, transports });
       assert.equal(socket.io.engine.transport.name, transports[0]);
       const got = nextEvent(socket, "msgprint");
       await stack.publish("msgprint", label, { room: ALICE_ROOM });
@@ -534,7 +528,7 @@ describe("§2.1/§1.4 protocol: open packet, transports, CORS, 404, maxHttpBuffe
   }
 
   test("a default client opens with polling, upgrades to websocket and receives an event", async () => {
-    const socket = stack.socket({ sid: "sid-alice" });
+    const socket = stack.socket({ sid: ALICE_SID });
     const engine = socket.io.engine;
     assert.equal(engine.transport.name, "polling", "it opens with polling");
     const upgraded = within(new Promise((resolve) => engine.once("upgrade", resolve)), 8000, "the upgrade");
@@ -605,7 +599,7 @@ describe("§2.1/§1.4 protocol: open packet, transports, CORS, 404, maxHttpBuffe
   });
 
   test("client→server over websocket: a 900 KB message is accepted", async () => {
-    const socket = await stack.connect({ sid: "sid-alice", transports: ["websocket"] });
+    const socket = await stack.connect({ sid: ALICE_SID, transports: ["websocket"] });
     const pong = nextEvent(socket, "pong", 8000);
     socket.emit("ping", "y".repeat(900_000));
     assert.deepEqual(await pong, []);
@@ -639,9 +633,9 @@ describe("§9.1 SIGTERM: clean, prompt exit", () => {
   test("the server exits 0 within a few seconds and clients see a disconnect", async () => {
     const stack = await startStack();
     try {
-      const ws = await stack.connect({ sid: "sid-alice", transports: ["websocket"] });
-      const polling = await stack.connect({ sid: "sid-alice", transports: ["polling"] });
-      const defaults = await stack.connect({ sid: "sid-alice" });
+      const ws = await stack.connect({ sid: ALICE_SID, transports: ["websocket"] });
+      const polling = await stack.connect({ sid: ALICE_SID, transports: ["polling"] });
+      const defaults = await stack.connect({ sid: ALICE_SID });
       const disconnects = [ws, polling, defaults].map((s) => nextEvent(s, "disconnect", 8000));
       const started = Date.now();
       stack.server.proc.kill("SIGTERM");

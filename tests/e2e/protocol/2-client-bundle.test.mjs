@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import fs from "node:fs";
 import http from "node:http";
 import path from "node:path";
-import { startStack, nextEvent } from "../../support/harness.mjs";
+import { startStack, nextEvent, ALICE, ALICE_SID, userRoom } from "../../support/harness.mjs";
 
 const VERSION = "4.8.1-bundle-test";
 const FILES = {
@@ -155,9 +155,9 @@ test("Socket.IO still answers under /socket.io/: the polling open packet and a c
   assert.equal(open.status, 200);
   assert.match(open.body, /^0\{/, `an Engine.IO open packet (got ${open.body.slice(0, 80)})`);
 
-  const socket = await stack.connect({ sid: "sid-alice" });
+  const socket = await stack.connect({ sid: ALICE_SID });
   const got = nextEvent(socket, "msgprint");
-  await stack.publish("msgprint", "still here", { room: "user:alice@example.com" });
+  await stack.publish("msgprint", "still here", { room: userRoom(ALICE) });
   assert.deepEqual(await got, ["still here"]);
 });
 

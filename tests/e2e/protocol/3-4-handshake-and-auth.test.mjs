@@ -14,38 +14,17 @@ import { describe, test, before, after, afterEach } from "node:test";
 import assert from "node:assert/strict";
 import { Manager } from "socket.io-client";
 import {
-  startStack, freePort, waitFor, nextEvent, connected, refusal, SITES,
+  startStack, freePort, waitFor, nextEvent, connected, refusal, SITES, ALICE, ALICE_SID, BOB,
+  BOB_SID, CAROL, CAROL_SID, DAVE, DAVE_TOKEN, USER_INFO, REFUSAL, userRoom, unique,
 } from "../../support/harness.mjs";
 
 const [SITE, OTHER_SITE] = SITES;
-const ALICE = "alice@example.com"; // System User, sid-alice
-const CAROL = "carol@example.com"; // Website User, sid-carol
-const DAVE = "dave@example.com"; // System User, API token
-const DAVE_TOKEN = "token key-dave:secret-dave";
 const SECRET_KEY = "socketio_auth_secret";
-const USER_INFO = "frappe.realtime.get_user_info";
-
-const MSG = {
-  namespace: "Invalid namespace",
-  origin: "Invalid origin",
-  missing: "Missing cookie and authorization header. Either one needed for authentication.",
-  noMethod: "No authentication method used. Use cookie or authorization header.",
-  noCallbackTarget: "Unauthorized: the client sent no Origin of the site's own to call the site back at; "
-    + "set realtime_callback_url (or webserver_host and webserver_port) in sites/common_site_config.json",
-};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-let counter = 0;
-/** A name no other test uses (events, markers, credentials). */
-function unique(prefix) {
-  counter += 1;
-  return `${prefix}-${counter}-${Math.random().toString(36).slice(2, 10)}`;
-}
-
-const userRoom = (user) => `user:${user}`;
 const userInfoCalls = (stack) => stack.frappe.callsTo(USER_INFO);
 
 /**
@@ -148,58 +127,58 @@ for (const version of [15, 16]) {
     afterEach(() => { if (stack) stack.frappe.fault = null; });
 
     test("Invalid namespace: a real site's namespace while X-Frappe-Site-Name names the other site", async () => {
-      await refusedLocally(stack, { site: OTHER_SITE, namespace: `/${SITE}`, sid: "sid-alice" }, MSG.namespace);
-      await refusedLocally(stack, { site: SITE, namespace: `/${OTHER_SITE}`, sid: "sid-alice" }, MSG.namespace);
+      await refusedLocally(stack, { site: OTHER_SITE, namespace: `/${SITE}`, sid: ALICE_SID }, REFUSAL.namespace);
+      await refusedLocally(stack, { site: SITE, namespace: `/${OTHER_SITE}`, sid: ALICE_SID }, REFUSAL.namespace);
     });
 
     test("Invalid namespace: an unknown namespace", async () => {
-      await refusedLocally(stack, { site: "nosuch.local", sid: "sid-alice" }, MSG.namespace);
-      await refusedLocally(stack, { site: SITE, namespace: "/nosuch.local", sid: "sid-alice" }, MSG.namespace);
+      await refusedLocally(stack, { site: "nosuch.local", sid: ALICE_SID }, REFUSAL.namespace);
+      await refusedLocally(stack, { site: SITE, namespace: "/nosuch.local", sid: ALICE_SID }, REFUSAL.namespace);
     });
 
     test("Invalid namespace: the root namespace `/` when the headers name no site of this bench", async () => {
       // `/` serves the site the handshake resolves to (tests/e2e/extensions/clients.test.mjs); here none.
-      await refusedLocally(stack, { namespace: "/", site: "nosuch.local", sid: "sid-alice" }, MSG.namespace);
-      await refusedLocally(stack, { namespace: "/", site: "nosuch.local", authorization: DAVE_TOKEN }, MSG.namespace);
-      await refusedLocally(stack, { namespace: "/", sid: "sid-alice", siteHeader: false }, MSG.namespace);
+      await refusedLocally(stack, { namespace: "/", site: "nosuch.local", sid: ALICE_SID }, REFUSAL.namespace);
+      await refusedLocally(stack, { namespace: "/", site: "nosuch.local", authorization: DAVE_TOKEN }, REFUSAL.namespace);
+      await refusedLocally(stack, { namespace: "/", sid: ALICE_SID, siteHeader: false }, REFUSAL.namespace);
     });
 
     test("§3.2 step 3: without X-Frappe-Site-Name or default_site the Origin's host is the site", async () => {
       // Origin is http://127.0.0.1:<port>, so the resolved site is 127.0.0.1, not site1.local.
-      await refusedLocally(stack, { siteHeader: false, sid: "sid-alice" }, MSG.namespace);
+      await refusedLocally(stack, { siteHeader: false, sid: ALICE_SID }, REFUSAL.namespace);
     });
 
     test("Invalid origin: Origin host differs from Host", async () => {
-      await refusedLocally(stack, { sid: "sid-alice", origin: "http://evil.example" }, MSG.origin);
-      await refusedLocally(stack, { sid: "sid-alice", origin: `http://${SITE}` }, MSG.origin);
+      await refusedLocally(stack, { sid: ALICE_SID, origin: "http://evil.example" }, REFUSAL.origin);
+      await refusedLocally(stack, { sid: ALICE_SID, origin: `http://${SITE}` }, REFUSAL.origin);
     });
 
     test("no Origin header at all: not refused as cross-origin, but the site cannot be called back unless configured", async () => {
       // A program's handshake (no Origin) passes the origin check (README: clients without
       // Origin); with no realtime_callback_url or webserver_host here, the refusal names them.
-      await refusedLocally(stack, { sid: "sid-alice", headers: { origin: undefined } }, MSG.noCallbackTarget);
-      await refusedLocally(stack, { authorization: DAVE_TOKEN, headers: { origin: undefined } }, MSG.noCallbackTarget);
+      await refusedLocally(stack, { sid: ALICE_SID, headers: { origin: undefined } }, REFUSAL.noCallbackTarget);
+      await refusedLocally(stack, { authorization: DAVE_TOKEN, headers: { origin: undefined } }, REFUSAL.noCallbackTarget);
     });
 
     test("Missing cookie and authorization header", async () => {
-      await refusedLocally(stack, {}, MSG.missing);
+      await refusedLocally(stack, {}, REFUSAL.missing);
     });
 
     test("No authentication method: a cookie without sid", async () => {
-      await refusedLocally(stack, { headers: { cookie: "theme=dark" } }, MSG.noMethod);
-      await refusedLocally(stack, { headers: { cookie: "theme=dark; full_name=Jane%20Doe" } }, MSG.noMethod);
+      await refusedLocally(stack, { headers: { cookie: "theme=dark" } }, REFUSAL.noMethod);
+      await refusedLocally(stack, { headers: { cookie: "theme=dark; full_name=Jane%20Doe" } }, REFUSAL.noMethod);
     });
 
     test("checks run in spec order: namespace, origin, credentials", async () => {
       // Everything wrong → the namespace check speaks first.
       await refusedLocally(stack,
-        { site: OTHER_SITE, namespace: `/${SITE}`, origin: "http://evil.example" }, MSG.namespace);
+        { site: OTHER_SITE, namespace: `/${SITE}`, origin: "http://evil.example" }, REFUSAL.namespace);
       // Namespace right, origin and credentials wrong → origin.
-      await refusedLocally(stack, { origin: "http://evil.example" }, MSG.origin);
+      await refusedLocally(stack, { origin: "http://evil.example" }, REFUSAL.origin);
       // Without an Origin there is no origin to get wrong: the credentials speak.
-      await refusedLocally(stack, { headers: { origin: undefined, cookie: "theme=dark" } }, MSG.noMethod);
+      await refusedLocally(stack, { headers: { origin: undefined, cookie: "theme=dark" } }, REFUSAL.noMethod);
       // Only the credentials wrong.
-      await refusedLocally(stack, { headers: { cookie: "theme=dark" } }, MSG.noMethod);
+      await refusedLocally(stack, { headers: { cookie: "theme=dark" } }, REFUSAL.noMethod);
     });
 
     test("after Invalid namespace nothing is attached in that namespace (Node defect not copied)", async () => {
@@ -208,14 +187,14 @@ for (const version of [15, 16]) {
       // refused socket anyway (Node's defect, §3.3), it would be in SITE's `user:alice` room and
       // the event below would reach this session in SITE's namespace.
       const session = sharedSession(stack, {
-        origin: stack.frappe.url, "x-frappe-site-name": OTHER_SITE, cookie: "sid=sid-alice",
+        origin: stack.frappe.url, "x-frappe-site-name": OTHER_SITE, cookie: `sid=${ALICE_SID}`,
       });
       const accepted = session.open(`/${OTHER_SITE}`);
       await connected(accepted);
       await settle(stack, accepted, userRoom(ALICE), OTHER_SITE);
       const before = userInfoCalls(stack).length;
       const refused = session.open(`/${SITE}`);
-      assert.equal(await refusal(refused), MSG.namespace);
+      assert.equal(await refusal(refused), REFUSAL.namespace);
       assert.equal(userInfoCalls(stack).length, before, "no get_user_info for the refused namespace");
       const event = unique("leak");
       await stack.publish(event, { x: 1 }, { site: SITE, room: userRoom(ALICE) });
@@ -230,7 +209,7 @@ for (const version of [15, 16]) {
       test("Unauthorized when the site answers {} even after re-reading the secret (exactly one retry)", async () => {
         stack.frappe.fault = { status: 200, body: '{"message": {}}' };
         const before = userInfoCalls(stack).length;
-        const message = await refusedAlone(stack, { sid: "sid-alice" });
+        const message = await refusedAlone(stack, { sid: ALICE_SID });
         assert.match(message, /^Unauthorized/);
         assert.equal(userInfoCalls(stack).length - before, 2, "one call, then one retry after {} (§4.4)");
       });
@@ -246,25 +225,25 @@ for (const version of [15, 16]) {
       after(async () => { await stack?.stop(); });
 
       test("X-Frappe-Site-Name wins over default_site", async () => {
-        const { socket, last } = await connectAndTrace(stack, { site: SITE, sid: "sid-alice" }, userRoom(ALICE));
+        const { socket, last } = await connectAndTrace(stack, { site: SITE, sid: ALICE_SID }, userRoom(ALICE));
         assert.equal(last.headers["x-frappe-site-name"], SITE, "the callback names the resolved site");
         await assertInRoom(stack, socket, userRoom(ALICE), SITE);
-        await refusedLocally(stack, { site: SITE, namespace: `/${OTHER_SITE}`, sid: "sid-alice" }, MSG.namespace);
+        await refusedLocally(stack, { site: SITE, namespace: `/${OTHER_SITE}`, sid: ALICE_SID }, REFUSAL.namespace);
       });
 
       test("X-Frappe-Site-Name is reduced to its hostname (scheme and port stripped)", async () => {
         const socket = await connectAs(stack, {
-          site: SITE, sid: "sid-alice", headers: { "x-frappe-site-name": `https://${SITE}:8443` },
+          site: SITE, sid: ALICE_SID, headers: { "x-frappe-site-name": `https://${SITE}:8443` },
         }, userRoom(ALICE));
         await assertInRoom(stack, socket, userRoom(ALICE), SITE);
       });
 
       test("default_site is used when Host is 127.0.0.1 and there is no X-Frappe-Site-Name", async () => {
         const { socket, last } = await connectAndTrace(stack,
-          { site: OTHER_SITE, siteHeader: false, sid: "sid-alice" }, userRoom(ALICE));
+          { site: OTHER_SITE, siteHeader: false, sid: ALICE_SID }, userRoom(ALICE));
         assert.equal(last.site, OTHER_SITE, "the fake Frappe saw the callback for default_site");
         await assertInRoom(stack, socket, userRoom(ALICE), OTHER_SITE);
-        await refusedLocally(stack, { site: SITE, siteHeader: false, sid: "sid-alice" }, MSG.namespace);
+        await refusedLocally(stack, { site: SITE, siteHeader: false, sid: ALICE_SID }, REFUSAL.namespace);
       });
     });
 
@@ -274,9 +253,9 @@ for (const version of [15, 16]) {
       after(async () => { await stack?.stop(); });
 
       test("FRAPPE_SITE is used when Host is 127.0.0.1 and there is no X-Frappe-Site-Name", async () => {
-        const socket = await connectAs(stack, { site: OTHER_SITE, siteHeader: false, sid: "sid-alice" }, userRoom(ALICE));
+        const socket = await connectAs(stack, { site: OTHER_SITE, siteHeader: false, sid: ALICE_SID }, userRoom(ALICE));
         await assertInRoom(stack, socket, userRoom(ALICE), OTHER_SITE);
-        await refusedLocally(stack, { site: SITE, siteHeader: false, sid: "sid-alice" }, MSG.namespace);
+        await refusedLocally(stack, { site: SITE, siteHeader: false, sid: ALICE_SID }, REFUSAL.namespace);
       });
     });
   });
@@ -296,7 +275,7 @@ for (const version of [15, 16]) {
       // Must stay first in this describe: it needs a Redis where the secret was never created.
       test("the first-ever connection succeeds although no socket secret exists yet", async () => {
         assert.equal(await stack.redis.client.get(SECRET_KEY), null, "precondition: no secret yet");
-        const { socket, last } = await connectAndTrace(stack, { sid: "sid-alice" }, userRoom(ALICE));
+        const { socket, last } = await connectAndTrace(stack, { sid: ALICE_SID }, userRoom(ALICE));
         const secret = await stack.redis.client.get(SECRET_KEY);
         assert.ok(secret, "the site created the secret");
         assert.equal(last.headers["x-frappe-socket-secret"], secret, "the retry carried the new secret");
@@ -305,7 +284,7 @@ for (const version of [15, 16]) {
     }
 
     test("a sid cookie authenticates its user, who gets events of their user room", async () => {
-      const socket = await connectAs(stack, { sid: "sid-alice" }, userRoom(ALICE));
+      const socket = await connectAs(stack, { sid: ALICE_SID }, userRoom(ALICE));
       await assertInRoom(stack, socket, userRoom(ALICE));
       await assertInRoom(stack, socket, "website");
       await assertNotInRoom(stack, socket, userRoom(CAROL), userRoom(ALICE));
@@ -313,30 +292,30 @@ for (const version of [15, 16]) {
 
     if (version === 15) {
       test("v15 sends the sid as ?sid= and no socket secret", async () => {
-        const { last } = await connectAndTrace(stack, { sid: "sid-alice" }, userRoom(ALICE));
+        const { last } = await connectAndTrace(stack, { sid: ALICE_SID }, userRoom(ALICE));
         assert.equal(last.path, `/api/method/${USER_INFO}`);
-        assert.equal(last.query.sid, "sid-alice");
+        assert.equal(last.query.sid, ALICE_SID);
         assert.equal(last.headers["x-frappe-socket-secret"], undefined);
         assert.equal(last.headers.authorization, undefined);
       });
     } else {
       test("v16 sends Cookie: sid=… and x-frappe-socket-secret equal to Redis socketio_auth_secret", async () => {
-        const { last } = await connectAndTrace(stack, { sid: "sid-alice" }, userRoom(ALICE));
+        const { last } = await connectAndTrace(stack, { sid: ALICE_SID }, userRoom(ALICE));
         assert.equal(last.path, `/api/method/${USER_INFO}`);
-        assert.ok(cookiePairs(last.headers.cookie).includes("sid=sid-alice"), `got Cookie: ${last.headers.cookie}`);
+        assert.ok(cookiePairs(last.headers.cookie).includes(`sid=${ALICE_SID}`), `got Cookie: ${last.headers.cookie}`);
         assert.equal(last.headers["x-frappe-socket-secret"], await stack.redis.client.get(SECRET_KEY));
         assert.equal(last.headers.authorization, undefined);
       });
 
       test("v16 secret rotation: a new secret in Redis is picked up and the connection succeeds", async () => {
-        await stack.connect({ sid: "sid-alice" }); // the server now holds the current secret
+        await stack.connect({ sid: ALICE_SID }); // the server now holds the current secret
         const rotated = unique("rotated-secret");
         await stack.redis.client.set(SECRET_KEY, rotated);
-        const { socket, last } = await connectAndTrace(stack, { sid: "sid-alice" }, userRoom(ALICE));
+        const { socket, last } = await connectAndTrace(stack, { sid: ALICE_SID }, userRoom(ALICE));
         assert.equal(last.headers["x-frappe-socket-secret"], rotated);
         await assertInRoom(stack, socket, userRoom(ALICE));
         // Steady state again: the next connection needs a single call.
-        const { calls } = await connectAndTrace(stack, { sid: "sid-bob" }, userRoom("bob@example.com"));
+        const { calls } = await connectAndTrace(stack, { sid: BOB_SID }, userRoom(BOB));
         assert.equal(calls.length, 1, "the rotated secret is reused once learnt");
         assert.equal(calls[0].headers["x-frappe-socket-secret"], rotated);
       });
@@ -350,9 +329,9 @@ for (const version of [15, 16]) {
     });
 
     test("a System User joins all; a Website User does not", async () => {
-      const alice = await connectAs(stack, { sid: "sid-alice" }, userRoom(ALICE));
+      const alice = await connectAs(stack, { sid: ALICE_SID }, userRoom(ALICE));
       await assertInRoom(stack, alice, "all");
-      const carol = await connectAs(stack, { sid: "sid-carol" }, userRoom(CAROL));
+      const carol = await connectAs(stack, { sid: CAROL_SID }, userRoom(CAROL));
       await assertInRoom(stack, carol, userRoom(CAROL));
       await assertInRoom(stack, carol, "website");
       await assertNotInRoom(stack, carol, "all", userRoom(CAROL));
@@ -374,7 +353,7 @@ for (const version of [15, 16]) {
     }
 
     test("Authorization wins over a sid=Guest cookie (and over a valid sid cookie)", async () => {
-      for (const cookie of ["sid=Guest", "sid=sid-alice"]) {
+      for (const cookie of ["sid=Guest", `sid=${ALICE_SID}`]) {
         const { socket, last } = await connectAndTrace(stack,
           { authorization: DAVE_TOKEN, headers: { cookie } }, userRoom(DAVE));
         assert.equal(last.headers.authorization, DAVE_TOKEN);
@@ -401,7 +380,7 @@ for (const version of [15, 16]) {
       test("callbacks go to the fixed URL, not the Origin, and carry x-frappe-site-name", async () => {
         for (const site of [SITE, OTHER_SITE]) {
           const { socket, last } = await connectAndTrace(stack,
-            { site, sid: "sid-alice", origin: DEAD_ORIGIN }, userRoom(ALICE));
+            { site, sid: ALICE_SID, origin: DEAD_ORIGIN }, userRoom(ALICE));
           assert.equal(last.headers["x-frappe-site-name"], site);
           assert.equal(last.headers.host, `127.0.0.1:${stack.frappe.port}`);
           await assertInRoom(stack, socket, userRoom(ALICE), site);
@@ -419,7 +398,7 @@ for (const version of [15, 16]) {
       after(async () => { await stack?.stop(); });
 
       test("the Origin's port is replaced by webserver_port", async () => {
-        const { socket, last } = await connectAndTrace(stack, { sid: "sid-alice", origin: DEAD_ORIGIN }, userRoom(ALICE));
+        const { socket, last } = await connectAndTrace(stack, { sid: ALICE_SID, origin: DEAD_ORIGIN }, userRoom(ALICE));
         assert.equal(last.headers.host, `127.0.0.1:${stack.frappe.port}`);
         await assertInRoom(stack, socket, userRoom(ALICE));
       });
@@ -433,9 +412,9 @@ for (const version of [15, 16]) {
       after(async () => { await stack?.stop(); });
 
       test("the Origin is used verbatim (no port rewrite outside developer mode)", async () => {
-        const message = await refusedAlone(stack, { sid: "sid-alice", origin: DEAD_ORIGIN });
+        const message = await refusedAlone(stack, { sid: ALICE_SID, origin: DEAD_ORIGIN });
         assert.match(message, /^Unauthorized/);
-        await stack.connect({ sid: "sid-alice" }); // the real Origin works
+        await stack.connect({ sid: ALICE_SID }); // the real Origin works
       });
     });
 
@@ -449,7 +428,7 @@ for (const version of [15, 16]) {
       after(async () => { await stack?.stop(); });
 
       test("callbacks go to http://<webserver_host>:<webserver_port>", async () => {
-        const { socket, last } = await connectAndTrace(stack, { sid: "sid-alice", origin: DEAD_ORIGIN }, userRoom(ALICE));
+        const { socket, last } = await connectAndTrace(stack, { sid: ALICE_SID, origin: DEAD_ORIGIN }, userRoom(ALICE));
         assert.equal(last.headers.host, `127.0.0.1:${stack.frappe.port}`);
         assert.equal(last.headers["x-frappe-site-name"], SITE);
         await assertInRoom(stack, socket, userRoom(ALICE));
@@ -508,11 +487,11 @@ for (const version of [15, 16]) {
     });
 
     test("afterwards the server still serves, and its log never shows a sid or token", async () => {
-      const socket = await connectAs(stack, { sid: "sid-alice" }, userRoom(ALICE));
+      const socket = await connectAs(stack, { sid: ALICE_SID }, userRoom(ALICE));
       await assertInRoom(stack, socket, userRoom(ALICE));
       assert.ok(credentials.length >= 8, "the failure tests above ran");
       assert.ok(stack.server.output.length > 0, "the server logged something");
-      for (const secret of [...credentials, "sid-alice", "secret-dave"]) {
+      for (const secret of [...credentials, ALICE_SID, "secret-dave"]) {
         assert.ok(!stack.server.output.includes(secret), `server output contains ${secret}`);
       }
     });
@@ -530,8 +509,8 @@ for (const version of [15, 16]) {
       for (let i = from; i < from + count; i += parallel) {
         const batch = [];
         for (let j = i; j < Math.min(i + parallel, from + count); j += 1) {
-          const socket = stack.socket({ site: `junk-${j}`, sid: "sid-alice" });
-          batch.push(refusal(socket).then((message) => assert.equal(message, MSG.namespace)));
+          const socket = stack.socket({ site: `junk-${j}`, sid: ALICE_SID });
+          batch.push(refusal(socket).then((message) => assert.equal(message, REFUSAL.namespace)));
         }
         await Promise.all(batch);
       }
@@ -556,7 +535,7 @@ for (const version of [15, 16]) {
       const grown = short.server.rssKiB() - baseline;
       assert.ok(grown < 3072, `RSS grew by ${grown} KiB over two more rounds of 300 refusals (baseline ${baseline} KiB)`);
       assert.equal(userInfoCalls(short).length, 0, "junk namespaces never reach Frappe");
-      const socket = await connectAs(short, { sid: "sid-alice" }, userRoom(ALICE));
+      const socket = await connectAs(short, { sid: ALICE_SID }, userRoom(ALICE));
       await assertInRoom(short, socket, userRoom(ALICE));
     });
 
@@ -569,7 +548,7 @@ for (const version of [15, 16]) {
       const lost = [];
       for (let round = 0; round < rounds; round += 1) {
         const sockets = Array.from({ length: perRound }, () => {
-          const socket = stack.socket({ sid: "sid-alice", transports: ["websocket"] });
+          const socket = stack.socket({ sid: ALICE_SID, transports: ["websocket"] });
           socket.marker = unique("at-connect");
           socket.once("connect", () => { stack.publish("at_connect", { marker: socket.marker }, { room: userRoom(ALICE) }); });
           return socket;
@@ -593,15 +572,15 @@ for (const version of [15, 16]) {
 
     test("a refused and an accepted handshake to the same site at the same moment", async () => {
       const refusals = [
-        [{ sid: "sid-bob", origin: "http://evil.example" }, MSG.origin],
-        [{ site: OTHER_SITE, namespace: `/${SITE}`, sid: "sid-bob" }, MSG.namespace],
-        [{}, MSG.missing],
-        [{ headers: { cookie: "theme=dark" } }, MSG.noMethod],
+        [{ sid: BOB_SID, origin: "http://evil.example" }, REFUSAL.origin],
+        [{ site: OTHER_SITE, namespace: `/${SITE}`, sid: BOB_SID }, REFUSAL.namespace],
+        [{}, REFUSAL.missing],
+        [{ headers: { cookie: "theme=dark" } }, REFUSAL.noMethod],
       ];
       for (let round = 0; round < 12; round += 1) {
         const [options, expected] = refusals[round % refusals.length];
         const refused = stack.socket(options);
-        const accepted = stack.socket({ sid: "sid-alice" });
+        const accepted = stack.socket({ sid: ALICE_SID });
         const [message] = await Promise.all([refusal(refused), connected(accepted)]);
         assert.equal(message, expected);
         await settle(stack, accepted, userRoom(ALICE));

@@ -8,17 +8,14 @@ import { describe, test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { createRequire } from "node:module";
 import { io } from "socket.io-client";
-import { startStack, connected, refusal, waitFor, SITES } from "../../support/harness.mjs";
+import {
+  startStack, connected, refusal, waitFor, SITES, ALICE, ALICE_SID, BOB, BOB_SID, unique, payloads,
+} from "../../support/harness.mjs";
 
 const require = createRequire(import.meta.url);
 const io2 = require("socket.io-client-2"); // socket.io-client 2.5 (Engine.IO 3), as Frappe 13 ships
 
 const [SITE, OTHER_SITE] = SITES;
-const ALICE = "alice@example.com";
-const BOB = "bob@example.com";
-
-let counter = 0;
-const unique = (prefix) => `${prefix}-${++counter}-${Math.random().toString(36).slice(2, 8)}`;
 
 /** Publish as Frappe 13 and 14 do: no namespace, the site in front of the room. */
 function publish14(stack, event, message, room) {
@@ -28,31 +25,22 @@ function publish14(stack, event, message, room) {
 }
 
 /** The Desk of Frappe 14: `io(origin, {withCredentials, reconnectionAttempts: 3})` on `/`. */
-function desk14(stack, { sid = "sid-alice", site = SITE, headers = {}, namespace = "/" } = {}) {
+function desk14(stack, { sid = ALICE_SID, site = SITE, headers = {}, namespace = "/" } = {}) {
   const extraHeaders = { origin: stack.frappe.url, "x-frappe-site-name": site, ...headers };
   if (sid) extraHeaders.cookie = `sid=${sid}`;
   for (const [k, v] of Object.entries(extraHeaders)) if (v === undefined) delete extraHeaders[k];
   const socket = io(`http://127.0.0.1:${stack.port}${namespace}`, {
     withCredentials: true, reconnection: false, forceNew: true, timeout: 8000, extraHeaders,
   });
-  return track(stack, socket);
+  return stack.track(socket);
 }
-
-function track(stack, socket) {
-  socket.received = [];
-  socket.onAny?.((event, ...args) => socket.received.push({ event, args }));
-  stack.sockets.push(socket);
-  return socket;
-}
-
-const got = (socket, event) => socket.received.filter((r) => r.event === event).map((r) => r.args[0]);
 
 /** Publish a sentinel to `user`'s room of `site` until `socket` has it: everything before is in. */
 async function flush(stack, socket, user = ALICE, site = SITE) {
   const marker = unique("sentinel");
   await waitFor(async () => {
     await publish14(stack, "sentinel", { marker }, `${site}:user:${user}`);
-    return got(socket, "sentinel").some((m) => m?.marker === marker);
+    return payloads(socket, "sentinel").some((m) => m?.marker === marker);
   }, { timeoutMs: 5000, everyMs: 100, what: "the sentinel" });
 }
 
@@ -79,7 +67,7 @@ describe("Frappe 14: one namespace, site-prefixed rooms", () => {
     await publish14(stack, event, { room: "bob" }, `${SITE}:user:${BOB}`);
     await publish14(stack, event, { room: "every site" }); // no room: bench watch's build_event
     await flush(stack, socket);
-    assert.deepEqual(got(socket, event).map((m) => m.room),
+    assert.deepEqual(payloads(socket, event).map((m) => m.room),
       [`${SITE}:user:${ALICE}`, `${SITE}:all`, `${SITE}:website`, "every site"]);
   });
 
@@ -93,36 +81,36 @@ describe("Frappe 14: one namespace, site-prefixed rooms", () => {
       const event = unique("joined");
       await waitFor(async () => {
         await publish14(stack, event, { room }, room);
-        return got(socket, event).length > 0;
+        return payloads(socket, event).length > 0;
       }, { timeoutMs: 5000, everyMs: 100, what: `delivery to ${room}` });
     }
     const calls = stack.frappe.calls.filter((c) => c.path.includes("can_subscribe_doc"));
-    assert.ok(calls.some((c) => c.path.endsWith("can_subscribe_doctype") && c.query.doctype === "ToDo" && c.query.sid === "sid-alice"));
-    assert.ok(calls.some((c) => c.path.endsWith("can_subscribe_doc") && c.query.docname === "T-1" && c.query.sid === "sid-alice"));
+    assert.ok(calls.some((c) => c.path.endsWith("can_subscribe_doctype") && c.query.doctype === "ToDo" && c.query.sid === ALICE_SID));
+    assert.ok(calls.some((c) => c.path.endsWith("can_subscribe_doc") && c.query.docname === "T-1" && c.query.sid === ALICE_SID));
     const secret = unique("secret");
     await publish14(stack, secret, {}, `${SITE}:doc:ToDo/SECRET`);
     await flush(stack, socket);
-    assert.deepEqual(got(socket, secret), [], "a denied document is not joined");
+    assert.deepEqual(payloads(socket, secret), [], "a denied document is not joined");
   });
 
   test("doc_viewers goes even to a lone viewer, and doc_typers follows doc_typing", async () => {
     const alice = desk14(stack);
-    const bob = desk14(stack, { sid: "sid-bob" });
+    const bob = desk14(stack, { sid: BOB_SID });
     await Promise.all([connected(alice), connected(bob)]);
     alice.emit("doc_open", "ToDo", "T-1");
-    await waitFor(() => got(alice, "doc_viewers").some((v) => v.users.join() === ALICE),
+    await waitFor(() => payloads(alice, "doc_viewers").some((v) => v.users.join() === ALICE),
       { what: "doc_viewers to the lone viewer (Frappe 14 does not suppress it)" });
-    await waitFor(() => got(alice, "doc_typers").some((v) => v.docname === "T-1" && v.users.length === 0),
+    await waitFor(() => payloads(alice, "doc_typers").some((v) => v.docname === "T-1" && v.users.length === 0),
       { what: "doc_typers after doc_open" });
     bob.emit("doc_open", "ToDo", "T-1");
     const both = (v) => [...v.users].sort().join() === [ALICE, BOB].join();
-    await waitFor(() => got(alice, "doc_viewers").some(both) && got(bob, "doc_viewers").some(both),
+    await waitFor(() => payloads(alice, "doc_viewers").some(both) && payloads(bob, "doc_viewers").some(both),
       { what: "doc_viewers with both" });
     bob.emit("doc_typing", "ToDo", "T-1");
-    await waitFor(() => got(alice, "doc_typers").some((v) => v.users.join() === BOB),
+    await waitFor(() => payloads(alice, "doc_typers").some((v) => v.users.join() === BOB),
       { what: "doc_typers naming bob" });
     bob.emit("doc_typing_stopped", "ToDo", "T-1");
-    await waitFor(() => got(alice, "doc_typers").at(-1)?.users.length === 0,
+    await waitFor(() => payloads(alice, "doc_typers").at(-1)?.users.length === 0,
       { what: "doc_typers empty again" });
   });
 
@@ -139,7 +127,7 @@ describe("Frappe 14: one namespace, site-prefixed rooms", () => {
     const event = unique("v15shape");
     await stack.publish(event, { ok: 1 }, { site: SITE, room: `user:${ALICE}` });
     await flush(stack, socket);
-    assert.deepEqual(got(socket, event), [{ ok: 1 }]);
+    assert.deepEqual(payloads(socket, event), [{ ok: 1 }]);
   });
 });
 
@@ -151,7 +139,7 @@ describe("Frappe 13: socket.io-client 2.x (Engine.IO 3) is refused", () => {
   after(async () => { await stack?.stop(); });
 
   test("no Engine.IO 3 session opens, and a 2.x client never connects", async () => {
-    const headers = { origin: stack.frappe.url, "x-frappe-site-name": SITE, cookie: "sid=sid-alice" };
+    const headers = { origin: stack.frappe.url, "x-frappe-site-name": SITE, cookie: `sid=${ALICE_SID}` };
     const base = `http://127.0.0.1:${stack.port}/socket.io/?EIO=3&transport=polling`;
     // No session opens: the answer is an Engine.IO error, which a 2.x client cannot read.
     const open = await fetch(base, { headers, signal: AbortSignal.timeout(5000) });

@@ -8,28 +8,17 @@
 // later, allowed subscription on the same socket has completed.
 import { describe, test, before, after, afterEach } from "node:test";
 import assert from "node:assert/strict";
-import { startStack, nextEvent, waitFor, SITES } from "../../support/harness.mjs";
+import {
+  startStack, nextEvent, waitFor, SITES, ALICE, ALICE_SID, BOB, BOB_SID, CAROL, CAROL_SID, DAVE,
+  DAVE_TOKEN, GUEST, userRoom, unique,
+} from "../../support/harness.mjs";
 
 const SITE = SITES[0];
-const ALICE = "alice@example.com"; // System User, sid-alice
-const BOB = "bob@example.com"; // System User, sid-bob
-const CAROL = "carol@example.com"; // Website User, sid-carol
-const DAVE = "dave@example.com"; // System User, API token
-const DAVE_TOKEN = "token key-dave:secret-dave";
-const GUEST = "Guest";
 
 // ---------------------------------------------------------------------------------------------
 // Small helpers
 // ---------------------------------------------------------------------------------------------
 
-let counter = 0;
-/** A name no other test uses (doctypes, documents, tasks, markers). */
-function unique(prefix) {
-  counter += 1;
-  return `${prefix}-${counter}-${Math.random().toString(36).slice(2, 8)}`;
-}
-
-const userRoom = (user) => `user:${user}`;
 
 /** The permission endpoint and query each Frappe version uses (spec §5.2). */
 const PERMISSION = {
@@ -195,9 +184,9 @@ for (const version of [15, 16]) {
     // Each test starts with no client of an earlier test still connected.
     afterEach(() => { for (const s of stack.sockets) if (s.connected) s.disconnect(); });
 
-    const alice = () => stack.connect({ sid: "sid-alice" });
-    const bob = () => stack.connect({ sid: "sid-bob" });
-    const carol = () => stack.connect({ sid: "sid-carol" });
+    const alice = () => stack.connect({ sid: ALICE_SID });
+    const bob = () => stack.connect({ sid: BOB_SID });
+    const carol = () => stack.connect({ sid: CAROL_SID });
     const dave = () => stack.connect({ authorization: DAVE_TOKEN });
     const guest = () => stack.connect({ sid: "Guest" });
 
@@ -254,7 +243,7 @@ for (const version of [15, 16]) {
         assert.equal(call.path, `/api/method/${PERMISSION[version].doctype.endpoint}`);
         if (version === 16) assert.equal(call.query.name, "", "v16 checks the doctype with name=\"\"");
         else assert.ok(!("docname" in call.query), "v15 can_subscribe_doctype has no docname");
-        await assertCarriesCredential(stack, version, call, { sid: "sid-alice" });
+        await assertCarriesCredential(stack, version, call, { sid: ALICE_SID });
         // The join is the subscribing socket's only.
         await assertNotInRoom(stack, other, BOB, `doctype:${doctype}`);
       });
@@ -266,7 +255,7 @@ for (const version of [15, 16]) {
         await assertDenied(stack, version, socket, BOB,
           { event: "doctype_subscribe", args: [doctype], kind: "doctype", room: `doctype:${doctype}` });
         const [call] = permissionCalls(stack, version, "doctype", doctype);
-        await assertCarriesCredential(stack, version, call, { sid: "sid-bob" });
+        await assertCarriesCredential(stack, version, call, { sid: BOB_SID });
       });
 
       test("with an Authorization-header client the permission call carries that header", async () => {
@@ -306,7 +295,7 @@ for (const version of [15, 16]) {
         const calls = permissionCalls(stack, version, "doc", doctype, docname);
         assert.equal(calls.length, 1, "exactly one permission call");
         assert.equal(calls[0].path, `/api/method/${PERMISSION[version].doc.endpoint}`);
-        await assertCarriesCredential(stack, version, calls[0], { sid: "sid-alice" });
+        await assertCarriesCredential(stack, version, calls[0], { sid: ALICE_SID });
       });
 
       test("a denied doc_subscribe does not join", async () => {
@@ -317,7 +306,7 @@ for (const version of [15, 16]) {
         await assertDenied(stack, version, socket, BOB,
           { event: "doc_subscribe", args: [doctype, docname], kind: "doc", room: `doc:${doctype}/${docname}` });
         const [call] = permissionCalls(stack, version, "doc", doctype, docname);
-        await assertCarriesCredential(stack, version, call, { sid: "sid-bob" });
+        await assertCarriesCredential(stack, version, call, { sid: BOB_SID });
       });
 
       test("an Authorization-header client's doc_subscribe call carries that header", async () => {
@@ -385,7 +374,7 @@ for (const version of [15, 16]) {
         await openDoc(stack, socket, doctype, docname);
         const calls = permissionCalls(stack, version, "doc", doctype, docname);
         assert.equal(calls.length, 1);
-        await assertCarriesCredential(stack, version, calls[0], { sid: "sid-alice" });
+        await assertCarriesCredential(stack, version, calls[0], { sid: ALICE_SID });
       });
 
       test("a lone viewer is not told about himself", async () => {
@@ -612,7 +601,7 @@ for (const version of [15, 16]) {
       { what: `open_in_editor ${marker}` });
 
     test("a logged-in user's request is published as JSON on channel open_in_editor", async () => {
-      const socket = await stack.connect({ sid: "sid-alice" });
+      const socket = await stack.connect({ sid: ALICE_SID });
       const request = { file: "apps/frappe/frappe/public/js/app.js", line: 12, column: 3, marker: unique("req") };
       socket.emit("open_in_editor", request);
       assert.deepEqual(await published(request.marker), request);
@@ -621,7 +610,7 @@ for (const version of [15, 16]) {
     test("a Guest's request is not published", async () => {
       const start = channel.messages.length;
       const g = await stack.connect({ sid: "Guest" });
-      const a = await stack.connect({ sid: "sid-alice" });
+      const a = await stack.connect({ sid: ALICE_SID });
       const guestMarker = unique("guest");
       g.emit("open_in_editor", { file: "x.js", line: 1, column: 1, marker: guestMarker });
       await assertAlive(g);
@@ -635,7 +624,7 @@ for (const version of [15, 16]) {
 
     test("a non-object argument publishes nothing and the socket stays connected", async () => {
       const start = channel.messages.length;
-      const socket = await stack.connect({ sid: "sid-alice" });
+      const socket = await stack.connect({ sid: ALICE_SID });
       for (const args of [[], ["apps/x.js"], [42], [null], [["apps/x.js", 1, 1]], [""], [true]]) {
         socket.emit("open_in_editor", ...args);
       }

@@ -7,28 +7,20 @@
 // sentinel" (harness `flush`) proves the earlier publication was not delivered to that socket.
 import { describe, test, before, after, afterEach } from "node:test";
 import assert from "node:assert/strict";
-import { startStack, nextEvent, waitFor, Redis, SITES } from "../../support/harness.mjs";
+import {
+  startStack, nextEvent, waitFor, Redis, SITES, ALICE, ALICE_SID, BOB, BOB_SID, CAROL, CAROL_SID,
+  userRoom, unique, trackDisconnects, asFrappeJson,
+} from "../../support/harness.mjs";
 
 const [SITE1, SITE2] = SITES;
-const ALICE = "alice@example.com"; // System User (in `all`), sid-alice on every site
-const BOB = "bob@example.com"; // System User, sid-bob
-const CAROL = "carol@example.com"; // Website User (not in `all`), sid-carol
-const userRoom = (user) => `user:${user}`;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-let counter = 0;
-/** A string no other publication uses. */
-function unique(prefix) {
-  counter += 1;
-  return `${prefix}-${counter}-${Math.random().toString(36).slice(2, 10)}`;
-}
-
 /** Connect `user` (by sid) to `site`, optionally over a fixed transport list. */
 function connectAs(stack, user, { site = SITE1, transports } = {}) {
-  const sid = { [ALICE]: "sid-alice", [BOB]: "sid-bob", [CAROL]: "sid-carol" }[user];
+  const sid = { [ALICE]: ALICE_SID, [BOB]: BOB_SID, [CAROL]: CAROL_SID }[user];
   return stack.connect({ site, sid, transports });
 }
 
@@ -51,29 +43,6 @@ async function assertNothingWith(stack, socket, marker, { site, user }) {
   await stack.flush(socket, { site, userRoom: userRoom(user) });
   assert.ok(!JSON.stringify(socket.received).includes(marker),
     `${user}'s socket on ${site} received something carrying ${marker}`);
-}
-
-/** Record every disconnect of `socket` (to prove it stayed connected throughout). */
-function trackDisconnects(socket) {
-  const reasons = [];
-  socket.on("disconnect", (reason) => reasons.push(reason));
-  return reasons;
-}
-
-/**
- * Serialise as `frappe.as_json` does before publishing: sorted keys, indent 1, and every
- * non-ASCII UTF-16 code unit escaped as `\uXXXX` (so emoji become surrogate pairs).
- */
-function pythonJson(value) {
-  const sortKeys = (v) => {
-    if (Array.isArray(v)) return v.map(sortKeys);
-    if (v && typeof v === "object") {
-      return Object.fromEntries(Object.keys(v).sort().map((k) => [k, sortKeys(v[k])]));
-    }
-    return v;
-  };
-  return JSON.stringify(sortKeys(value), null, 1)
-    .replace(/[\u0080-\uffff]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`);
 }
 
 /** Strip the terminal colour codes a log formatter may add. */
@@ -218,7 +187,7 @@ describe("§6 order and payload fidelity", () => {
       // As node-redis would publish it: raw UTF-8.
       await stack.publish("utf8", message, { room: userRoom(ALICE) });
       // As frappe.as_json publishes it: \u00e9, surrogate pairs for emoji, indent 1, sorted keys.
-      const escaped = pythonJson({ event: "escaped", message, namespace: SITE1, room: userRoom(ALICE) });
+      const escaped = asFrappeJson({ event: "escaped", message, namespace: SITE1, room: userRoom(ALICE) });
       assert.ok(escaped.includes("caf\\u00e9") && escaped.includes("\\ud83d\\ude00"), escaped.slice(0, 200));
       assert.ok(/^[\x00-\x7f]*$/.test(escaped), "the Python form is pure ASCII");
       await stack.redis.publish(escaped);
