@@ -1,5 +1,5 @@
 //! The handler of every namespace Frappe's clients connect to (`/` and `/<site>`): the
-//! handshake (spec §4), the client events Frappe's service handles (spec §5), and what a
+//! handshake (protocol §4), the client events Frappe's service handles (protocol §5), and what a
 //! disconnect leaves to count and announce.
 //!
 //! Arguments are positional and untrusted: anything missing, empty or not a string makes the
@@ -319,7 +319,7 @@ fn restore_rooms(socket: &Socket, client: &ClientState, kept: &[Arc<str>], site:
     }
 }
 
-/// The client events Frappe's service handles (spec §5.2).
+/// The client events Frappe's service handles (protocol §5.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ClientEvent {
     Ping,

@@ -1,5 +1,5 @@
 //! The bench's sites: which exist, what each allows, and one Socket.IO namespace each from
-//! Frappe 15 on (spec §3.1).
+//! Frappe 15 on (protocol §3.1).
 //!
 //! A site exists when `sites/<site>/site_config.json` exists. Each site gets a namespace
 //! registered here as the site appears and removed as it goes; a CONNECT to any other name

@@ -205,7 +205,7 @@ export async function startStack({ version = 16, sites = SITES, common = {}, env
     }
     const port = await freePort();
     const extra = typeof common === "function" ? common(frappe) : common;
-    // Frappe 13 and 14 read their events from redis_socketio (spec §1.2).
+    // Frappe 13 and 14 read their events from redis_socketio (protocol §1.2).
     const eventsKey = version <= 14 ? "redis_socketio" : "redis_queue";
     const bench = makeBench({ sites, version, apps, common: { socketio_port: port, [eventsKey]: redis.url, ...extra } });
     started.push(async () => fs.rmSync(bench, { recursive: true, force: true }));

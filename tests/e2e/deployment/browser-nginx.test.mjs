@@ -9,7 +9,7 @@
 // nginx is a small HTTP server on `webserver_port` that serves a desk page at `/desk` and
 // forwards everything else to the fake Frappe. The page loads
 // socket.io-client from `/assets/` (served by nginx from `sites/assets`, as Frappe's assets are)
-// and connects exactly like Frappe's desk client (spec §8):
+// and connects exactly like Frappe's desk client (protocol §8):
 // `io(window.location.origin + "/" + site, {withCredentials: true, reconnectionAttempts: 3})`,
 // after setting the `sid` cookie; the site name resolves to 127.0.0.1 via Chromium's
 // --host-resolver-rules so Host, Origin and X-Frappe-Site-Name are the site's.

@@ -1,4 +1,4 @@
-// App handlers without JavaScript (docs/app-handlers.md; the shared spec's §7): the handlers
+// App handlers without JavaScript (docs/app-handlers.md; protocol §7): the handlers
 // Frappe 16's Node service loads from each installed app's realtime/handlers.js, shipped here
 // as data for the public apps, run only on sites that have the app installed. Each case
 // reproduces what the app's handlers.js does: events, rooms, payload shapes, who receives

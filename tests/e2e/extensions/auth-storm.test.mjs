@@ -1,4 +1,4 @@
-// Reconnect storms (spec §10 #17): after a restart every tab reconnects at once. Concurrent
+// Reconnect storms (protocol §10 #17): after a restart every tab reconnects at once. Concurrent
 // handshakes with the same credential share one get_user_info call, and calls to Frappe are
 // bounded by realtime_callback_concurrency: they queue instead of stampeding the web workers.
 import { test, before, after } from "node:test";

@@ -1,4 +1,4 @@
-// Spec §6 / §10 #1: the bridge probes an idle Redis link with PING. A subscribed RESP2
+// Protocol §6 / §10 #1: the bridge probes an idle Redis link with PING. A subscribed RESP2
 // connection answers PING with ["pong", ""]; the probe must take that as alive and keep the
 // subscription (a bug once dropped it every 10 s, losing events published meanwhile).
 import { test, before, after } from "node:test";

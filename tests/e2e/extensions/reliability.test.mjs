@@ -1,6 +1,6 @@
 // Reliability under faults (docs/reliability.md): Redis killed and restarted under publish load,
-// Frappe's web side answering with redirects and broken JSON (spec §4), and a randomised
-// isolation property test (no cross-site, cross-user or permission leaks; spec §5, §6), with
+// Frappe's web side answering with redirects and broken JSON (protocol §4), and a randomised
+// isolation property test (no cross-site, cross-user or permission leaks; protocol §5, §6), with
 // some clients cut and recovering in the middle of the publications.
 //
 // Every wait is bounded. Absence is asserted deterministically: the bridge delivers Redis
@@ -232,7 +232,7 @@ describe("Redis killed and restarted 10 times under publish load", () => {
 });
 
 // ---------------------------------------------------------------------------------------------
-// 2. Frappe's web side misbehaving: redirects, redirect loops, broken JSON (spec §4.2)
+// 2. Frappe's web side misbehaving: redirects, redirect loops, broken JSON (protocol §4.2)
 // ---------------------------------------------------------------------------------------------
 
 
@@ -286,7 +286,7 @@ async function startCallbackServer() {
 }
 
 for (const version of [15, 16]) {
-  describe(`Frappe ${version}: get_user_info redirects and broken answers (spec §4.2)`, () => {
+  describe(`Frappe ${version}: get_user_info redirects and broken answers (protocol §4.2)`, () => {
     const TIMEOUT_S = 2;
     let stack;
     let web;

@@ -1,4 +1,4 @@
-// How the process starts and what it speaks: the bench's configuration (spec §1.1–§1.4),
+// How the process starts and what it speaks: the bench's configuration (protocol §1.1–§1.4),
 // Redis URL forms (§1.3), sites appearing and disappearing (§3.1), the Socket.IO server
 // options and HTTP surface (§2.1, §1.4), and shutdown on SIGTERM (§9.1: supervisor stops it so).
 //

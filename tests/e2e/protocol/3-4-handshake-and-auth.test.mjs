@@ -1,5 +1,5 @@
 // Handshake checks, site resolution, authentication and the get_user_info callback, for
-// Frappe 15 and 16 (spec §3 and §4).
+// Frappe 15 and 16 (protocol §3 and §4).
 //
 // Every wait is bounded (harness `waitFor`, `nextEvent`, `refusal`, `connected`). Non-receipt is
 // asserted deterministically: the bridge delivers Redis messages to a socket in order, so
@@ -118,9 +118,9 @@ function sharedSession(stack, extraHeaders) {
 // ---------------------------------------------------------------------------------------------
 
 for (const version of [15, 16]) {
-  // Spec §3.3: the checks, their order and exact texts; a refusal is a lone connect_error and
+  // Protocol §3.3: the checks, their order and exact texts; a refusal is a lone connect_error and
   // no call to Frappe precedes a local refusal. §3.1: `/` is never a site. §3.2 step 3.
-  describe(`Frappe ${version}: handshake refusals (spec §3.3)`, () => {
+  describe(`Frappe ${version}: handshake refusals (protocol §3.3)`, () => {
     let stack;
     before(async () => { stack = await startStack({ version }); });
     after(async () => { await stack?.stop(); });
@@ -169,7 +169,7 @@ for (const version of [15, 16]) {
       await refusedLocally(stack, { headers: { cookie: "theme=dark; full_name=Jane%20Doe" } }, REFUSAL.noMethod);
     });
 
-    test("checks run in spec order: namespace, origin, credentials", async () => {
+    test("checks run in protocol §3.3 order: namespace, origin, credentials", async () => {
       // Everything wrong → the namespace check speaks first.
       await refusedLocally(stack,
         { site: OTHER_SITE, namespace: `/${SITE}`, origin: "http://evil.example" }, REFUSAL.namespace);
@@ -216,9 +216,9 @@ for (const version of [15, 16]) {
     }
   });
 
-  // Spec §3.2: X-Frappe-Site-Name decides; default_site applies to localhost/127.0.0.1 clients
+  // Protocol §3.2: X-Frappe-Site-Name decides; default_site applies to localhost/127.0.0.1 clients
   // without that header, from common_site_config.json or FRAPPE_SITE.
-  describe(`Frappe ${version}: site resolution (spec §3.2)`, () => {
+  describe(`Frappe ${version}: site resolution (protocol §3.2)`, () => {
     describe("default_site in common_site_config.json", () => {
       let stack;
       before(async () => { stack = await startStack({ version, common: { default_site: OTHER_SITE } }); });
@@ -260,9 +260,9 @@ for (const version of [15, 16]) {
     });
   });
 
-  // Spec §4.1 (credentials and precedence), §4.2 (how the callback carries them), §4.4 (secret),
+  // Protocol §4.1 (credentials and precedence), §4.2 (how the callback carries them), §4.4 (secret),
   // §4.5 / §5.1 (user, Guest, user_type → rooms).
-  describe(`Frappe ${version}: authentication (spec §4)`, () => {
+  describe(`Frappe ${version}: authentication (protocol §4)`, () => {
     let stack;
     before(async () => {
       stack = await startStack({ version });
@@ -364,10 +364,10 @@ for (const version of [15, 16]) {
     });
   });
 
-  // Spec §4.3: where get_user_info goes. Default = the Origin (exercised everywhere else);
+  // Protocol §4.3: where get_user_info goes. Default = the Origin (exercised everywhere else);
   // `realtime_callback_url` (this service's extension), developer_mode port rewrite,
   // webserver_host + webserver_port.
-  describe(`Frappe ${version}: callback URL (spec §4.3)`, () => {
+  describe(`Frappe ${version}: callback URL (protocol §4.3)`, () => {
     const DEAD_ORIGIN = "http://127.0.0.1:1"; // same host as Host, so the origin check passes
 
     describe("realtime_callback_url", () => {
@@ -436,9 +436,9 @@ for (const version of [15, 16]) {
     });
   });
 
-  // Spec §3.3 #5: a failing callback refuses with `Unauthorized…`, promptly, without leaking
+  // Protocol §3.3 #5: a failing callback refuses with `Unauthorized…`, promptly, without leaking
   // the credential, and the server keeps serving.
-  describe(`Frappe ${version}: callback failures (spec §3.3 #5, §4.2)`, () => {
+  describe(`Frappe ${version}: callback failures (protocol §3.3 #5, §4.2)`, () => {
     let stack;
     const credentials = [];
     const sid = () => { const s = unique("sid-leakcheck"); credentials.push(s); return s; };
@@ -540,7 +540,7 @@ for (const version of [15, 16]) {
     });
 
     test("an event published the moment `connect` fires is delivered (rooms joined before the ack)", async () => {
-      // Spec §5.1 / §4.5: connect-time rooms are joined as part of accepting the socket (Node
+      // Protocol §5.1 / §4.5: connect-time rooms are joined as part of accepting the socket (Node
       // joins synchronously in its connection handler; only v13-early joined afterwards and
       // lost events). Each socket publishes to its user room from its own `connect` listener.
       const rounds = 10;

@@ -1,4 +1,4 @@
-// Frappe 14 and 13 benches (README "Frappe 14"; spec tags [v14], [v13]): one namespace `/`,
+// Frappe 14 and 13 benches (README "Frappe 14"; protocol tags [v14], [v13]): one namespace `/`,
 // rooms prefixed with the site, `redis_socketio`, Frappe 14's refusal texts, permission calls
 // with `?sid=`, doc_viewers and typing indicators; Frappe 13's socket.io-client 2.x speaks
 // Engine.IO 3, which is refused for now (below).

@@ -1,4 +1,4 @@
-// Client→server events and the rooms they lead to, for Frappe 15 and 16 (spec §5, §8).
+// Client→server events and the rooms they lead to, for Frappe 15 and 16 (protocol §5, §8).
 //
 // Every wait is bounded. Absence is asserted deterministically where the server's own ordering
 // allows it: the bridge delivers Redis messages to a socket in order, so "publish the forbidden
@@ -20,7 +20,7 @@ const SITE = SITES[0];
 // ---------------------------------------------------------------------------------------------
 
 
-/** The permission endpoint and query each Frappe version uses (spec §5.2). */
+/** The permission endpoint and query each Frappe version uses (protocol §5.2). */
 const PERMISSION = {
   15: {
     doctype: { endpoint: "frappe.realtime.can_subscribe_doctype", query: (dt) => ({ doctype: dt }) },
@@ -45,7 +45,7 @@ function allPermissionCalls(stack) {
   return stack.frappe.calls.filter((c) => !c.path.endsWith("frappe.realtime.get_user_info"));
 }
 
-/** The call carries the socket's own credential as the version sends it (spec §4.2, §5.2). */
+/** The call carries the socket's own credential as the version sends it (protocol §4.2, §5.2). */
 async function assertCarriesCredential(stack, version, call, { sid, authorization }) {
   if (authorization) {
     assert.equal(call.headers.authorization, authorization);
@@ -159,7 +159,7 @@ async function watchChannel(stack, channel) {
   };
 }
 
-/** Arguments that are missing, falsy or not strings: no permission call, no join (spec §5.2). */
+/** Arguments that are missing, falsy or not strings: no permission call, no join (protocol §5.2). */
 const ODD_FIRST_ARGS = [
   [], [""], [null], [0], [42], [false], [true], [{ doctype: "ToDo" }], [["ToDo", "x"]],
   ["", "ToDo-1"], [null, "ToDo-1"], [42, "ToDo-1"], [{}, "ToDo-1"],
@@ -190,7 +190,7 @@ for (const version of [15, 16]) {
     const dave = () => stack.connect({ authorization: DAVE_TOKEN });
     const guest = () => stack.connect({ sid: "Guest" });
 
-    // Spec §5.1: rooms joined on connect.
+    // Protocol §5.1: rooms joined on connect.
     describe("rooms on connect (§5.1)", () => {
       test("a System User joins user:<user>, website and all", async () => {
         const socket = await alice();
@@ -227,7 +227,7 @@ for (const version of [15, 16]) {
       });
     });
 
-    // Spec §5.2: doctype_subscribe / doctype_unsubscribe and their permission call.
+    // Protocol §5.2: doctype_subscribe / doctype_unsubscribe and their permission call.
     describe("doctype_subscribe / doctype_unsubscribe (§5.2)", () => {
       test("an allowed doctype_subscribe joins doctype:<dt> after the version's permission call", async () => {
         const socket = await alice();
@@ -282,7 +282,7 @@ for (const version of [15, 16]) {
       });
     });
 
-    // Spec §5.2 / §5.4: doc_subscribe / doc_unsubscribe → doc:<dt>/<dn>.
+    // Protocol §5.2 / §5.4: doc_subscribe / doc_unsubscribe → doc:<dt>/<dn>.
     describe("doc_subscribe / doc_unsubscribe (§5.2, §5.4)", () => {
       test("an allowed doc_subscribe joins doc:<dt>/<dn> (spaces and slashes unescaped)", async () => {
         const socket = await alice();
@@ -334,7 +334,7 @@ for (const version of [15, 16]) {
       });
     });
 
-    // Spec §5.2: task_subscribe / progress_subscribe / task_unsubscribe (no permission call).
+    // Protocol §5.2: task_subscribe / progress_subscribe / task_unsubscribe (no permission call).
     describe("task_subscribe / progress_subscribe / task_unsubscribe (§5.2)", () => {
       for (const event of ["task_subscribe", "progress_subscribe"]) {
         test(`${event} joins task_progress:<id> without a permission call`, async () => {
@@ -358,7 +358,7 @@ for (const version of [15, 16]) {
       });
     });
 
-    // Spec §5.2 (doc_open/doc_close) and §5.3 (doc_viewers).
+    // Protocol §5.2 (doc_open/doc_close) and §5.3 (doc_viewers).
     describe("doc_open / doc_close / doc_viewers (§5.2, §5.3)", () => {
       /** A document alice and bob may both read. */
       function sharedDoc() {
@@ -493,7 +493,7 @@ for (const version of [15, 16]) {
       });
     });
 
-    // Spec §5.2 / §5.3: ping → pong.
+    // Protocol §5.2 / §5.3: ping → pong.
     describe("ping (§5.2, §5.3)", () => {
       test("ping is answered with pong and no arguments", async () => {
         const socket = await carol();
@@ -508,7 +508,7 @@ for (const version of [15, 16]) {
       });
     });
 
-    // Spec §5.2 (open_in_editor row), §10 #15: without developer_mode nothing is published.
+    // Protocol §5.2 (open_in_editor row), §10 #15: without developer_mode nothing is published.
     describe("open_in_editor without developer_mode (§5.2, §10 #15)", () => {
       test("nothing is published on open_in_editor", async () => {
         const channel = await watchChannel(stack, "open_in_editor");
@@ -523,7 +523,7 @@ for (const version of [15, 16]) {
       });
     });
 
-    // Spec §5.2: arguments are untrusted; odd ones are ignored and never reach Frappe.
+    // Protocol §5.2: arguments are untrusted; odd ones are ignored and never reach Frappe.
     describe("odd or missing arguments (§5.2)", () => {
       test("falsy or non-string arguments: no call, no error, socket stays connected", async () => {
         const socket = await alice();
@@ -581,7 +581,7 @@ for (const version of [15, 16]) {
     });
   });
 
-  // Spec §5.2 (open_in_editor: only in developer_mode and never for Guest), §10 #15.
+  // Protocol §5.2 (open_in_editor: only in developer_mode and never for Guest), §10 #15.
   describe(`Frappe ${version}: open_in_editor with developer_mode`, () => {
     let stack;
     let channel;

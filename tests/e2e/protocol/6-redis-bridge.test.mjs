@@ -1,6 +1,6 @@
-// The Redis bridge, Frappe → clients (spec §6): routing by site and room, broadcasts without a
+// The Redis bridge, Frappe → clients (protocol §6): routing by site and room, broadcasts without a
 // room, unknown sites, ordering, payload fidelity, malformed publications, and Redis going
-// away (spec §10 #1: the service keeps serving and re-subscribes).
+// away (protocol §10 #1: the service keeps serving and re-subscribes).
 //
 // Every wait is bounded. Absence is asserted deterministically: the bridge delivers Redis
 // messages in order, so "publish, then a sentinel to the socket's own user room, wait for the
@@ -104,7 +104,7 @@ describe("§6.2 routing: a publication reaches its room on its site only", () =>
     assert.deepEqual(await got, [null]);
   });
 
-  // §6.2: "`room` falsy/absent → emit to every child (site) namespace" (JavaScript truthiness).
+  // §6.2: a missing or falsy `room` goes to every site's namespace (JavaScript truthiness).
   const FALSY_ROOMS = [["no room", undefined], ["an empty room", ""], ["a null room", null],
     ["room false", false], ["room 0", 0]];
   for (const [label, room] of FALSY_ROOMS) {
