@@ -1,5 +1,5 @@
 //! The server the official protocol test suites run against (tests/protocol-suites/, run by
-//! tests/e2e/protocol-suites.test.mjs). The suites' URL is fixed: http://localhost:3000.
+//! tests/e2e/protocol/2-protocol-suites.test.mjs). The suites' URL is fixed: http://localhost:3000.
 //!
 //! `protocol_suite engine-io`: our Engine.IO server as the engine.io-protocol suite's README
 //! describes its reference server: path `/engine.io`, pingInterval 300 ms, pingTimeout 200 ms,

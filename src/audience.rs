@@ -5,7 +5,7 @@
 //! and non-browser clients (IDE extensions, agents, mobile apps) that connect to the root
 //! namespace `/`, share that one namespace between every site, so there a room carries the
 //! site as a prefix (`erp.example.com:user:jane@example.com`), which is exactly how Frappe 13
-//! and 14 named them (spec §5.4). Everything that reaches "the sockets of a site" or "room R
+//! and 14 named them (protocol §5.4). Everything that reaches "the sockets of a site" or "room R
 //! of a site" goes through here, so no caller forgets the root namespace.
 
 use crate::socketio::{Io, Namespace, Socket};

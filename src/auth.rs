@@ -1,5 +1,5 @@
 //! Calls to the Frappe site that vouch for a client: `get_user_info` at handshake time and the
-//! permission checks behind `doc_subscribe` and friends (spec §4, §5.2).
+//! permission checks behind `doc_subscribe` and friends (protocol §4, §5.2).
 //!
 //! Frappe 13 to 15 and Frappe 16 differ in how the credential travels and which endpoints
 //! exist; this module is the only place that knows. Every call is bounded by `realtime_callback_timeout`,
@@ -117,7 +117,7 @@ pub enum Subject<'a> {
     Doc(&'a str, &'a str),
 }
 
-/// Where callbacks go (spec §4.3), decided once at startup.
+/// Where callbacks go (protocol §4.3), decided once at startup.
 #[derive(Debug, Clone)]
 enum CallbackTarget {
     /// `realtime_callback_url`, or `webserver_host` + `webserver_port`.
@@ -498,7 +498,7 @@ impl FrappeClient {
     }
 }
 
-/// Where to call the site back for a client from `origin` (spec §4.3).
+/// Where to call the site back for a client from `origin` (protocol §4.3).
 fn callback_base(target: &CallbackTarget, origin: Option<&str>) -> Result<Url, AuthFailure> {
     match (target, origin) {
         (CallbackTarget::Fixed(url), _) => Ok(url.clone()),
@@ -672,7 +672,7 @@ impl UserInfo {
     }
 }
 
-/// Frappe 16's shared secret (spec §4.4), cached and re-read when the site stops accepting it.
+/// Frappe 16's shared secret (protocol §4.4), cached and re-read when the site stops accepting it.
 struct SocketSecret {
     redis: QueueRedis,
     cached: RwLock<Option<Arc<str>>>,

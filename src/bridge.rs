@@ -1,5 +1,5 @@
 //! Frappe → clients: the subscriber on Redis channel `events` and the routing of each
-//! publication to its site's room, in the site's namespace and in `/` (spec §6; see
+//! publication to its site's room, in the site's namespace and in `/` (protocol §6; see
 //! [`crate::audience`]).
 //!
 //! One task reads the channel and delivers in arrival order, so events from one publisher

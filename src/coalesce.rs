@@ -1,6 +1,6 @@
 //! Single-flight: concurrent identical calls share one execution.
 //!
-//! After a realtime or nginx restart every tab reconnects within seconds (spec §10 #17); the
+//! After a realtime or nginx restart every tab reconnects within seconds (protocol §10 #17); the
 //! tabs of one browser share a `sid`, so their handshakes ask Frappe the same question. The
 //! first caller runs the call; callers arriving while it runs wait for its answer.
 

@@ -1,4 +1,4 @@
-//! The bench's configuration, read the way Frappe's Node service reads it (spec §1.2).
+//! The bench's configuration, read the way Frappe's Node service reads it (protocol §1.2).
 //!
 //! Node merges `config.json` then `sites/common_site_config.json` into its defaults, copying a
 //! key only when its value is *truthy* in the JavaScript sense (so `0`, `false`, `""` and `null`
@@ -52,7 +52,7 @@ const ZERO_MEANS_OFF: [&str; 2] = ["realtime_recovery_seconds", "realtime_last_s
 /// Enough to keep a bench's gunicorn workers busy without queueing hundreds behind them.
 const DEFAULT_CALLBACK_CONCURRENCY: usize = 16;
 
-/// Which Frappe protocol the bench speaks towards its realtime service (spec §0, §4.2, §5).
+/// Which Frappe protocol the bench speaks towards its realtime service (protocol §0, §4.2, §5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum FrappeVersion {
     /// As Frappe 14, over Engine.IO 3 too (socket.io-client 2.x).
@@ -78,7 +78,7 @@ impl FrappeVersion {
     }
 
     /// Frappe 15 on serves each site in a namespace `/<site>`; before, every client used `/`
-    /// and rooms carried the site as a prefix (spec §3.1, §5.4).
+    /// and rooms carried the site as a prefix (protocol §3.1, §5.4).
     pub fn has_site_namespaces(self) -> bool {
         self >= Self::V15
     }
@@ -317,7 +317,7 @@ impl Layered {
     }
 }
 
-/// JavaScript truthiness, which decides whether a config value overrides (spec §1.2).
+/// JavaScript truthiness, which decides whether a config value overrides (protocol §1.2).
 pub(crate) fn is_truthy(value: &Value) -> bool {
     match value {
         Value::Null => false,
@@ -756,7 +756,7 @@ fn legacy_events_redis(layered: &Layered) -> Result<String, ConfigError> {
 }
 
 /// `sites/currentsite.txt`, which Frappe 13 and 14 take as the default site over
-/// `default_site` and `FRAPPE_SITE` (spec §1.2).
+/// `default_site` and `FRAPPE_SITE` (protocol §1.2).
 fn current_site(bench_dir: &Path) -> Option<String> {
     let text = std::fs::read_to_string(bench_dir.join("sites/currentsite.txt")).ok()?;
     Some(text.trim().to_owned()).filter(|site| !site.is_empty())

@@ -1,5 +1,5 @@
 //! Which browser origins besides a site's own may open a socket to it: the site's
-//! `allow_cors`, read the way Frappe's web server reads it (spec §10 #12).
+//! `allow_cors`, read the way Frappe's web server reads it (protocol §10 #12).
 //!
 //! Frappe's web server answers CORS requests from the origins listed in `allow_cors`
 //! (`site_config.json`, else `common_site_config.json`): `"*"` for any, one origin as a string,

@@ -1,6 +1,6 @@
 //! The handler of every namespace Frappe's clients connect to (`/` and `/<site>`): it hands
 //! each handshake to [`Admission`], dispatches the client events Frappe's service handles
-//! (spec §5) and the installed apps' events, and counts and announces what a disconnect
+//! (protocol §5) and the installed apps' events, and counts and announces what a disconnect
 //! leaves.
 //!
 //! Arguments are positional and untrusted: anything missing, empty or not a string makes the
@@ -202,7 +202,7 @@ impl Frappe {
     }
 }
 
-/// The client events Frappe's service handles (spec §5.2).
+/// The client events Frappe's service handles (protocol §5.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ClientEvent {
     Ping,

@@ -1,4 +1,4 @@
-//! The checks Frappe makes on a Socket.IO handshake before it calls the site (spec §3.2, §3.3),
+//! The checks Frappe makes on a Socket.IO handshake before it calls the site (protocol §3.2, §3.3),
 //! widened for clients that are not a browser on the site's own origin.
 //!
 //! Everything here is pure: it reads the headers of the request that opened the engine.io
@@ -117,7 +117,7 @@ pub struct Accepted {
     pub site: String,
     pub credential: Credential,
     /// The `Origin` header when it is the site's own: the default base of callbacks to Frappe
-    /// (spec §4.3). `None` for a client that sent none (not a browser) and for a page on an
+    /// (protocol §4.3). `None` for a client that sent none (not a browser) and for a page on an
     /// origin the site's `allow_cors` admits: the site is not called back at someone else's
     /// origin (which would hand that server the user's credential), so such clients need a
     /// configured web server.
@@ -173,7 +173,7 @@ pub fn client_ip(peer: Option<IpAddr>, headers: &HeaderMap) -> Option<IpAddr> {
     Some(forwarded.unwrap_or(peer))
 }
 
-/// Run the checks of spec §3.3 in Frappe's order; the first failure wins and nothing after it
+/// Run the checks of protocol §3.3 in Frappe's order; the first failure wins and nothing after it
 /// runs (Node keeps going after `Invalid namespace`; that defect is deliberately not copied).
 /// `auth` is the CONNECT packet's payload, if any.
 pub fn check(

@@ -1,4 +1,4 @@
-//! Who-is-viewing presence (spec §5.3): who is in a document's rooms, told to its viewers,
+//! Who-is-viewing presence (protocol §5.3): who is in a document's rooms, told to its viewers,
 //! and the users in a room, for the apps' presence lists.
 
 use std::collections::BTreeSet;

@@ -17,7 +17,7 @@ pub struct QueueRedis {
 }
 
 impl QueueRedis {
-    /// Does not connect: the service must start while Redis is down (spec §10 #1).
+    /// Does not connect: the service must start while Redis is down (protocol §10 #1).
     pub fn new(url: &str) -> redis::RedisResult<Self> {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(COMMAND_TIMEOUT))

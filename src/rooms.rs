@@ -1,4 +1,4 @@
-//! Room names Frappe publishes to (spec §5.4). Who is in them is [`crate::presence`]'s.
+//! Room names Frappe publishes to (protocol §5.4). Who is in them is [`crate::presence`]'s.
 //!
 //! Room names are opaque strings; doctype and docname go in unescaped, as in Frappe. The
 //! names here are the ones of a site's own namespace; a socket's

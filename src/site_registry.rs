@@ -1,6 +1,6 @@
 //! Keeps the bench's sites and the server's namespaces equal to the sites on disk: from
 //! Frappe 15 on, each site gets a namespace registered as the site appears and removed as it
-//! goes (spec §3.1); a CONNECT to any other name gets the layer's own `Invalid namespace`,
+//! goes (protocol §3.1); a CONNECT to any other name gets the layer's own `Invalid namespace`,
 //! allocating nothing. The root namespace `/`, where Frappe 13 and 14 and non-browser clients
 //! connect, is registered once by the server; the [`SiteTable`] tells its handshakes which
 //! sites exist.

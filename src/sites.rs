@@ -1,4 +1,4 @@
-//! The bench's sites: which exist and what each allows (spec §3.1). A site exists when
+//! The bench's sites: which exist and what each allows (protocol §3.1). A site exists when
 //! `sites/<site>/site_config.json` exists. [`crate::site_registry`] keeps the [`SiteTable`]
 //! current and serves each site's namespace.
 

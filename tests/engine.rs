@@ -1,5 +1,5 @@
 //! Our Engine.IO server over loopback, for what the official engine.io-protocol suite
-//! (tests/e2e/protocol-suites.test.mjs) does not cover: Engine.IO 3, the numeric error codes,
+//! (tests/e2e/protocol/2-protocol-suites.test.mjs) does not cover: Engine.IO 3, the numeric error codes,
 //! and slow consumers on both transports. Every wait is bounded.
 
 use std::net::SocketAddr;

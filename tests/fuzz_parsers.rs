@@ -46,7 +46,7 @@ const EVENT_ARGS_BYTES_CASES: u32 = 10_000;
 // 1. bridge::parse
 // ---------------------------------------------------------------------------------------------
 
-/// What `parse` must answer for an object, following spec §6 and Frappe's `if (data.room)`.
+/// What `parse` must answer for an object, following protocol §6 and Frappe's `if (data.room)`.
 fn expected_parse(object: &Map<String, Value>) -> Result<Publication, Malformed> {
     let event = match object.get("event") {
         Some(Value::String(event)) if !event.is_empty() => event.clone(),
@@ -229,7 +229,7 @@ proptest! {
 proptest! {
     #![proptest_config(config(PARSE_JSON_CASES))]
 
-    /// Any JSON value never panics the parser; for objects the answer is the one spec §6
+    /// Any JSON value never panics the parser; for objects the answer is the one protocol §6
     /// gives (checked against an independent model), for anything else `NotAnObject`.
     #[test]
     fn parse_follows_the_spec_on_any_json(value in prop_oneof![
@@ -619,7 +619,7 @@ fn check_one(
             );
         }
         Err(refusal) => {
-            // The first failing check, in spec §3.3's order.
+            // The first failing check, in protocol §3.3's order.
             let expected = if !site_ok {
                 Some(Rejection::InvalidNamespace)
             } else if !origin_ok {
@@ -661,7 +661,7 @@ proptest! {
     #![proptest_config(config(HANDSHAKE_CASES))]
 
     /// Any Host, Origin, Cookie, Authorization and X-Frappe-Site-Name never panic
-    /// `resolve_site` or `check`; what `check` answers is what spec §3.3 says.
+    /// `resolve_site` or `check`; what `check` answers is what protocol §3.3 says.
     #[test]
     fn handshake_checks_hold(case in handshake_case()) {
         let headers = case.headers();
@@ -790,7 +790,7 @@ proptest! {
 // 4. Config::load_with_env
 // ---------------------------------------------------------------------------------------------
 
-/// The keys the service reads (spec §1.2), which the generator sets mostly to values the
+/// The keys the service reads (protocol §1.2), which the generator sets mostly to values the
 /// service accepts.
 const CONFIG_KEYS: &[&str] = &[
     "socketio_port",
@@ -853,7 +853,7 @@ fn config_value() -> impl Strategy<Value = Value> {
     ]
 }
 
-/// A value the service accepts for `key` (spec §1.2).
+/// A value the service accepts for `key` (protocol §1.2).
 fn valid_value(key: &str) -> BoxedStrategy<Value> {
     let port = || {
         prop_oneof![

@@ -1,5 +1,5 @@
 //! A throwaway bench directory laid out as `bench init` + `bench new-site` leave it, holding
-//! only what a realtime service reads (spec §1): `sites/common_site_config.json`, one site, and
+//! only what a realtime service reads (protocol §1): `sites/common_site_config.json`, one site, and
 //! `apps/frappe/frappe/__init__.py` for the Frappe version. Removed when dropped, unless kept
 //! (with the server's, redis-server's and the web stand-in's logs in `logs/`) to read later.
 

@@ -1,6 +1,6 @@
 //! Just enough of Engine.IO 4 / Socket.IO 5 over a raw websocket to be one of Frappe's browser
 //! tabs: open `/socket.io/?EIO=4&transport=websocket` with the headers bench's nginx passes
-//! (spec §3.2, §9.2), join the site's namespace, answer pings, and read events.
+//! (protocol §3.2, §9.2), join the site's namespace, answer pings, and read events.
 //!
 //! Written by hand rather than with a Socket.IO client library so that one core can drive
 //! tens of thousands of connections: a frame is classified by its first bytes and an event's

@@ -1,5 +1,5 @@
 //! A stand-in for the Frappe site's web server: it answers
-//! `/api/method/frappe.realtime.get_user_info` as spec §4 says Frappe does, instantly, and
+//! `/api/method/frappe.realtime.get_user_info` as protocol §4 says Frappe does, instantly, and
 //! counts the calls and the distinct credentials they carry — the reconnect-storm figure.
 //!
 //! Frappe 15 gets the sid as `?sid=`; Frappe 16 as `Cookie: sid=` with `X-Frappe-Socket-Secret`,
@@ -212,7 +212,7 @@ async fn counts(State(state): State<Arc<StandInState>>) -> Json<AuthCounts> {
     Json(state.take_counts())
 }
 
-/// The credential of a call as this Frappe version carries it: `Authorization` first (spec
+/// The credential of a call as this Frappe version carries it: `Authorization` first (protocol
 /// §4.1), then the sid from the query (15) or the cookie (16; the query is accepted too, as
 /// Frappe does).
 fn credential(query: &HashMap<String, String>, headers: &HeaderMap) -> Option<String> {
@@ -262,7 +262,7 @@ async fn get_user_info(
     let (user, user_type) = match user {
         Some(k) => (Identities::user(k), "System User"),
         None => {
-            // Frappe resolves an unknown or expired sid as Guest (spec §4.5).
+            // Frappe resolves an unknown or expired sid as Guest (protocol §4.5).
             state.unknown.fetch_add(1, Ordering::Relaxed);
             ("Guest".to_owned(), "Website User")
         }

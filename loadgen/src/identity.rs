@@ -40,7 +40,7 @@ impl Identities {
         format!("user{k}@example.com")
     }
 
-    /// Frappe's room of user `k` (spec §5.4).
+    /// Frappe's room of user `k` (protocol §5.4).
     pub fn user_room(k: usize) -> String {
         format!("user:{}", Self::user(k))
     }

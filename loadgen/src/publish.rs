@@ -1,5 +1,5 @@
 //! Publishing as `frappe.publish_realtime` does: JSON on the Redis channel `events` of
-//! `redis_queue`, serialised like `frappe.as_json` (indent 1, sorted keys; spec §6.1).
+//! `redis_queue`, serialised like `frappe.as_json` (indent 1, sorted keys; protocol §6.1).
 
 use std::fmt::Write as _;
 

@@ -20,7 +20,7 @@ use crate::publish::Publisher;
 use crate::recorder::{Clock, Recorder};
 use crate::system::{Usage, tree_usage};
 
-/// Frappe 16's shared secret key in `redis_queue` (spec §4.4).
+/// Frappe 16's shared secret key in `redis_queue` (protocol §4.4).
 const SECRET_KEY: &str = "socketio_auth_secret";
 
 pub struct Stack {

@@ -1,5 +1,5 @@
 // A small stand-in for a Frappe web server: it answers the endpoints the realtime service
-// calls exactly as the spec (shared/spec/frappe-realtime.md §4, §5.2) says Frappe does, for
+// calls exactly as docs/protocol.md (§4, §5.2) says Frappe does, for
 // Frappe 13 to 16, with sessions, API tokens, a permission table, and fault injection.
 import http from "node:http";
 import crypto from "node:crypto";

@@ -46,7 +46,7 @@ pub fn pick(items: &'static [&'static str]) -> impl Strategy<Value = String> + C
     select(items).prop_map(str::to_owned)
 }
 
-/// Event names Socket.IO reserves (spec §6).
+/// Event names Socket.IO reserves (protocol §6).
 pub const RESERVED: &[&str] = &bridge::RESERVED_EVENTS;
 
 /// Any string: empty, reserved event names, the keys of a publication, plain ASCII, and

@@ -10,10 +10,15 @@ import { fileURLToPath } from "node:url";
 import { io } from "socket.io-client";
 import { createClient } from "redis";
 import { FakeFrappe } from "./fake-frappe.mjs";
+import {
+  SITES, ALICE, ALICE_SID, BOB, BOB_SID, CAROL, CAROL_SID, DAVE, DAVE_TOKEN,
+} from "./fixtures.mjs";
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
+export * from "./fixtures.mjs";
+
+/** The repository's root directory. */
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "../..");
 export const BINARY = path.resolve(process.env.FRAPPE_REALTIME_BIN ?? path.join(ROOT, "target/debug/frappe-realtime"));
-export const SITES = ["site1.local", "site2.local"];
 
 export async function freePort() {
   const server = net.createServer();
@@ -177,8 +182,8 @@ export class Server {
 
 /**
  * Everything a test needs: redis, fake Frappe with sites and users, a bench, the server.
- * Users on every site: alice (System User, sid "sid-alice"), bob (System User, "sid-bob"),
- * carol (Website User, "sid-carol"), and an API token for dave.
+ * Users on every site (fixtures.mjs): ALICE and BOB (System Users, ALICE_SID and BOB_SID),
+ * CAROL (Website User, CAROL_SID), and DAVE, who has only an API token (DAVE_TOKEN).
  * `common` is extra common_site_config, or a function of the fake Frappe returning it (for
  * keys that need its URL or port); `serverArgs` replace the server's arguments. What was
  * started is stopped again if a later step fails.
@@ -193,14 +198,14 @@ export async function startStack({ version = 16, sites = SITES, common = {}, env
     started.push(() => frappe.close());
     for (const site of sites) {
       frappe.addSite(site, { installedApps: ["frappe", "erpnext", ...installedApps(site)] });
-      frappe.addSession(site, "sid-alice", "alice@example.com");
-      frappe.addSession(site, "sid-bob", "bob@example.com");
-      frappe.addSession(site, "sid-carol", "carol@example.com", "Website User");
-      frappe.addToken(site, "token key-dave:secret-dave", "dave@example.com");
+      frappe.addSession(site, ALICE_SID, ALICE);
+      frappe.addSession(site, BOB_SID, BOB);
+      frappe.addSession(site, CAROL_SID, CAROL, "Website User");
+      frappe.addToken(site, DAVE_TOKEN, DAVE);
     }
     const port = await freePort();
     const extra = typeof common === "function" ? common(frappe) : common;
-    // Frappe 13 and 14 read their events from redis_socketio (spec §1.2).
+    // Frappe 13 and 14 read their events from redis_socketio (protocol §1.2).
     const eventsKey = version <= 14 ? "redis_socketio" : "redis_queue";
     const bench = makeBench({ sites, version, apps, common: { socketio_port: port, [eventsKey]: redis.url, ...extra } });
     started.push(async () => fs.rmSync(bench, { recursive: true, force: true }));
@@ -267,9 +272,16 @@ export class Stack {
     if (auth !== undefined) options.auth = auth;
     if (reconnectionDelay !== undefined) options.reconnectionDelay = reconnectionDelay;
     if (reconnectionDelayMax !== undefined) options.reconnectionDelayMax = reconnectionDelayMax;
-    const socket = client(`http://127.0.0.1:${port}${namespace ?? `/${site}`}`, options);
+    return this.track(client(`http://127.0.0.1:${port}${namespace ?? `/${site}`}`, options));
+  }
+
+  /**
+   * Record what `socket` (made by any client) receives in `socket.received`, as `{event, args}`
+   * (not with socket.io-client 2.x, which has no `onAny`), and disconnect it in `stop()`.
+   */
+  track(socket) {
     socket.received = [];
-    socket.onAny((event, ...args) => socket.received.push({ event, args }));
+    socket.onAny?.((event, ...args) => socket.received.push({ event, args }));
     this.sockets.push(socket);
     return socket;
   }
@@ -351,8 +363,21 @@ export function nextEvent(socket, event, timeoutMs = 5000) {
   });
 }
 
+/** The arguments of every `event` `socket` received. */
 export function received(socket, event) {
   return socket.received.filter((r) => r.event === event).map((r) => r.args);
+}
+
+/** The first argument (the payload) of every `event` `socket` received. */
+export function payloads(socket, event) {
+  return received(socket, event).map((args) => args[0]);
+}
+
+/** The reason of every disconnect of `socket` from now on (to prove it stayed connected). */
+export function trackDisconnects(socket) {
+  const reasons = [];
+  socket.on("disconnect", (reason) => reasons.push(reason));
+  return reasons;
 }
 
 /** Frappe's `frappe.as_json`, which `publish_realtime` publishes with: indent 1, sorted keys, ASCII only (`\u00e9`). */
