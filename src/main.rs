@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use frappe_realtime::app_handlers::AppHandlers;
 use frappe_realtime::config::{Config, Overrides};
+use frappe_realtime::engine::UpstreamSlot;
 use frappe_realtime::handlers::frappe_events;
 use frappe_realtime::reload;
 use frappe_realtime::server::Options;
@@ -34,11 +35,32 @@ struct Cli {
     /// Log lines as human-readable text or as JSON objects.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Behind an nginx upstream with `hash $arg_sid` and several instances: this instance is
+    /// server line I of N (from 1), e.g. `2/3`, so its long-polling sessions come back to it.
+    /// Each instance listens on its own port (FRAPPE_SOCKETIO_PORT).
+    #[arg(long, value_parser = parse_upstream_server, value_name = "I/N")]
+    upstream_server: Option<UpstreamSlot>,
     /// Check the bench's configuration and the apps' handler files, print the effective
     /// configuration with where each key came from (secrets masked), and exit: 0 when all is
     /// well, 2 naming the file and key (or line) at fault. As `nginx -t`.
     #[arg(long)]
     check_config: bool,
+}
+
+/// `I/N`: server line I (from 1) of N.
+fn parse_upstream_server(value: &str) -> Result<UpstreamSlot, String> {
+    let (line, lines) = value
+        .split_once('/')
+        .ok_or("expected I/N, e.g. 2/3: server line I of N")?;
+    let line: usize = line.trim().parse().map_err(|_| "I is not a number")?;
+    let count: usize = lines.trim().parse().map_err(|_| "N is not a number")?;
+    if line == 0 || line > count {
+        return Err(format!("I must be between 1 and N ({count})"));
+    }
+    Ok(UpstreamSlot {
+        index: line - 1,
+        count,
+    })
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -92,6 +114,7 @@ fn main() -> ExitCode {
         metrics_addr: cli.metrics_addr,
         no_metrics: cli.no_metrics,
         overrides,
+        upstream_slot: cli.upstream_server,
     };
     let result = runtime.block_on(frappe_realtime::server::run(
         config,

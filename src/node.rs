@@ -25,7 +25,7 @@ use crate::bridge::{self, Subscription};
 use crate::client_bundle::{self, ClientBundle};
 use crate::config::{Config, Overrides, RecoveryStore};
 use crate::connection::Peer;
-use crate::engine::{EngineConfig, EngineService};
+use crate::engine::{EngineConfig, EngineService, UpstreamSlot};
 use crate::handlers::{Frappe, frappe_events};
 use crate::handshake;
 use crate::metrics::Metrics;
@@ -58,6 +58,8 @@ pub struct NodeOptions {
     pub overrides: Overrides,
     /// Also serve the operators' endpoints here.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// This instance's `server` line behind an nginx `hash $arg_sid` upstream.
+    pub upstream_slot: Option<UpstreamSlot>,
 }
 
 /// The running service; see the module's documentation.
@@ -150,7 +152,8 @@ impl Node {
             tracing::info!("metrics and health on http://{address}/metrics");
             tasks.spawn(serve_ops(listener, ops.clone()));
         }
-        let http = http_service(&service.io, engine_config(&config), ops, client_bundle);
+        let engine = engine_config(&config, options.upstream_slot);
+        let http = http_service(&service.io, engine, ops, client_bundle);
         Ok(Self {
             service,
             tasks,
@@ -256,7 +259,7 @@ async fn serve_ops(listener: tokio::net::TcpListener, ops: Router) {
 /// The engine's settings: Node's defaults where Frappe's clients rely on them, and the
 /// bench's slow-consumer bounds (read once: they apply from the start, see
 /// `reload::RESTART_KEYS`).
-fn engine_config(config: &Config) -> EngineConfig {
+fn engine_config(config: &Config, upstream_slot: Option<UpstreamSlot>) -> EngineConfig {
     EngineConfig {
         max_payload: MAX_PAYLOAD,
         ws_read_buffer: WS_READ_BUFFER,
@@ -266,6 +269,7 @@ fn engine_config(config: &Config) -> EngineConfig {
         // Frappe 13's socket.io-client 2.x is refused for now (README, "Frappe 13").
         allow_eio3: false,
         session_headers: handshake::SESSION_HEADERS.to_vec(),
+        upstream_slot,
         ..EngineConfig::default()
     }
 }
@@ -332,6 +336,7 @@ mod tests {
             no_metrics: true,
             overrides: Overrides::default(),
             metrics_addr: Some(metrics_addr),
+            upstream_slot: None,
         };
         Node::start(config, options).await.expect("a node")
     }

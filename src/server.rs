@@ -10,6 +10,7 @@ use axum::serve::{IncomingStream, Listener};
 
 use crate::config::{Config, Listen, Overrides};
 use crate::connection::Peer;
+use crate::engine::UpstreamSlot;
 use crate::node::{Node, NodeOptions};
 
 /// How the process is run, beyond the bench's configuration (command-line flags).
@@ -23,6 +24,8 @@ pub struct Options {
     pub no_metrics: bool,
     /// Command-line overrides of the configuration, re-applied when it is reloaded.
     pub overrides: Overrides,
+    /// This instance's `server` line behind an nginx `hash $arg_sid` upstream.
+    pub upstream_slot: Option<UpstreamSlot>,
 }
 
 /// Serve until `shutdown` resolves: start a [`Node`], put it behind the bench's listener,
@@ -39,6 +42,7 @@ pub async fn run(
             no_metrics: options.no_metrics,
             overrides: options.overrides,
             metrics_addr: options.metrics_addr,
+            upstream_slot: options.upstream_slot,
         },
     )
     .await?;

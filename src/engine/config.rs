@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use http::HeaderName;
 
+use super::sticky::UpstreamSlot;
+
 /// The settings of an [`EngineService`](super::EngineService). `Default` is what the product
 /// serves (Node's defaults where Frappe's clients rely on them).
 #[derive(Debug, Clone)]
@@ -46,6 +48,9 @@ pub struct EngineConfig {
     /// [`Session::request`](super::Session::request)); every other header is dropped, because
     /// a parsed request head pins the HTTP connection's whole read buffer.
     pub session_headers: Vec<HeaderName>,
+    /// Behind an nginx `upstream` with `hash $arg_sid` and several instances: this one's
+    /// `server` line, so its session ids hash back to it (see [`UpstreamSlot`]).
+    pub upstream_slot: Option<UpstreamSlot>,
 }
 
 impl Default for EngineConfig {
@@ -62,6 +67,7 @@ impl Default for EngineConfig {
             stall_timeout: Duration::from_secs(10),
             allow_eio3: true,
             session_headers: Vec::new(),
+            upstream_slot: None,
         }
     }
 }

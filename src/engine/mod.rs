@@ -42,6 +42,7 @@ mod payload;
 mod polling;
 mod request;
 mod session;
+mod sticky;
 mod upgrade;
 mod websocket;
 
@@ -60,6 +61,7 @@ use tower::Service;
 pub use config::EngineConfig;
 pub use engineioxide_core::{ProtocolVersion, Sid, Str, TransportType};
 pub use session::{CloseReason, SendError, SendErrorKind, Session, SlowReason};
+pub use sticky::UpstreamSlot;
 
 use heartbeat::{Heartbeat, Timing};
 use request::RequestError;
@@ -115,7 +117,12 @@ impl<H: EngineHandler> Core<H> {
             packets: self.config.max_queued_packets,
             bytes: self.config.max_queued_bytes,
         };
+        let id = match self.config.upstream_slot {
+            Some(slot) => slot.new_sid(),
+            None => Sid::new(),
+        };
         Arc::new(Session::new(
+            id,
             protocol,
             H::Data::default(),
             request,

@@ -271,6 +271,7 @@ impl<D> fmt::Debug for Session<D> {
 
 impl<D> Session<D> {
     pub(super) fn new(
+        id: Sid,
         protocol: ProtocolVersion,
         data: D,
         request: Parts,
@@ -283,7 +284,7 @@ impl<D> Session<D> {
             None => TransportType::Websocket,
         };
         Self {
-            id: Sid::new(),
+            id,
             protocol,
             data,
             request,
@@ -509,6 +510,7 @@ mod tests {
     fn session(registry: &Arc<Registry<()>>) -> Arc<Session<()>> {
         let (parts, ()) = http::Request::new(()).into_parts();
         let session = Arc::new(Session::new(
+            Sid::new(),
             ProtocolVersion::V4,
             (),
             parts,

@@ -1,0 +1,153 @@
+// Several instances on one bench and one Redis (README "Several instances", issue 20): the same
+// binary and configuration, each on its own port, each subscribed to Frappe's `events` and
+// delivering to its own sockets.
+//
+// (1) Exactly once per client: three instances, clients of two sites spread over them on both
+//     transports; user, doc, doctype, task and all-sites events each reach every socket meant
+//     for it exactly once, whichever instance it is on, and no other.
+// (2) Through bench's real nginx, its upstream block replaced by nginx/socketio-upstream.conf's
+//     with the three instances, sticky by session id (`hash $arg_sid`, instances run with
+//     `--upstream-server I/N`) and by client address (`ip_hash`): websocket, long-polling
+//     (every poll of a session reaches its instance, or the session would be unknown) and
+//     polling upgraded to websocket, with events all along.
+//
+// Every wait is bounded; everything listens on loopback; processes are stopped by PID.
+import { describe, test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { connected, waitFor, SITES, ALICE, ALICE_SID, BOB, BOB_SID, userRoom } from "../../support/harness.mjs";
+import { NGINX } from "../../support/bench-nginx.mjs";
+import { Cluster } from "../../support/cluster.mjs";
+
+const [SITE1, SITE2] = SITES;
+const received = (socket, event, tag) =>
+  socket.received.filter((r) => r.event === event && r.args[0]?.tag === tag).length;
+
+describe("three instances on one Redis", () => {
+  let cluster;
+  const sockets = {};
+
+  before(async () => {
+    cluster = await Cluster.start({ count: 3 });
+    const [a, b, c] = cluster.instances;
+    cluster.instances[0].frappe.allow(SITE1, ALICE, "ToDo", "T1");
+    cluster.instances[0].frappe.allow(SITE1, BOB, "ToDo", "T1");
+    cluster.instances[0].frappe.allow(SITE1, BOB, "ToDo");
+    // Alice on every instance of site1 (both transports) and on site2; Bob on two instances.
+    sockets.alice0 = await a.connect({ site: SITE1, sid: ALICE_SID, transports: ["websocket"] });
+    sockets.alice1 = await b.connect({ site: SITE1, sid: ALICE_SID, transports: ["polling"] });
+    sockets.alice2 = await c.connect({ site: SITE1, sid: ALICE_SID, transports: ["websocket"] });
+    sockets.bob1 = await b.connect({ site: SITE1, sid: BOB_SID, transports: ["websocket"] });
+    sockets.bob2 = await c.connect({ site: SITE1, sid: BOB_SID, transports: ["polling"] });
+    sockets.aliceSite2 = await a.connect({ site: SITE2, sid: ALICE_SID, transports: ["websocket"] });
+    // Subscriptions on different instances; each is in place once a probe gets through.
+    sockets.alice0.emit("doc_subscribe", "ToDo", "T1");
+    sockets.bob1.emit("doc_subscribe", "ToDo", "T1");
+    sockets.bob2.emit("doctype_subscribe", "ToDo");
+    sockets.alice2.emit("task_subscribe", "task-1");
+    await a.publishUntilReceived(sockets.alice0, "doc:ToDo/T1");
+    await a.publishUntilReceived(sockets.bob1, "doc:ToDo/T1");
+    await a.publishUntilReceived(sockets.bob2, "doctype:ToDo");
+    await a.publishUntilReceived(sockets.alice2, "task_progress:task-1");
+  });
+  after(async () => { await cluster?.stop(); });
+
+  test("every event reaches each socket meant for it exactly once, on whichever instance", async () => {
+    const publisher = cluster.instances[1];
+    await publisher.publish("note", { tag: "user" }, { room: userRoom(ALICE) });
+    await publisher.publish("note", { tag: "doc" }, { room: "doc:ToDo/T1" });
+    await publisher.publish("note", { tag: "doctype" }, { room: "doctype:ToDo" });
+    await publisher.publish("note", { tag: "task" }, { room: "task_progress:task-1" });
+    await publisher.publish("note", { tag: "all-sites" }, { site: SITE1 });
+    // The bridge delivers in order: once each socket has its last event, it has all before it.
+    const all = Object.values(sockets);
+    await waitFor(() => all.every((s) => received(s, "note", "all-sites") >= 1),
+      { what: "the all-sites event on every socket" });
+    const expected = {
+      alice0: { user: 1, doc: 1, doctype: 0, task: 0, "all-sites": 1 },
+      alice1: { user: 1, doc: 0, doctype: 0, task: 0, "all-sites": 1 },
+      alice2: { user: 1, doc: 0, doctype: 0, task: 1, "all-sites": 1 },
+      bob1: { user: 0, doc: 1, doctype: 0, task: 0, "all-sites": 1 },
+      bob2: { user: 0, doc: 0, doctype: 1, task: 0, "all-sites": 1 },
+      aliceSite2: { user: 0, doc: 0, doctype: 0, task: 0, "all-sites": 1 },
+    };
+    const got = Object.fromEntries(Object.entries(sockets).map(([name, socket]) =>
+      [name, Object.fromEntries(Object.keys(expected.alice0).map((tag) => [tag, received(socket, "note", tag)]))]));
+    assert.deepEqual(got, expected);
+  });
+
+  test("each instance serves its own sockets: the status of each counts only them", async () => {
+    const counts = await Promise.all(cluster.instances.map(async (stack) => {
+      const status = await (await fetch(`http://127.0.0.1:${stack.port}/status.json`)).json();
+      return status.sites.reduce((sum, site) => sum + site.sockets.websocket + site.sockets.polling, 0);
+    }));
+    assert.deepEqual(counts, [2, 2, 2]);
+  });
+});
+
+describe("three instances behind bench's nginx", { skip: !NGINX && "nginx is not installed" }, () => {
+  for (const sticky of ["sid", "address"]) {
+    describe(`sticky by ${sticky === "sid" ? "session id (hash $arg_sid)" : "client address (ip_hash)"}`, () => {
+      let cluster;
+      let dir;
+      before(async () => {
+        dir = fs.mkdtempSync(path.join(os.tmpdir(), "scale-out-"));
+        // Clients through nginx carry the Origin nginx makes up: the site is called back here.
+        cluster = await Cluster.start({ count: 3, common: (frappe) => ({ realtime_callback_url: frappe.url }) });
+        await cluster.startNginx({ site: SITE1, sticky, dir });
+      });
+      after(async () => {
+        await cluster?.stop();
+        fs.rmSync(dir, { recursive: true, force: true });
+      });
+
+      /** A client through nginx, as the Desk opens it (nginx names the site). */
+      const viaNginx = (transports) => cluster.instances[0].socket({
+        site: SITE1, sid: ALICE_SID, transports, port: cluster.nginx.port, siteHeader: false,
+        origin: `http://127.0.0.1:${cluster.nginx.port}`,
+      });
+
+      /** Publish `count` events to Alice's room, one at a time, each awaited on `socket`. */
+      async function stream(socket, tag, count) {
+        for (let i = 0; i < count; i += 1) {
+          await cluster.instances[0].publish("note", { tag, i }, { room: userRoom(ALICE) });
+          await waitFor(() => received(socket, "note", tag) > i, { what: `${tag} event ${i}` });
+        }
+        assert.equal(received(socket, "note", tag), count, "each exactly once");
+        assert.ok(socket.connected, "the session was never lost");
+      }
+
+      test("websocket", async () => {
+        const socket = await connected(viaNginx(["websocket"]));
+        await stream(socket, `ws-${sticky}`, 5);
+        socket.disconnect();
+      });
+
+      test("long-polling: every poll of a session reaches the instance that holds it", async () => {
+        const clients = [];
+        for (let i = 0; i < 6; i += 1) clients.push(await connected(viaNginx(["polling"])));
+        for (const [i, socket] of clients.entries()) await stream(socket, `poll-${sticky}-${i}`, 4);
+        const perInstance = await Promise.all(cluster.instances.map(async (stack) => {
+          const status = await (await fetch(`http://127.0.0.1:${stack.port}/status.json`)).json();
+          return status.sites.find((s) => s.site === SITE1).sockets.polling;
+        }));
+        assert.equal(perInstance.reduce((a, b) => a + b, 0), 6, `polling sockets per instance: ${perInstance}`);
+        if (sticky === "sid") {
+          // Handshakes carry no sid yet, so nginx spreads them round-robin.
+          assert.ok(perInstance.filter((n) => n > 0).length >= 2, `spread: ${perInstance}`);
+        }
+        for (const socket of clients) socket.disconnect();
+      });
+
+      test("polling upgraded to websocket, with events all along", async () => {
+        const socket = await connected(viaNginx(["polling", "websocket"]));
+        await stream(socket, `upgrade-before-${sticky}`, 2);
+        await waitFor(() => socket.io.engine.transport.name === "websocket", { timeoutMs: 8000, what: "the upgrade" });
+        await stream(socket, `upgrade-after-${sticky}`, 3);
+        socket.disconnect();
+      });
+    });
+  }
+});
