@@ -152,6 +152,8 @@ pub struct Config {
     pub recovery: Option<RecoveryConfig>,
     /// `realtime_recovery_store`: where recovery keeps its log and sessions.
     pub recovery_store: RecoveryStore,
+    /// `realtime_presence_store`: where who views a document is kept (Frappe 15 on).
+    pub presence_store: PresenceStore,
     /// Last state on subscribe (`None`: off). From `realtime_last_state_seconds` (0 turns it
     /// off), `…_rooms` (room name prefixes), `…_events`, `…_max_entries`, `…_max_bytes`.
     pub last_state: Option<LastStateConfig>,
@@ -164,6 +166,16 @@ pub enum RecoveryStore {
     #[default]
     Memory,
     /// Also the bench's `redis_queue`: sessions and the log outlive a restart.
+    Redis,
+}
+
+/// Where `doc_viewers` presence is kept.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PresenceStore {
+    /// This process's rooms: one instance sees its own viewers.
+    #[default]
+    Memory,
+    /// The bench's `redis_queue`: every instance on it sees every viewer (Frappe 15 on).
     Redis,
 }
 
@@ -609,6 +621,13 @@ impl Config {
                 .typed("realtime_recovery_store", |value| match value.as_str() {
                     Some("memory") => Ok(RecoveryStore::Memory),
                     Some("redis") => Ok(RecoveryStore::Redis),
+                    _ => Err("must be \"memory\" or \"redis\"".to_owned()),
+                })?
+                .unwrap_or_default(),
+            presence_store: layered
+                .typed("realtime_presence_store", |value| match value.as_str() {
+                    Some("memory") => Ok(PresenceStore::Memory),
+                    Some("redis") => Ok(PresenceStore::Redis),
                     _ => Err("must be \"memory\" or \"redis\"".to_owned()),
                 })?
                 .unwrap_or_default(),

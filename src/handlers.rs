@@ -22,6 +22,7 @@ use crate::disconnect::DisconnectCause;
 use crate::limits::Verdict;
 use crate::metrics;
 use crate::presence::Announcer;
+use crate::presence_redis::{Move, RedisPresence};
 use crate::rooms;
 use crate::sessions::transport_label;
 use crate::socketio::{
@@ -40,11 +41,23 @@ pub struct Frappe {
     app: Arc<App>,
     io: Io,
     admission: Arc<Admission>,
+    /// Presence shared with other instances, if kept on Redis.
+    presence: Option<Arc<RedisPresence>>,
 }
 
 impl Frappe {
-    pub fn new(app: Arc<App>, io: Io, admission: Arc<Admission>) -> Arc<Self> {
-        Arc::new(Self { app, io, admission })
+    pub fn new(
+        app: Arc<App>,
+        io: Io,
+        admission: Arc<Admission>,
+        presence: Option<Arc<RedisPresence>>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            app,
+            io,
+            admission,
+            presence,
+        })
     }
 }
 
@@ -122,7 +135,7 @@ impl NamespaceHandler for Frappe {
         let here = self.here(socket, client);
         let presence = here.presence();
         for (doctype, docname) in client.take_open() {
-            presence.viewers(&doctype, &docname);
+            presence.viewers(&doctype, &docname, Move::Left);
         }
         let session = &client.session;
         let reason = DisconnectCause::of(reason, client.cause()).label();
@@ -188,7 +201,7 @@ impl Frappe {
         let here = self.here(socket, client);
         let presence = here.presence();
         for (doctype, docname) in client.open() {
-            presence.viewers(&doctype, &docname);
+            presence.viewers(&doctype, &docname, Move::Opened);
         }
     }
 
@@ -198,6 +211,7 @@ impl Frappe {
             io: &self.io,
             app: &self.app,
             client,
+            shared_presence: self.presence.as_deref(),
         }
     }
 }
@@ -266,6 +280,7 @@ struct Here<'a> {
     io: &'a Io,
     app: &'a App,
     client: &'a ClientState,
+    shared_presence: Option<&'a RedisPresence>,
 }
 
 impl Here<'_> {
@@ -335,7 +350,9 @@ impl Here<'_> {
         Announcer {
             io: self.io,
             me: self.client,
+            socket: self.socket.id(),
             version: self.app.settings().config.frappe_version,
+            shared: self.shared_presence,
         }
     }
 
@@ -397,7 +414,7 @@ impl Here<'_> {
         }
         self.client.remember_open(&doctype, &docname);
         let presence = self.presence();
-        presence.viewers(&doctype, &docname);
+        presence.viewers(&doctype, &docname, Move::Opened);
         if presence.has_typing_indicators() {
             presence.typers(&doctype, &docname);
         }
@@ -409,7 +426,7 @@ impl Here<'_> {
         };
         self.leave(rooms::open_doc(&doctype, &docname));
         self.client.forget_open(&doctype, &docname);
-        self.presence().viewers(&doctype, &docname);
+        self.presence().viewers(&doctype, &docname, Move::Left);
     }
 
     /// `doc_typing` / `doc_typing_stopped` (Frappe 13 and 14; later versions ignore them):

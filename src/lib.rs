@@ -56,6 +56,8 @@ mod node;
 mod ops;
 /// Who-is-viewing presence, and the users in a room.
 mod presence;
+/// `doc_viewers` across instances: presence kept on Redis.
+mod presence_redis;
 /// Commands on `redis_queue` besides the subscription (the socket secret, publishing).
 mod queue_redis;
 /// Which connects are reconnects, for the metrics.

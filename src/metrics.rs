@@ -44,6 +44,7 @@ pub const RECOVERY_LOG_EVENTS: &str = "frappe_realtime_recovery_log_events";
 pub const RECOVERY_LOG_BYTES: &str = "frappe_realtime_recovery_log_bytes";
 pub const RECOVERY_SESSIONS_KEPT: &str = "frappe_realtime_recovery_sessions_kept";
 pub const RECOVERY_STORE_LOST: &str = "frappe_realtime_recovery_store_writes_lost_total";
+pub const PRESENCE_WRITES_LOST: &str = "frappe_realtime_presence_writes_lost_total";
 pub const LAST_STATE_ENTRIES: &str = "frappe_realtime_last_state_entries";
 pub const LAST_STATE_BYTES: &str = "frappe_realtime_last_state_bytes";
 pub const APP_HANDLER_FILES_REJECTED: &str = "frappe_realtime_app_handler_files_rejected_total";
@@ -274,6 +275,10 @@ fn describe() {
     describe_counter!(
         RECOVERY_STORE_LOST,
         "Writes to the Redis recovery store that were lost, by reason (queue_full, redis_error)"
+    );
+    describe_counter!(
+        PRESENCE_WRITES_LOST,
+        "Presence changes that did not reach the Redis presence store (a full queue, a Redis error)"
     );
     describe_gauge!(
         LAST_STATE_ENTRIES,

@@ -23,13 +23,14 @@ use crate::app_handlers::AppHandlers;
 use crate::audience;
 use crate::bridge::{self, Subscription};
 use crate::client_bundle::{self, ClientBundle};
-use crate::config::{Config, Overrides, RecoveryStore};
+use crate::config::{Config, Overrides, PresenceStore, RecoveryStore};
 use crate::connection::Peer;
 use crate::engine::{EngineConfig, EngineService, UpstreamSlot};
 use crate::handlers::{Frappe, frappe_events};
 use crate::handshake;
 use crate::metrics::Metrics;
 use crate::ops;
+use crate::presence_redis::RedisPresence;
 use crate::recovery_store::{self, RedisStore};
 use crate::service::{Service, connect_timeout};
 use crate::sessions::Sessions;
@@ -69,6 +70,8 @@ pub struct Node {
     tasks: JoinSet<()>,
     /// Recovery's Redis store and its writer task, flushed at shutdown.
     redis_store: Option<(Arc<RedisStore>, JoinHandle<()>)>,
+    /// Presence shared with other instances, which are told at shutdown this one is gone.
+    presence: Option<Arc<RedisPresence>>,
     http: Router,
 }
 
@@ -106,10 +109,22 @@ impl Node {
             admission: Arc::new(Admission::default()),
             subscription: Subscription::default(),
         };
+        let mut tasks = JoinSet::new();
+        let presence = match config.presence_store {
+            PresenceStore::Redis => {
+                let (presence, writer, heartbeat) =
+                    RedisPresence::start(service.app.redis.connection());
+                tasks.spawn(writer);
+                tasks.spawn(heartbeat);
+                Some(presence)
+            }
+            PresenceStore::Memory => None,
+        };
         let frappe = Frappe::new(
             service.app.clone(),
             service.io.clone(),
             service.admission.clone(),
+            presence.clone(),
         );
         // The root namespace: Frappe 13 and 14's only one, and where non-browser clients
         // connect on any version; its handshakes name the site.
@@ -136,7 +151,6 @@ impl Node {
             service: service.clone(),
             metrics,
         }));
-        let mut tasks = JoinSet::new();
         tasks.spawn(registry.watch());
         tasks.spawn(bridge::run(
             service.io.clone(),
@@ -158,6 +172,7 @@ impl Node {
             service,
             tasks,
             redis_store,
+            presence,
             http,
         })
     }
@@ -177,6 +192,9 @@ impl Node {
         self.tasks.shutdown().await;
         if let Some((store, writer)) = self.redis_store.take() {
             store.flush_at_shutdown(&self.service.io, writer).await;
+        }
+        if let Some(presence) = &self.presence {
+            presence.leave(self.service.app.redis.connection()).await;
         }
     }
 }

@@ -8,8 +8,9 @@ use serde::Serialize;
 use crate::audience;
 use crate::client::ClientState;
 use crate::config::FrappeVersion;
+use crate::presence_redis::{Move, RedisPresence};
 use crate::rooms;
-use crate::socketio::Io;
+use crate::socketio::{Io, Sid};
 
 /// `doc_viewers` and `doc_typers`: the distinct users in a document's room.
 #[derive(Serialize)]
@@ -26,9 +27,13 @@ struct DocUsers<'a> {
 /// (as in Node), so who is in a room is always who stays.
 pub struct Announcer<'a> {
     pub io: &'a Io,
-    /// The client whose move prompted the announcement.
+    /// The client whose move prompted the announcement, and its socket.
     pub me: &'a ClientState,
+    pub socket: Sid,
     pub version: FrappeVersion,
+    /// Where viewers are kept when several instances share them (Frappe 15 on); `None`:
+    /// this process's rooms.
+    pub shared: Option<&'a RedisPresence>,
 }
 
 impl Announcer<'_> {
@@ -36,11 +41,19 @@ impl Announcer<'_> {
         !self.version.has_site_namespaces()
     }
 
-    /// Send `doc_viewers` with the distinct users viewing a document to everyone viewing it.
+    /// The socket opened (`Move::Opened`, once in the document's room) or left a document:
+    /// send `doc_viewers` with the distinct users viewing it to everyone viewing it.
     ///
     /// From Frappe 15 on, nothing is sent when the only viewer left is the announcing user
     /// (a lone viewer is not told about himself); Frappe 13 and 14 send it anyway.
-    pub fn viewers(&self, doctype: &str, docname: &str) {
+    pub fn viewers(&self, doctype: &str, docname: &str, how: Move) {
+        if let Some(shared) = self.shared
+            && self.version.has_site_namespaces()
+        {
+            let (site, user) = (&self.me.session.site, &self.me.session.user);
+            shared.moved(site, doctype, docname, self.socket, user, how);
+            return;
+        }
         let room = rooms::open_doc(doctype, docname);
         let viewers = self.members(&room);
         if self.version.has_site_namespaces()

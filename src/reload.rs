@@ -17,7 +17,7 @@ pub struct RestartKey {
 }
 
 /// Every key that needs a restart, and why in a word: what was built with it at start.
-pub const RESTART_KEYS: [RestartKey; 13] = [
+pub const RESTART_KEYS: [RestartKey; 14] = [
     // The listener.
     RestartKey {
         name: "socketio_port",
@@ -84,6 +84,12 @@ pub const RESTART_KEYS: [RestartKey; 13] = [
         name: "realtime_recovery_store",
         changed: |new, old| new.recovery_store != old.recovery_store,
         keep: |new, old| new.recovery_store = old.recovery_store,
+    },
+    // Every socket's presence goes to the store chosen at start.
+    RestartKey {
+        name: "realtime_presence_store",
+        changed: |new, old| new.presence_store != old.presence_store,
+        keep: |new, old| new.presence_store = old.presence_store,
     },
     RestartKey {
         name: "realtime_last_state_*",

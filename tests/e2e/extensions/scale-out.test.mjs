@@ -151,3 +151,49 @@ describe("three instances behind bench's nginx", { skip: !NGINX && "nginx is not
     });
   }
 });
+
+describe("doc_viewers across instances (realtime_presence_store: redis)", () => {
+  let cluster;
+  let alice;
+  let bob;
+  const DOC_KEY = `frappe_realtime:presence:doc:${SITE1}:ToDo/T1`;
+  const viewersSeen = (socket) => socket.received.filter((r) => r.event === "doc_viewers").map((r) => r.args[0].users);
+  /** Wait until `socket`'s latest doc_viewers lists `users`. */
+  const told = (socket, users, timeoutMs = 5000) => waitFor(
+    () => JSON.stringify(viewersSeen(socket).at(-1)) === JSON.stringify(users),
+    { timeoutMs, what: `doc_viewers ${JSON.stringify(users)} (seen: ${JSON.stringify(viewersSeen(socket))})` });
+
+  before(async () => {
+    cluster = await Cluster.start({ count: 2, common: { realtime_presence_store: "redis" } });
+    const [a, b] = cluster.instances;
+    a.frappe.allow(SITE1, ALICE, "ToDo", "T1");
+    a.frappe.allow(SITE1, BOB, "ToDo", "T1");
+    alice = await a.connect({ site: SITE1, sid: ALICE_SID, transports: ["websocket"] });
+    bob = await b.connect({ site: SITE1, sid: BOB_SID, transports: ["websocket"] });
+  });
+  after(async () => { await cluster?.stop(); });
+
+  test("two users on two instances see each other, and who stays when one leaves", async () => {
+    const redis = cluster.instances[0].redis.client;
+    alice.emit("doc_open", "ToDo", "T1");
+    await waitFor(async () => (await redis.zCard(DOC_KEY)) === 1, { what: "Alice's viewing in Redis" });
+    bob.emit("doc_open", "ToDo", "T1");
+    await told(alice, [ALICE, BOB]);
+    await told(bob, [ALICE, BOB]);
+    bob.emit("doc_close", "ToDo", "T1");
+    await told(alice, [ALICE]);
+    bob.emit("doc_open", "ToDo", "T1");
+    await told(alice, [ALICE, BOB]);
+  });
+
+  test("an instance killed with SIGKILL: its viewers are gone for the others within 8 s", async () => {
+    const victim = cluster.instances[1].server;
+    const killedAt = Date.now();
+    victim.proc.kill("SIGKILL");
+    await victim.exited;
+    await told(alice, [ALICE], 12_000);
+    const after = Date.now() - killedAt;
+    assert.ok(after <= 9_000, `Bob's viewing outlived his instance by ${after} ms`);
+    assert.equal(await cluster.instances[0].redis.client.zCard(DOC_KEY), 1, "only Alice's socket is left");
+  });
+});
