@@ -149,7 +149,8 @@ fn status_refused() -> Response {
         .into_response()
 }
 
-/// `POST /admin/disconnect?site=<site>&user=<user>`: revoke a user's sessions on a site.
+/// `POST /admin/disconnect?site=<site>&user=<user>`: revoke a user's sessions on a site, on
+/// every instance. `disconnected` counts this instance's sockets.
 /// Off (404) unless `realtime_admin_token` is set; the caller sends it as a Bearer token.
 async fn disconnect_user(
     State(ops): State<Arc<Ops>>,
@@ -168,10 +169,12 @@ async fn disconnect_user(
             Json(json!({"error": "a valid Bearer token is required"})),
         );
     }
-    let disconnected = ops
+    let (disconnected, instances_told) = ops
         .service
-        .disconnect_user(&revocation.site, &revocation.user);
-    (StatusCode::OK, Json(json!({"disconnected": disconnected})))
+        .disconnect_user(&revocation.site, &revocation.user)
+        .await;
+    let body = json!({"disconnected": disconnected, "instances_told": instances_told});
+    (StatusCode::OK, Json(body))
 }
 
 #[cfg(test)]

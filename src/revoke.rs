@@ -7,7 +7,7 @@
 //! `{"site": …, "user": …}` published on the Redis channel [`CHANNEL`] of `redis_queue`.
 //! Revoked clients get a Socket.IO DISCONNECT, which socket.io-client does not retry.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::app::App;
 use crate::client;
@@ -19,7 +19,7 @@ use crate::{audience, rooms};
 pub const CHANNEL: &str = "frappe_realtime:revoke";
 
 /// A revocation as published on [`CHANNEL`].
-#[derive(Debug, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Revocation {
     pub site: String,
     pub user: String,

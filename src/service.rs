@@ -34,9 +34,24 @@ pub struct Service {
 }
 
 impl Service {
-    /// Disconnect every socket of `user` on `site` (see [`crate::revoke`]); how many.
-    pub fn disconnect_user(&self, site: &str, user: &str) -> usize {
-        revoke::disconnect_user(&self.io, &self.app, site, user)
+    /// Disconnect every socket of `user` on `site`, here and on every other instance on the
+    /// same Redis (see [`crate::revoke`]). How many were here, and whether the others were
+    /// told (the revocation is published on [`revoke::CHANNEL`], which every instance, this
+    /// one too, acts on).
+    pub async fn disconnect_user(&self, site: &str, user: &str) -> (usize, bool) {
+        let here = revoke::disconnect_user(&self.io, &self.app, site, user);
+        let revocation = revoke::Revocation {
+            site: site.to_owned(),
+            user: user.to_owned(),
+        };
+        let told = match serde_json::to_string(&revocation) {
+            Ok(message) => self.app.redis.publish(revoke::CHANNEL, &message).await,
+            Err(e) => Err(redis::RedisError::from(std::io::Error::other(e))),
+        };
+        if let Err(e) = &told {
+            tracing::warn!(%site, error = %e, "cannot tell the other instances of a revocation");
+        }
+        (here, told.is_ok())
     }
 
     /// Re-read the bench's configuration and the apps' handler files (SIGHUP). Keys that

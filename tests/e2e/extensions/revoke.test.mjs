@@ -56,7 +56,7 @@ describe("with realtime_admin_token", () => {
 
     const { status, body } = await revokeVia(stack);
     assert.equal(status, 200);
-    assert.deepEqual(body, { disconnected: 2 });
+    assert.deepEqual(body, { disconnected: 2, instances_told: true });
     for (const [reason] of await Promise.all(reasons)) assert.equal(reason, "io server disconnect");
     assert.equal(otherSite.connected, true);
     assert.equal(bob.connected, true);

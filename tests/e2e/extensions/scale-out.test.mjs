@@ -22,6 +22,7 @@ import { NGINX } from "../../support/bench-nginx.mjs";
 import { Cluster } from "../../support/cluster.mjs";
 
 const [SITE1, SITE2] = SITES;
+const ADMIN_TOKEN = "scale-out-admin-token-0123456789";
 const received = (socket, event, tag) =>
   socket.received.filter((r) => r.event === event && r.args[0]?.tag === tag).length;
 
@@ -30,7 +31,7 @@ describe("three instances on one Redis", () => {
   const sockets = {};
 
   before(async () => {
-    cluster = await Cluster.start({ count: 3 });
+    cluster = await Cluster.start({ count: 3, common: { realtime_admin_token: ADMIN_TOKEN } });
     const [a, b, c] = cluster.instances;
     cluster.instances[0].frappe.allow(SITE1, ALICE, "ToDo", "T1");
     cluster.instances[0].frappe.allow(SITE1, BOB, "ToDo", "T1");
@@ -76,6 +77,19 @@ describe("three instances on one Redis", () => {
     const got = Object.fromEntries(Object.entries(sockets).map(([name, socket]) =>
       [name, Object.fromEntries(Object.keys(expected.alice0).map((tag) => [tag, received(socket, "note", tag)]))]));
     assert.deepEqual(got, expected);
+  });
+
+  test("POST /admin/disconnect on one instance disconnects the user on every instance", async () => {
+    const [a, b, c] = cluster.instances;
+    const tabs = [await a.connect({ site: SITE2, sid: BOB_SID }), await b.connect({ site: SITE2, sid: BOB_SID }),
+      await c.connect({ site: SITE2, sid: BOB_SID, transports: ["polling"] })];
+    const gone = tabs.map((socket) => new Promise((resolve) => socket.once("disconnect", resolve)));
+    const response = await fetch(`http://127.0.0.1:${b.port}/admin/disconnect?site=${SITE2}&user=${encodeURIComponent(BOB)}`,
+      { method: "POST", headers: { authorization: `Bearer ${ADMIN_TOKEN}` }, signal: AbortSignal.timeout(5000) });
+    assert.deepEqual(await response.json(), { disconnected: 1, instances_told: true });
+    const reasons = await Promise.race([Promise.all(gone),
+      new Promise((_, reject) => setTimeout(() => reject(new Error("not every tab was disconnected")), 5000))]);
+    assert.deepEqual(reasons, ["io server disconnect", "io server disconnect", "io server disconnect"]);
   });
 
   test("each instance serves its own sockets: the status of each counts only them", async () => {
