@@ -19,6 +19,7 @@ use ::metrics::{counter, gauge, histogram};
 
 use crate::app::App;
 use crate::config::{FrappeVersion, is_truthy};
+use crate::sentinel::SentinelConfig;
 use crate::sites::SiteTable;
 use crate::socketio::{Delivery, Io, SendErrorKind};
 use crate::{audience, metrics, revoke, rooms};
@@ -229,13 +230,36 @@ impl Subscription {
     }
 }
 
+/// Where the subscription connects.
+pub enum EventsRedis {
+    /// `redis_queue` (`redis_socketio` on Frappe 13 and 14).
+    Url(redis::Client),
+    /// The master the sentinels name at each (re)connect; `redis_queue` gives credentials.
+    Sentinel {
+        sentinel: SentinelConfig,
+        queue_url: String,
+    },
+}
+
+impl EventsRedis {
+    async fn client(&self) -> Result<redis::Client, String> {
+        match self {
+            Self::Url(client) => Ok(client.clone()),
+            Self::Sentinel {
+                sentinel,
+                queue_url,
+            } => sentinel.master(queue_url).await,
+        }
+    }
+}
+
 /// Subscribe to `events` forever, delivering each message, reconnecting when the link dies.
-pub async fn run(io: Io, app: Arc<App>, client: redis::Client, subscription: Subscription) {
+pub async fn run(io: Io, app: Arc<App>, redis: EventsRedis, subscription: Subscription) {
     let mut backoff = new_backoff();
     let mut subscribed_before = false;
     subscription.set(false);
     loop {
-        match subscribe(&client).await {
+        match subscribe(&redis).await {
             Ok(pubsub) => {
                 tracing::info!(channel = CHANNEL, "subscribed to Frappe's events");
                 if subscribed_before {
@@ -266,7 +290,8 @@ fn new_backoff() -> impl Iterator<Item = Duration> {
         .build()
 }
 
-async fn subscribe(client: &redis::Client) -> Result<redis::aio::PubSub, String> {
+async fn subscribe(redis: &EventsRedis) -> Result<redis::aio::PubSub, String> {
+    let client = redis.client().await?;
     let connect = async {
         let mut pubsub = client.get_async_pubsub().await?;
         pubsub.subscribe(&[CHANNEL, revoke::CHANNEL]).await?;

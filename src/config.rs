@@ -18,6 +18,7 @@ use crate::caps::Caps;
 use crate::cors::AllowCors;
 use crate::last_state::LastStateConfig;
 use crate::limits::Limits;
+use crate::sentinel::SentinelConfig;
 use crate::socketio::RecoveryConfig;
 use url::Url;
 
@@ -154,6 +155,9 @@ pub struct Config {
     pub recovery_store: RecoveryStore,
     /// `realtime_presence_store`: where who views a document is kept (Frappe 15 on).
     pub presence_store: PresenceStore,
+    /// `redis_queue_sentinel_*` (Frappe 15 on): the subscriber finds the master through
+    /// these sentinels instead of `redis_queue`.
+    pub redis_sentinel: Option<SentinelConfig>,
     /// Last state on subscribe (`None`: off). From `realtime_last_state_seconds` (0 turns it
     /// off), `…_rooms` (room name prefixes), `…_events`, `…_max_entries`, `…_max_bytes`.
     pub last_state: Option<LastStateConfig>,
@@ -389,6 +393,57 @@ fn names(layered: &Layered, key: &'static str) -> Result<Vec<String>, ConfigErro
 }
 
 /// Last state on subscribe: what is kept, how long, and its bounds.
+/// Redis Sentinel for the subscriber, as Frappe's publisher reads it (protocol §1.3): off
+/// unless `redis_queue_sentinel_enabled` is truthy; then the sentinels and the master's
+/// service name are required.
+fn sentinel(layered: &Layered) -> Result<Option<SentinelConfig>, ConfigError> {
+    let enabled = "redis_queue_sentinel_enabled";
+    let Some((value, source)) = layered.get(enabled).cloned() else {
+        return Ok(None);
+    };
+    if !is_truthy(&value) {
+        return Ok(None);
+    }
+    let required = |key: &'static str| ConfigError::BadValue {
+        origin: source.clone(),
+        key,
+        problem: format!("must be set when {enabled} is"),
+    };
+    let sentinels = layered
+        .typed("redis_queue_sentinels", |value| {
+            let list = value.as_array().ok_or("must be a list of \"host:port\"")?;
+            let sentinels = list
+                .iter()
+                .map(|entry| {
+                    entry
+                        .as_str()
+                        .filter(|text| {
+                            text.rsplit_once(':')
+                                .is_some_and(|(_, port)| port.parse::<u16>().is_ok())
+                        })
+                        .map(str::to_owned)
+                        .ok_or_else(|| "must be a list of \"host:port\"".to_owned())
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            if sentinels.is_empty() {
+                return Err("must name at least one sentinel".to_owned());
+            }
+            Ok(sentinels)
+        })?
+        .ok_or_else(|| required("redis_queue_sentinels"))?;
+    let master_service = layered
+        .string("redis_queue_master_service")?
+        .ok_or_else(|| required("redis_queue_master_service"))?;
+    Ok(Some(SentinelConfig {
+        sentinels,
+        master_service,
+        sentinel_username: layered.string("redis_queue_sentinel_username")?,
+        sentinel_password: layered.string("redis_queue_sentinel_password")?,
+        master_username: layered.string("redis_queue_master_username")?,
+        master_password: layered.string("redis_queue_master_password")?,
+    }))
+}
+
 fn last_state(layered: &Layered) -> Result<Option<LastStateConfig>, ConfigError> {
     let defaults = LastStateConfig::default();
     let key = "realtime_last_state_seconds";
@@ -631,6 +686,7 @@ impl Config {
                     _ => Err("must be \"memory\" or \"redis\"".to_owned()),
                 })?
                 .unwrap_or_default(),
+            redis_sentinel: if legacy { None } else { sentinel(layered)? },
             last_state: last_state(layered)?,
         })
     }

@@ -70,6 +70,8 @@ pub mod reload;
 mod revoke;
 /// Frappe's room names.
 mod rooms;
+/// Redis Sentinel for the subscriber: the master of `redis_queue`, asked at every reconnect.
+mod sentinel;
 /// The process around a node: listen, serve until a signal, shut down.
 pub mod server;
 /// The handle every part of the running service shares, and its operations.

@@ -21,7 +21,7 @@ use crate::admission::Admission;
 use crate::app::App;
 use crate::app_handlers::AppHandlers;
 use crate::audience;
-use crate::bridge::{self, Subscription};
+use crate::bridge::{self, EventsRedis, Subscription};
 use crate::client_bundle::{self, ClientBundle};
 use crate::config::{Config, Overrides, PresenceStore, RecoveryStore};
 use crate::connection::Peer;
@@ -152,10 +152,17 @@ impl Node {
             metrics,
         }));
         tasks.spawn(registry.watch());
+        let events_redis = match &config.redis_sentinel {
+            Some(sentinel) => EventsRedis::Sentinel {
+                sentinel: sentinel.clone(),
+                queue_url: config.redis_queue.clone(),
+            },
+            None => EventsRedis::Url(service.app.redis.client()),
+        };
         tasks.spawn(bridge::run(
             service.io.clone(),
             service.app.clone(),
-            service.app.redis.client(),
+            events_redis,
             service.subscription.clone(),
         ));
         tasks.spawn(reload_on_hangup(service.clone(), options.overrides));

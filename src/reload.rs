@@ -17,7 +17,7 @@ pub struct RestartKey {
 }
 
 /// Every key that needs a restart, and why in a word: what was built with it at start.
-pub const RESTART_KEYS: [RestartKey; 14] = [
+pub const RESTART_KEYS: [RestartKey; 16] = [
     // The listener.
     RestartKey {
         name: "socketio_port",
@@ -49,6 +49,17 @@ pub const RESTART_KEYS: [RestartKey; 14] = [
             new.redis_queue != old.redis_queue && !old.frappe_version.has_site_namespaces()
         },
         keep: |new, old| new.redis_queue = old.redis_queue.clone(),
+    },
+    // The subscriber is started with these.
+    RestartKey {
+        name: "redis_queue_sentinel_*",
+        changed: |new, old| new.redis_sentinel != old.redis_sentinel,
+        keep: |new, old| new.redis_sentinel = old.redis_sentinel.clone(),
+    },
+    RestartKey {
+        name: "redis_queue_master_*",
+        changed: |new, old| new.redis_sentinel != old.redis_sentinel,
+        keep: |new, old| new.redis_sentinel = old.redis_sentinel.clone(),
     },
     // Frappe 13/14 and 15+ lay out namespaces differently; the registry set them up at start.
     RestartKey {
