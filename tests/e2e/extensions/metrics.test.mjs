@@ -676,7 +676,9 @@ describe("delivery: routed, sent, bytes, dropped", () => {
     await stack.connect({ site: OTHER_SITE, sid: ALICE_SID, transports: ["websocket"] });
     const before = await scrape(stack);
     await stack.redis.publish({ event: "build_event", message: { success: true } });
-    const after = await scrapeUntil(stack, (s) => delta(before, s, M.deliveryCount) >= 1, { what: "the broadcast delivered" });
+    // Each site's routing is counted as it happens: wait for both, not for the first delivery.
+    const after = await scrapeUntil(stack, (s) => delta(before, s, M.routed, { site: SITE }) >= 1
+      && delta(before, s, M.routed, { site: OTHER_SITE }) >= 1, { what: "the broadcast routed to both sites" });
     assert.equal(delta(before, after, M.routed, { site: SITE }), 1);
     assert.equal(delta(before, after, M.routed, { site: OTHER_SITE }), 1);
     assert.equal(delta(before, after, M.redisMessages), 1);

@@ -312,8 +312,13 @@ describe("a websocket whose send queue overflowed under load", () => {
       assert.equal(socket.recovered, true, "socket.recovered");
       assert.equal(socket.id, id, "the same socket id");
       const total = seq;
-      await waitFor(() => argsOf(socket, "missed").filter((a) => a[0]?.run === run).length >= total,
-        { timeoutMs: 30000, what: `all ${total} events` });
+      const ours = () => argsOf(socket, "missed").filter((a) => a[0]?.run === run);
+      await waitFor(() => ours().length >= total, { timeoutMs: 30000, what: `all ${total} events` })
+        .catch((err) => {
+          const seqs = ours().map((a) => a[0].seq);
+          throw new Error(`${err.message}: ${seqs.length} arrived (first ${seqs[0]}, last ${seqs.at(-1)}), `
+            + `connected ${socket.connected}\nserver log, last 3 KB:\n${stack.server.output.slice(-3072)}`);
+        });
       await stack.flush(socket, { userRoom: userRoom(ALICE) });
       const received = argsOf(socket, "missed").filter((a) => a[0]?.run === run);
       assert.deepEqual(received.map((a) => a[0].seq), [...Array(total).keys()], "each once, in order");
