@@ -15,6 +15,7 @@ import {
   userRoom, unique, trackDisconnects,
 } from "../../support/harness.mjs";
 import { CutProxy } from "../../support/cut-proxy.mjs";
+import { Cluster } from "../../support/cluster.mjs";
 
 const [SITE1] = SITES;
 
@@ -69,6 +70,7 @@ function prng(seed) {
  * (bounded in count and time). PUBLISH answers how many subscribers received the message: the
  * numbers for which it answered ≥ 1 reached our server while its subscription was up. The
  * offline queue is off, so a publish while Redis is down fails at once instead of piling up.
+ * With several instances, a number counts as reached when `subscribers` (all of them) got it.
  *
  * One subtlety: Redis queues the publisher's reply and the subscribers' copies in the same
  * event-loop pass but writes the reply first (its pending-write list is LIFO), so a SIGKILL
@@ -76,7 +78,7 @@ function prng(seed) {
  * proves that pass completed; `delivered()` is therefore the acknowledged numbers whose
  * successor was answered too (plus the very last one, after which Redis was not killed).
  */
-function startPublisher(url, { site, room, run, everyMs = 20, maxCount = 20000, maxMs = 120000 }) {
+function startPublisher(url, { site, room, run, subscribers = 1, everyMs = 20, maxCount = 20000, maxMs = 120000 }) {
   const client = createClient({
     url,
     disableOfflineQueue: true,
@@ -93,7 +95,7 @@ function startPublisher(url, { site, room, run, everyMs = 20, maxCount = 20000, 
       try {
         const receivers = await client.publish("events", body);
         state.answered.add(n);
-        if (receivers >= 1) {
+        if (receivers >= subscribers) {
           state.acked.push(n);
           state.ackedAt.set(n, Date.now());
         }
@@ -109,24 +111,46 @@ function startPublisher(url, { site, room, run, everyMs = 20, maxCount = 20000, 
   return state;
 }
 
-describe("Redis killed and restarted 10 times under publish load", () => {
+// Once with one instance, once with three on the same Redis (issue 20): a websocket and a
+// polling client on each instance, and an event counts as acknowledged when every instance got it.
+for (const count of [1, 3]) describe(`Redis killed and restarted 10 times under publish load, ${count} instance${count > 1 ? "s" : ""}`, () => {
   const KILLS = 10;
   const RESUBSCRIBE_LIMIT_MS = 1500;
   let stack;
-  before(async () => { stack = await startStack({ version: 15 }); });
-  after(async () => { await stack?.stop(); });
+  let cluster;
+  /** Every instance's stack (they share one Redis). */
+  let instances;
+  before(async () => {
+    if (count === 1) {
+      stack = await startStack({ version: 15 });
+      instances = [stack];
+    } else {
+      cluster = await Cluster.start({ count, version: 15 });
+      instances = cluster.instances;
+      stack = instances[0];
+    }
+  });
+  after(async () => { await (cluster ?? stack)?.stop(); });
 
-  test("clients stay connected, every acknowledged event reaches both in order, the subscription is back fast", async (t) => {
+  test("clients stay connected, every acknowledged event reaches every client in order, the subscription is back fast", async (t) => {
     const serverExits = [];
-    stack.server.proc.once("exit", (code, signal) => serverExits.push({ code, signal }));
-    const ws = await stack.connect({ sid: ALICE_SID, transports: ["websocket"] });
-    const polling = await stack.connect({ sid: ALICE_SID, transports: ["polling"] });
-    const clients = { websocket: ws, polling };
-    const disconnects = { websocket: trackDisconnects(ws), polling: trackDisconnects(polling) };
-    const reconnectsBefore = await scrapeValue(stack.port, "frappe_realtime_redis_reconnects_total");
+    for (const instance of instances) {
+      instance.server.proc.once("exit", (code, signal) => serverExits.push({ port: instance.port, code, signal }));
+    }
+    const clients = {};
+    const disconnects = {};
+    for (const [i, instance] of instances.entries()) {
+      for (const transport of ["websocket", "polling"]) {
+        const name = count > 1 ? `${transport}@${i}` : transport;
+        clients[name] = await instance.connect({ sid: ALICE_SID, transports: [transport] });
+        disconnects[name] = trackDisconnects(clients[name]);
+      }
+    }
+    const reconnectsBefore = await Promise.all(instances.map((instance) =>
+      scrapeValue(instance.port, "frappe_realtime_redis_reconnects_total")));
 
     const run = unique("kill-run");
-    const publisher = startPublisher(stack.redis.url, { site: SITE1, room: userRoom(ALICE), run });
+    const publisher = startPublisher(stack.redis.url, { site: SITE1, room: userRoom(ALICE), run, subscribers: count });
     const resubscribeMs = [];
     const killedAt = [];
     const readyDuringOutage = [];
@@ -155,9 +179,10 @@ describe("Redis killed and restarted 10 times under publish load", () => {
           // Outages of varying length (fault injection, not synchronisation): 100–500 ms.
           await new Promise((r) => setTimeout(r, 100 + (kill % 5) * 100));
         }
-        stack.redis = await Redis.start({ port }); // resolves as soon as it answers PING
+        const redis = await Redis.start({ port }); // resolves as soon as it answers PING
+        for (const instance of instances) instance.redis = redis;
         const answered = Date.now();
-        await waitFor(() => stack.redis.subscribers().then((n) => n >= 1).catch(() => false),
+        await waitFor(() => stack.redis.subscribers().then((n) => n >= count).catch(() => false),
           { timeoutMs: 5000, everyMs: 10, what: `the server to re-subscribe after kill ${kill}` })
           .catch((err) => {
             err.message += `\nserver log since the kill:\n${stack.server.output.slice(logFrom)}`;
@@ -186,10 +211,11 @@ describe("Redis killed and restarted 10 times under publish load", () => {
         { timeoutMs: 10000, what: `the ${name} client to receive event ${last}` });
     }
 
-    assert.deepEqual(serverExits, [], "the server process never exited");
-    assert.equal(stack.server.proc.exitCode, null, "the server is still running");
-    assert.deepEqual(disconnects, { websocket: [], polling: [] }, "neither client ever disconnected");
-    assert.ok(ws.connected && polling.connected);
+    assert.deepEqual(serverExits, [], "no server process ever exited");
+    for (const instance of instances) assert.equal(instance.server.proc.exitCode, null, "every server is still running");
+    assert.deepEqual(disconnects, Object.fromEntries(Object.keys(clients).map((name) => [name, []])),
+      "no client ever disconnected");
+    assert.ok(Object.values(clients).every((socket) => socket.connected));
 
     // Each acknowledged number missing from a client, with when it was acknowledged relative
     // to the next kill, and whether the other client got it.
@@ -198,12 +224,13 @@ describe("Redis killed and restarted 10 times under publish load", () => {
     for (const [name, list] of Object.entries(got)) {
       const outOfOrder = list.filter((n, i) => i > 0 && n <= list[i - 1]);
       if (outOfOrder.length) problems.push(`${name}: out of order or twice: ${preview(outOfOrder)}`);
-      const other = Object.keys(got).find((k) => k !== name);
+      const others = Object.keys(got).filter((k) => k !== name);
       const missing = required.filter((n) => !list.includes(n)).map((n) => {
         const at = publisher.ackedAt.get(n);
         const nextKill = killedAt.findIndex((k) => k >= at);
         const when = nextKill < 0 ? "after the last kill" : `${killedAt[nextKill] - at} ms before kill ${nextKill + 1}`;
-        return `${n} (acknowledged ${when}; ${got[other].includes(n) ? "" : "not "}received by ${other})`;
+        const withIt = others.filter((other) => got[other].includes(n));
+        return `${n} (acknowledged ${when}; received by ${withIt.length} of the ${others.length} other clients)`;
       });
       if (missing.length) {
         problems.push(`${name} missed ${missing.length} of ${required.length} acknowledged events: ${preview(missing)}`);
@@ -223,9 +250,11 @@ describe("Redis killed and restarted 10 times under publish load", () => {
     assert.deepEqual(slow, [],
       `re-subscribing took more than ${RESUBSCRIBE_LIMIT_MS} ms after Redis answered PING (all: ${resubscribeMs.join(", ")})`);
 
-    const reconnectsAfter = await scrapeValue(stack.port, "frappe_realtime_redis_reconnects_total");
-    assert.equal(reconnectsAfter - reconnectsBefore, KILLS,
-      `frappe_realtime_redis_reconnects_total went from ${reconnectsBefore} to ${reconnectsAfter}`);
+    for (const [i, instance] of instances.entries()) {
+      const reconnectsAfter = await scrapeValue(instance.port, "frappe_realtime_redis_reconnects_total");
+      assert.equal(reconnectsAfter - reconnectsBefore[i], KILLS,
+        `instance ${i}: frappe_realtime_redis_reconnects_total went from ${reconnectsBefore[i]} to ${reconnectsAfter}`);
+    }
     assert.ok(readyDuringOutage.includes(503), `/ready during the outage answered ${readyDuringOutage.join(", ")}`);
     assert.equal(await readyStatus(stack.port), 200, "/ready answers 200 once subscribed again");
   });
