@@ -153,8 +153,8 @@ pub struct Config {
     pub recovery: Option<RecoveryConfig>,
     /// `realtime_recovery_store`: where recovery keeps its log and sessions.
     pub recovery_store: RecoveryStore,
-    /// `realtime_presence_store`: where who views a document is kept (Frappe 15 on).
-    pub presence_store: PresenceStore,
+    /// `realtime_shared_state`: whether several instances share state on `redis_queue`.
+    pub shared_state: SharedState,
     /// `redis_queue_sentinel_*` (Frappe 15 on): the subscriber finds the master through
     /// these sentinels instead of `redis_queue`.
     pub redis_sentinel: Option<SentinelConfig>,
@@ -173,13 +173,14 @@ pub enum RecoveryStore {
     Redis,
 }
 
-/// Where `doc_viewers` presence is kept.
+/// Whether instances share state (several instances on one bench).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum PresenceStore {
-    /// This process's rooms: one instance sees its own viewers.
+pub enum SharedState {
+    /// Nothing shared: this process is the only instance, or each stands alone.
     #[default]
-    Memory,
-    /// The bench's `redis_queue`: every instance on it sees every viewer (Frappe 15 on).
+    Off,
+    /// On the bench's `redis_queue`: which instances are alive and what each serves, and who
+    /// views which document (Frappe 15 on).
     Redis,
 }
 
@@ -679,11 +680,11 @@ impl Config {
                     _ => Err("must be \"memory\" or \"redis\"".to_owned()),
                 })?
                 .unwrap_or_default(),
-            presence_store: layered
-                .typed("realtime_presence_store", |value| match value.as_str() {
-                    Some("memory") => Ok(PresenceStore::Memory),
-                    Some("redis") => Ok(PresenceStore::Redis),
-                    _ => Err("must be \"memory\" or \"redis\"".to_owned()),
+            shared_state: layered
+                .typed("realtime_shared_state", |value| match value.as_str() {
+                    Some("off") => Ok(SharedState::Off),
+                    Some("redis") => Ok(SharedState::Redis),
+                    _ => Err("must be \"off\" or \"redis\"".to_owned()),
                 })?
                 .unwrap_or_default(),
             redis_sentinel: if legacy { None } else { sentinel(layered)? },

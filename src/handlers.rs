@@ -22,9 +22,9 @@ use crate::disconnect::DisconnectCause;
 use crate::limits::Verdict;
 use crate::metrics;
 use crate::presence::Announcer;
-use crate::presence_redis::{Move, RedisPresence};
 use crate::rooms;
 use crate::sessions::transport_label;
+use crate::shared::presence::{Move, RedisPresence};
 use crate::socketio::{
     self, ConnectFuture, DisconnectReason, Event, Handshake, Io, NamespaceHandler, Socket,
 };

@@ -56,8 +56,6 @@ mod node;
 mod ops;
 /// Who-is-viewing presence, and the users in a room.
 mod presence;
-/// `doc_viewers` across instances: presence kept on Redis.
-mod presence_redis;
 /// Commands on `redis_queue` besides the subscription (the socket secret, publishing).
 mod queue_redis;
 /// Which connects are reconnects, for the metrics.
@@ -78,6 +76,8 @@ pub mod server;
 mod service;
 /// Engine.IO sessions as the service sees them: counted, slow consumers logged.
 mod sessions;
+/// Several instances on one bench: which are alive, what each serves, who views what.
+mod shared;
 /// Keeps the sites and their namespaces equal to `sites/` on disk, watching it.
 mod site_registry;
 /// The bench's sites: which exist and what each allows.

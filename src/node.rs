@@ -23,19 +23,20 @@ use crate::app_handlers::AppHandlers;
 use crate::audience;
 use crate::bridge::{self, EventsRedis, Subscription};
 use crate::client_bundle::{self, ClientBundle};
-use crate::config::{Config, Overrides, PresenceStore, RecoveryStore};
+use crate::config::{Config, Overrides, RecoveryStore, SharedState};
 use crate::connection::Peer;
 use crate::engine::{EngineConfig, EngineService, UpstreamSlot};
 use crate::handlers::{Frappe, frappe_events};
 use crate::handshake;
 use crate::metrics::Metrics;
 use crate::ops;
-use crate::presence_redis::RedisPresence;
 use crate::recovery_store::{self, RedisStore};
 use crate::service::{Service, connect_timeout};
 use crate::sessions::Sessions;
+use crate::shared::{Instances, Summary};
 use crate::site_registry::SiteRegistry;
 use crate::socketio::{Io, IoConfig};
+use crate::status;
 
 /// Node's `maxHttpBufferSize` default, which Frappe's clients expect.
 const MAX_PAYLOAD: u64 = 1_000_000;
@@ -70,8 +71,6 @@ pub struct Node {
     tasks: JoinSet<()>,
     /// Recovery's Redis store and its writer task, flushed at shutdown.
     redis_store: Option<(Arc<RedisStore>, JoinHandle<()>)>,
-    /// Presence shared with other instances, which are told at shutdown this one is gone.
-    presence: Option<Arc<RedisPresence>>,
     http: Router,
 }
 
@@ -103,28 +102,32 @@ impl Node {
             recovery_mirror: redis_store.as_ref().map(|(store, _)| store.mirror()),
             ..IoConfig::default()
         });
-        let service = Service {
+        let mut service = Service {
             app,
             io,
             admission: Arc::new(Admission::default()),
             subscription: Subscription::default(),
+            instances: None,
         };
         let mut tasks = JoinSet::new();
-        let presence = match config.presence_store {
-            PresenceStore::Redis => {
-                let (presence, writer, heartbeat) =
-                    RedisPresence::start(service.app.redis.connection());
-                tasks.spawn(writer);
-                tasks.spawn(heartbeat);
-                Some(presence)
-            }
-            PresenceStore::Memory => None,
-        };
+        if config.shared_state == SharedState::Redis {
+            let summarised = service.clone();
+            let summary: Summary = Box::new(move || status::summary(&summarised));
+            let (instances, writer, heartbeat) =
+                Instances::start(service.app.redis.connection(), summary);
+            tracing::info!(instance = %instances.name, "sharing state with the other instances on redis_queue");
+            tasks.spawn(writer);
+            tasks.spawn(heartbeat);
+            service.instances = Some(instances);
+        }
         let frappe = Frappe::new(
             service.app.clone(),
             service.io.clone(),
             service.admission.clone(),
-            presence.clone(),
+            service
+                .instances
+                .as_ref()
+                .map(|instances| instances.presence.clone()),
         );
         // The root namespace: Frappe 13 and 14's only one, and where non-browser clients
         // connect on any version; its handshakes name the site.
@@ -179,7 +182,6 @@ impl Node {
             service,
             tasks,
             redis_store,
-            presence,
             http,
         })
     }
@@ -200,8 +202,8 @@ impl Node {
         if let Some((store, writer)) = self.redis_store.take() {
             store.flush_at_shutdown(&self.service.io, writer).await;
         }
-        if let Some(presence) = &self.presence {
-            presence.leave(self.service.app.redis.connection()).await;
+        if let Some(instances) = &self.service.instances {
+            instances.leave().await;
         }
     }
 }

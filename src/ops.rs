@@ -88,7 +88,7 @@ async fn status_page(
     if !may_see_status(&ops, &extensions, &headers) {
         return status_refused();
     }
-    let page = status::render(&status::snapshot(&ops.service));
+    let page = status::render(&status::snapshot(&ops.service).await);
     (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
@@ -107,7 +107,7 @@ async fn status_json(
     if !may_see_status(&ops, &extensions, &headers) {
         return status_refused();
     }
-    Json(status::snapshot(&ops.service)).into_response()
+    Json(status::snapshot(&ops.service).await).into_response()
 }
 
 /// The status page names users and shows clients' headers: it is for this machine (a

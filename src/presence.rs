@@ -8,8 +8,8 @@ use serde::Serialize;
 use crate::audience;
 use crate::client::ClientState;
 use crate::config::FrappeVersion;
-use crate::presence_redis::{Move, RedisPresence};
 use crate::rooms;
+use crate::shared::presence::{Move, RedisPresence};
 use crate::socketio::{Io, Sid};
 
 /// `doc_viewers` and `doc_typers`: the distinct users in a document's room.

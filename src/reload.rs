@@ -96,11 +96,11 @@ pub const RESTART_KEYS: [RestartKey; 16] = [
         changed: |new, old| new.recovery_store != old.recovery_store,
         keep: |new, old| new.recovery_store = old.recovery_store,
     },
-    // Every socket's presence goes to the store chosen at start.
+    // Sharing starts with the process: its heartbeat, and every socket's presence.
     RestartKey {
-        name: "realtime_presence_store",
-        changed: |new, old| new.presence_store != old.presence_store,
-        keep: |new, old| new.presence_store = old.presence_store,
+        name: "realtime_shared_state",
+        changed: |new, old| new.shared_state != old.shared_state,
+        keep: |new, old| new.shared_state = old.shared_state,
     },
     RestartKey {
         name: "realtime_last_state_*",

@@ -17,6 +17,7 @@ use crate::disconnect::DisconnectCause;
 use crate::handlers::frappe_events;
 use crate::metrics;
 use crate::revoke;
+use crate::shared::Instances;
 use crate::socketio::Io;
 
 /// Time a client has to send its namespace CONNECT, beyond the callback to Frappe that the
@@ -31,6 +32,8 @@ pub struct Service {
     pub admission: Arc<Admission>,
     /// Whether the bridge is subscribed to Frappe's events right now.
     pub subscription: Subscription,
+    /// The other instances on the same Redis, when they share state.
+    pub instances: Option<Arc<Instances>>,
 }
 
 impl Service {

@@ -12,4 +12,4 @@ mod page;
 mod snapshot;
 
 pub use page::render;
-pub use snapshot::snapshot;
+pub use snapshot::{snapshot, summary};

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use super::snapshot::{SiteStatus, Status};
+use super::snapshot::{InstanceSummary, SiteStatus, Status};
 use crate::admission::RefusedHandshake;
 use crate::call_health::CallHealthReport;
 
@@ -40,6 +40,9 @@ pub fn render(status: &Status) -> String {
         escape(&status.frappe_version)
     );
     health_cards(&mut html, status);
+    if let Some(instances) = &status.instances {
+        instances_table(&mut html, instances, status.this_instance.as_deref());
+    }
     sites(&mut html, &status.sites);
     refusals(&mut html, status);
     html.push_str("</body></html>");
@@ -100,6 +103,43 @@ fn frappe_card(html: &mut String, calls: &CallHealthReport, now_ms: u64) {
         );
     }
     html.push_str("</div>");
+}
+
+/// Every live instance on the same Redis, as each last published itself.
+fn instances_table(html: &mut String, instances: &[InstanceSummary], this: Option<&str>) {
+    html.push_str("<h2>Instances</h2>");
+    if instances.is_empty() {
+        html.push_str("<p class=\"empty\">None read from Redis.</p>");
+        return;
+    }
+    html.push_str(
+        "<table id=\"instances\"><tr><th>instance</th><th>websocket</th><th>polling</th>\
+         <th>users online</th><th>guests</th><th>version</th></tr>",
+    );
+    let mut sorted: Vec<&InstanceSummary> = instances.iter().collect();
+    sorted.sort_by(|a, b| a.instance.cmp(&b.instance));
+    for instance in sorted {
+        let sum = |count: fn(&super::snapshot::SiteCount) -> usize| -> usize {
+            instance.sites.iter().map(count).sum()
+        };
+        let name = escape(&instance.instance);
+        let marker = if Some(instance.instance.as_str()) == this {
+            " (this one)"
+        } else {
+            ""
+        };
+        let _ = write!(
+            html,
+            "<tr data-instance=\"{name}\"><td><code>{name}</code>{marker}</td><td class=\"num\">{}</td>\
+             <td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td></tr>",
+            sum(|site| site.websocket),
+            sum(|site| site.polling),
+            sum(|site| site.users_online),
+            sum(|site| site.guests),
+            escape(&instance.version),
+        );
+    }
+    html.push_str("</table>");
 }
 
 fn sites(html: &mut String, sites: &[SiteStatus]) {
@@ -260,6 +300,8 @@ mod tests {
                 origin: Some("https://evil.example".into()),
                 site_name: None,
             }],
+            this_instance: None,
+            instances: None,
         }
     }
 

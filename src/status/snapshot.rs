@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::admission::RefusedHandshake;
 use crate::audience;
@@ -30,6 +30,30 @@ pub struct Status {
     pub sites: Vec<SiteStatus>,
     /// The newest first.
     pub refused_handshakes: Vec<RefusedHandshake>,
+    /// With `realtime_shared_state: "redis"`: this instance's name, and every live instance
+    /// (this one too) as each last published itself; `None` otherwise.
+    pub this_instance: Option<String>,
+    pub instances: Option<Vec<InstanceSummary>>,
+}
+
+/// What an instance serves, as it publishes it for the others every heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceSummary {
+    /// Filled in by the heartbeat.
+    #[serde(default)]
+    pub instance: String,
+    pub version: String,
+    pub sites: Vec<SiteCount>,
+}
+
+/// One site's sockets and users on one instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteCount {
+    pub site: String,
+    pub websocket: usize,
+    pub polling: usize,
+    pub users_online: usize,
+    pub guests: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -53,9 +77,26 @@ pub struct RoomSize {
 }
 
 /// The service as it is now.
-pub fn snapshot(service: &Service) -> Status {
+pub async fn snapshot(service: &Service) -> Status {
     let app = &service.app;
+    let instances = match &service.instances {
+        Some(instances) => Some(
+            instances
+                .summaries()
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "cannot read the other instances from Redis");
+                    Vec::new()
+                })
+                .into_iter()
+                .filter_map(|summary| serde_json::from_value(summary).ok())
+                .collect(),
+        ),
+        None => None,
+    };
     Status {
+        this_instance: service.instances.as_ref().map(|i| i.name.clone()),
+        instances,
         generated_at_ms: unix_now_ms(),
         version: env!("CARGO_PKG_VERSION"),
         frappe_version: app.settings().config.frappe_version.to_string(),
@@ -71,29 +112,67 @@ pub fn snapshot(service: &Service) -> Status {
     }
 }
 
-fn site_status(io: &Io, site: String) -> SiteStatus {
-    let sockets = audience::site_sockets(io, &site);
-    let mut by_transport = BTreeMap::from([("websocket", 0), ("polling", 0)]);
-    let mut users = BTreeSet::new();
-    let mut guests = 0;
-    for socket in &sockets {
-        *by_transport
-            .entry(transport_label(socket.transport_type()))
-            .or_default() += 1;
-        match socket.state::<ClientState>() {
-            Some(client) if client.session.is_guest() => guests += 1,
-            Some(client) => {
-                users.insert(client.session.user.clone());
-            }
-            None => {}
+/// What this instance serves, for the others (see [`crate::shared`]).
+pub fn summary(service: &Service) -> serde_json::Value {
+    let sites = service.app.sites.names().into_iter().map(|site| {
+        let seen = Seen::of(&service.io, &site);
+        SiteCount {
+            websocket: seen.transports["websocket"],
+            polling: seen.transports["polling"],
+            users_online: seen.users.len(),
+            guests: seen.guests,
+            site,
         }
+    });
+    let summary = InstanceSummary {
+        instance: String::new(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        sites: sites.collect(),
+    };
+    serde_json::to_value(summary).unwrap_or_default()
+}
+
+/// A site's sockets, counted by transport, with their users.
+struct Seen {
+    sockets: Vec<Socket>,
+    transports: BTreeMap<&'static str, usize>,
+    users: BTreeSet<String>,
+    guests: usize,
+}
+
+impl Seen {
+    fn of(io: &Io, site: &str) -> Self {
+        let mut seen = Self {
+            sockets: audience::site_sockets(io, site),
+            transports: BTreeMap::from([("websocket", 0), ("polling", 0)]),
+            users: BTreeSet::new(),
+            guests: 0,
+        };
+        for socket in &seen.sockets {
+            *seen
+                .transports
+                .entry(transport_label(socket.transport_type()))
+                .or_default() += 1;
+            match socket.state::<ClientState>() {
+                Some(client) if client.session.is_guest() => seen.guests += 1,
+                Some(client) => {
+                    seen.users.insert(client.session.user.clone());
+                }
+                None => {}
+            }
+        }
+        seen
     }
+}
+
+fn site_status(io: &Io, site: String) -> SiteStatus {
+    let seen = Seen::of(io, &site);
     SiteStatus {
-        busiest_rooms: busiest_rooms(io, &site, &sockets),
-        sockets: by_transport,
-        users_online: users.len(),
-        users: users.into_iter().take(USERS_NAMED).collect(),
-        guests,
+        busiest_rooms: busiest_rooms(io, &site, &seen.sockets),
+        sockets: seen.transports,
+        users_online: seen.users.len(),
+        users: seen.users.into_iter().take(USERS_NAMED).collect(),
+        guests: seen.guests,
         site,
     }
 }

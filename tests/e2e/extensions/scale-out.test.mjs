@@ -166,11 +166,11 @@ describe("three instances behind bench's nginx", { skip: !NGINX && "nginx is not
   }
 });
 
-describe("doc_viewers across instances (realtime_presence_store: redis)", () => {
+describe("shared state across instances (realtime_shared_state: redis)", () => {
   let cluster;
   let alice;
   let bob;
-  const DOC_KEY = `frappe_realtime:presence:doc:${SITE1}:ToDo/T1`;
+  const DOC_KEY = `frappe_realtime:shared:doc:${SITE1}:ToDo/T1`;
   const viewersSeen = (socket) => socket.received.filter((r) => r.event === "doc_viewers").map((r) => r.args[0].users);
   /** Wait until `socket`'s latest doc_viewers lists `users`. */
   const told = (socket, users, timeoutMs = 5000) => waitFor(
@@ -178,7 +178,7 @@ describe("doc_viewers across instances (realtime_presence_store: redis)", () => 
     { timeoutMs, what: `doc_viewers ${JSON.stringify(users)} (seen: ${JSON.stringify(viewersSeen(socket))})` });
 
   before(async () => {
-    cluster = await Cluster.start({ count: 2, common: { realtime_presence_store: "redis" } });
+    cluster = await Cluster.start({ count: 2, common: { realtime_shared_state: "redis" } });
     const [a, b] = cluster.instances;
     a.frappe.allow(SITE1, ALICE, "ToDo", "T1");
     a.frappe.allow(SITE1, BOB, "ToDo", "T1");
@@ -200,6 +200,26 @@ describe("doc_viewers across instances (realtime_presence_store: redis)", () => 
     await told(alice, [ALICE, BOB]);
   });
 
+  /** The instances instance 0's /status.json lists, by their socket counts. */
+  const listedInstances = async () => {
+    const status = await (await fetch(`http://127.0.0.1:${cluster.instances[0].port}/status.json`)).json();
+    return { this: status.this_instance, instances: status.instances.map((i) => ({
+      instance: i.instance, websocket: i.sites.reduce((n, site) => n + site.websocket, 0),
+      users: i.sites.reduce((n, site) => n + site.users_online, 0) })) };
+  };
+
+  test("each instance's status page lists every instance with what it serves", async () => {
+    const listed = await waitFor(async () => {
+      const seen = await listedInstances();
+      return seen.instances.length === 2 && seen.instances.every((i) => i.websocket === 1) && seen;
+    }, { timeoutMs: 8000, what: "both instances on the status page" });
+    assert.ok(listed.instances.some((i) => i.instance === listed.this), "this instance is among them");
+    assert.deepEqual(listed.instances.map((i) => i.users), [1, 1]);
+    const page = await (await fetch(`http://127.0.0.1:${cluster.instances[1].port}/status`)).text();
+    assert.match(page, /<h2>Instances<\/h2>/);
+    assert.equal((page.match(/<tr data-instance=/g) ?? []).length, 2);
+  });
+
   test("an instance killed with SIGKILL: its viewers are gone for the others within 8 s", async (t) => {
     const victim = cluster.instances[1].server;
     const killedAt = Date.now();
@@ -212,5 +232,7 @@ describe("doc_viewers across instances (realtime_presence_store: redis)", () => 
     // heartbeat: 8 s, and a second for the machine.
     assert.ok(after <= 9_000, `Bob's viewing outlived his instance by ${after} ms`);
     assert.equal(await cluster.instances[0].redis.client.zCard(DOC_KEY), 1, "only Alice's socket is left");
+    const listed = await listedInstances();
+    assert.deepEqual(listed.instances.map((i) => i.instance), [listed.this], "the status lists only the live instance");
   });
 });

@@ -1,4 +1,4 @@
-//! `doc_viewers` across instances (`realtime_presence_store: "redis"`, Frappe 15 on): who
+//! `doc_viewers` across instances (`realtime_shared_state: "redis"`, Frappe 15 on): who
 //! views a document is kept on the bench's `redis_queue`, so every instance lists the viewers
 //! on every instance, and the list goes out through Frappe's own `events` channel, which every
 //! instance delivers to its sockets in the document's room.
@@ -7,24 +7,20 @@
 //! runs scripts one at a time and delivers what they publish in that order, so the last list
 //! a room receives is the list as it stands, whichever instances changed it at once.
 //!
-//! Keys, under `frappe_realtime:presence:`:
+//! Keys, under `frappe_realtime:shared:`:
 //! - `doc:<site>:<doctype>/<docname>`: a sorted set of the document's sockets,
 //!   `<instance>|<socket id>|<user>`, scored by when they opened it (the list's order);
-//! - `alive:<instance>`: set by each instance every [`HEARTBEAT`], expiring after
-//!   [`ALIVE_FOR`]; a socket of an instance whose key is gone no longer counts;
 //! - `held:<instance>`: the documents the instance has sockets in, so that the others can
-//!   clear and re-announce them when it dies; `instances`: every instance that wrote.
+//!   clear and re-announce them when it dies.
 //!
-//! An instance that is killed stops renewing its `alive` key: within [`ALIVE_FOR`] +
-//! [`HEARTBEAT`] (8 s) another instance sees it gone, removes its sockets from the documents
-//! it held and tells their remaining viewers. One that shuts down cleanly deletes its key, so
-//! the others do that at their next heartbeat.
+//! A socket counts while its instance's `alive` key exists (see [`crate::shared`]); when
+//! another instance finds that key gone, it clears the dead one's sockets from the documents
+//! it held and tells their remaining viewers ([`RedisPresence::reap`]).
 //!
 //! Changes are queued to one task, so a socket's own changes reach Redis in the order it made
 //! them (an open never overtakes the close after it).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use ::metrics::counter;
 use redis::AsyncCommands;
@@ -35,13 +31,10 @@ use tokio::sync::mpsc;
 use crate::metrics;
 use crate::socketio::Sid;
 
-const PREFIX: &str = "frappe_realtime:presence:";
+use super::keys::{PREFIX, alive_key};
+
 /// Frappe's channel, which every instance's bridge delivers from.
 const EVENTS: &str = "events";
-/// How often an instance renews its `alive` key and looks for dead ones.
-pub const HEARTBEAT: Duration = Duration::from_secs(2);
-/// How long an `alive` key lives without renewal.
-const ALIVE_FOR: Duration = Duration::from_secs(6);
 /// Changes waiting for the writer at most; past it a change is lost (counted) and the
 /// document's list is right again at its next change.
 const QUEUE: usize = 65_536;
@@ -133,24 +126,14 @@ pub struct RedisPresence {
 }
 
 impl RedisPresence {
-    /// The presence and its two tasks: the writer of changes and the heartbeat, which also
-    /// clears dead instances.
+    /// The presence of `instance`, and the task that writes its changes in order.
     pub fn start(
         connection: ConnectionManager,
-    ) -> (
-        Arc<Self>,
-        impl Future<Output = ()>,
-        impl Future<Output = ()>,
-    ) {
-        let instance = Sid::new().to_string();
+        instance: String,
+    ) -> (Arc<Self>, impl Future<Output = ()>) {
         let (changes, receiver) = mpsc::channel(QUEUE);
-        let presence = Arc::new(Self {
-            instance: instance.clone(),
-            changes,
-        });
-        let writer = write_changes(receiver, connection.clone(), instance.clone());
-        let heartbeat = heartbeat(presence.clone(), connection, instance);
-        (presence, writer, heartbeat)
+        let writer = write_changes(receiver, connection, instance.clone());
+        (Arc::new(Self { instance, changes }), writer)
     }
 
     /// `socket` of `user` opened or left a document of `site`: record it and tell the
@@ -183,7 +166,11 @@ impl RedisPresence {
     }
 
     /// Clear every document a dead instance held, telling each one's remaining viewers.
-    async fn reap(&self, connection: &mut ConnectionManager, dead: &str) -> redis::RedisResult<()> {
+    pub async fn reap(
+        &self,
+        connection: &mut ConnectionManager,
+        dead: &str,
+    ) -> redis::RedisResult<()> {
         let held_key = format!("{PREFIX}held:{dead}");
         let held: Vec<String> = connection.smembers(&held_key).await?;
         for document in held
@@ -202,21 +189,8 @@ impl RedisPresence {
             documents = held.len(),
             "an instance stopped; its viewers are cleared"
         );
-        let () = connection.del(&held_key).await?;
-        connection.srem(format!("{PREFIX}instances"), dead).await
+        connection.del(&held_key).await
     }
-
-    /// At a clean shutdown: this instance is gone at once, for the others' next heartbeat.
-    pub async fn leave(&self, mut connection: ConnectionManager) {
-        let gone: redis::RedisResult<()> = connection.del(alive_key(&self.instance)).await;
-        if let Err(e) = gone {
-            tracing::warn!(error = %e, "cannot tell the other instances this one stops");
-        }
-    }
-}
-
-fn alive_key(instance: &str) -> String {
-    format!("{PREFIX}alive:{instance}")
 }
 
 /// Run each change's script, in order.
@@ -226,7 +200,7 @@ async fn write_changes(
     instance: String,
 ) {
     let held_key = format!("{PREFIX}held:{instance}");
-    let alive_prefix = format!("{PREFIX}alive:");
+    let alive_prefix = alive_key("");
     let now_ms = || crate::metrics::unix_now_ms();
     while let Some(change) = receiver.recv().await {
         let Document(site, doctype, docname) = &change.document;
@@ -253,53 +227,4 @@ async fn write_changes(
             tracing::warn!(error = %e, "a presence change did not reach Redis");
         }
     }
-}
-
-/// Renew this instance's `alive` key every [`HEARTBEAT`], and clear instances whose key is
-/// gone.
-async fn heartbeat(
-    presence: Arc<RedisPresence>,
-    mut connection: ConnectionManager,
-    instance: String,
-) {
-    let mut ticks = tokio::time::interval(HEARTBEAT);
-    let alive_ms = u64::try_from(ALIVE_FOR.as_millis()).unwrap_or(u64::MAX);
-    loop {
-        ticks.tick().await;
-        let renewed: redis::RedisResult<()> = async {
-            let () = redis::cmd("SET")
-                .arg(alive_key(&instance))
-                .arg(1)
-                .arg("PX")
-                .arg(alive_ms)
-                .query_async(&mut connection)
-                .await?;
-            connection
-                .sadd(format!("{PREFIX}instances"), &instance)
-                .await
-        }
-        .await;
-        if let Err(e) = renewed {
-            tracing::warn!(error = %e, "cannot renew this instance's presence");
-            continue;
-        }
-        if let Err(e) = reap_dead(&presence, &mut connection, &instance).await {
-            tracing::warn!(error = %e, "cannot look for stopped instances");
-        }
-    }
-}
-
-async fn reap_dead(
-    presence: &RedisPresence,
-    connection: &mut ConnectionManager,
-    me: &str,
-) -> redis::RedisResult<()> {
-    let instances: Vec<String> = connection.smembers(format!("{PREFIX}instances")).await?;
-    for other in instances.iter().filter(|other| *other != me) {
-        let alive: bool = connection.exists(alive_key(other)).await?;
-        if !alive {
-            presence.reap(connection, other).await?;
-        }
-    }
-    Ok(())
 }
