@@ -1,6 +1,7 @@
 //! The status page as HTML: written here, no template engine and no script. Every value that
 //! came from a client or a site (user names, rooms, headers) is escaped.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use super::snapshot::{InstanceSummary, SiteStatus, Status};
@@ -140,6 +141,43 @@ fn instances_table(html: &mut String, instances: &[InstanceSummary], this: Optio
         );
     }
     html.push_str("</table>");
+    bench_wide(html, instances);
+}
+
+/// Each site over every instance: its sockets, and who is connected anywhere.
+fn bench_wide(html: &mut String, instances: &[InstanceSummary]) {
+    // Per site: websocket, polling, the users named, whether an instance named only some,
+    // and Guests.
+    let mut sites: BTreeMap<&str, (usize, usize, BTreeSet<&str>, bool, usize)> = BTreeMap::new();
+    for site in instances.iter().flat_map(|instance| &instance.sites) {
+        let entry = sites.entry(&site.site).or_default();
+        entry.0 += site.websocket;
+        entry.1 += site.polling;
+        entry.2.extend(site.users.iter().map(String::as_str));
+        entry.3 |= site.users.len() < site.users_online;
+        entry.4 += site.guests;
+    }
+    html.push_str(
+        "<table id=\"bench-sites\"><tr><th>site, every instance</th><th>websocket</th>\
+         <th>polling</th><th>users connected</th><th>guests</th></tr>",
+    );
+    for (site, (websocket, polling, users, partial, guests)) in sites {
+        let names: Vec<String> = users.iter().map(|user| escape(user)).collect();
+        let (at_least, more) = if partial {
+            ("at least ", ", …")
+        } else {
+            ("", "")
+        };
+        let _ = write!(
+            html,
+            "<tr data-bench-site=\"{name}\"><td><code>{name}</code></td><td class=\"num\">{websocket}</td>\
+             <td class=\"num\">{polling}</td><td>{at_least}{}: {}{more}</td><td class=\"num\">{guests}</td></tr>",
+            users.len(),
+            names.join(", "),
+            name = escape(site),
+        );
+    }
+    html.push_str("</table>");
 }
 
 fn sites(html: &mut String, sites: &[SiteStatus]) {
@@ -259,8 +297,6 @@ fn escape(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
     use crate::status::snapshot::RoomSize;
 

@@ -53,6 +53,9 @@ pub struct SiteCount {
     pub websocket: usize,
     pub polling: usize,
     pub users_online: usize,
+    /// The first of them by name (as many as the page names).
+    #[serde(default)]
+    pub users: Vec<String>,
     pub guests: usize,
 }
 
@@ -120,6 +123,7 @@ pub fn summary(service: &Service) -> serde_json::Value {
             websocket: seen.transports["websocket"],
             polling: seen.transports["polling"],
             users_online: seen.users.len(),
+            users: seen.users.iter().take(USERS_NAMED).cloned().collect(),
             guests: seen.guests,
             site,
         }

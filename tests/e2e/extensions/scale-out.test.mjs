@@ -218,6 +218,9 @@ describe("shared state across instances (realtime_shared_state: redis)", () => {
     const page = await (await fetch(`http://127.0.0.1:${cluster.instances[1].port}/status`)).text();
     assert.match(page, /<h2>Instances<\/h2>/);
     assert.equal((page.match(/<tr data-instance=/g) ?? []).length, 2);
+    // Who is connected to the site anywhere: Alice on one instance, Bob on the other.
+    const row = new RegExp(`<tr data-bench-site="${SITE1}">.*?</tr>`).exec(page)?.[0] ?? "";
+    assert.match(row, new RegExp(`2: ${ALICE}, ${BOB}`), row);
   });
 
   test("an instance killed with SIGKILL: its viewers are gone for the others within 8 s", async (t) => {
