@@ -9,9 +9,11 @@ use axum::Json;
 use axum::Router;
 use axum::extract::ConnectInfo;
 use axum::extract::Query;
+use axum::extract::Request;
 use axum::extract::State;
-use axum::http::{Extensions, HeaderMap};
+use axum::http::HeaderMap;
 use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
@@ -29,13 +31,19 @@ pub struct Ops {
 }
 
 pub fn router(ops: Arc<Ops>) -> Router {
+    let status = Router::new()
+        .route("/status", get(status_page))
+        .route("/status.json", get(status_json))
+        .route_layer(middleware::from_fn_with_state(
+            ops.clone(),
+            only_for_status_callers,
+        ));
     Router::new()
         .route("/metrics", get(metrics))
         .route("/health", get(health))
         .route("/ready", get(ready))
-        .route("/status", get(status_page))
-        .route("/status.json", get(status_json))
         .route("/admin/disconnect", post(disconnect_user))
+        .merge(status)
         .with_state(ops)
 }
 
@@ -79,15 +87,8 @@ async fn ready(State(ops): State<Arc<Ops>>) -> (StatusCode, Json<serde_json::Val
     (status, Json(body))
 }
 
-/// The status page, for a caller allowed to see it ([`may_see_status`]).
-async fn status_page(
-    State(ops): State<Arc<Ops>>,
-    extensions: Extensions,
-    headers: HeaderMap,
-) -> Response {
-    if !may_see_status(&ops, &extensions, &headers) {
-        return status_refused();
-    }
+/// The status page (see [`only_for_status_callers`]).
+async fn status_page(State(ops): State<Arc<Ops>>) -> Response {
     let page = status::render(&status::snapshot(&ops.service).await);
     (
         [
@@ -99,23 +100,27 @@ async fn status_page(
         .into_response()
 }
 
-async fn status_json(
-    State(ops): State<Arc<Ops>>,
-    extensions: Extensions,
-    headers: HeaderMap,
-) -> Response {
-    if !may_see_status(&ops, &extensions, &headers) {
-        return status_refused();
-    }
+async fn status_json(State(ops): State<Arc<Ops>>) -> Response {
     Json(status::snapshot(&ops.service).await).into_response()
 }
 
 /// The status page names users and shows clients' headers: it is for this machine (a
 /// loopback peer, or the bench's Unix socket) or a caller presenting `realtime_admin_token`.
 /// Bench's nginx routes only `/socket.io` here, so nothing outside reaches it through nginx.
-fn may_see_status(ops: &Ops, extensions: &Extensions, headers: &HeaderMap) -> bool {
-    let peer = extensions.get::<ConnectInfo<Peer>>().map(|info| info.0);
-    is_local(peer) || presents_admin_token(ops, headers)
+async fn only_for_status_callers(
+    State(ops): State<Arc<Ops>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<Peer>>()
+        .map(|info| info.0);
+    if is_local(peer) || presents_admin_token(&ops, request.headers()) {
+        next.run(request).await
+    } else {
+        status_refused()
+    }
 }
 
 /// Whether a request comes from this machine: a loopback peer, or the bench's Unix socket
