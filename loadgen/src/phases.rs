@@ -325,6 +325,7 @@ impl Runner<'_> {
         shared.recorder.begin(step_id);
         let clients_before = shared.connected.load(Ordering::Relaxed);
         let recovered_before = shared.recovered.load(Ordering::Relaxed);
+        let redis_before = self.stack.publisher.redis_cpu().await?;
         let mark = CpuMark::take(self.stack, self.load_core)?;
         let start = Instant::now();
         let start_ns = shared.clock.now_ns();
@@ -374,6 +375,12 @@ impl Runner<'_> {
         }
         let window = shared.recorder.end();
         let spent = mark.since(self.stack, self.load_core)?;
+        let redis = self
+            .stack
+            .publisher
+            .redis_cpu()
+            .await?
+            .saturating_sub(redis_before);
         let span_ns = window
             .last_ns
             .map_or(0, |last| last.saturating_sub(start_ns))
@@ -407,6 +414,9 @@ impl Runner<'_> {
             server_cpu_us_per_delivery: micros_each(spent.server, window.delivered),
             loadgen_cpu_pct: spent.own_percent(),
             loadgen_cpu_us_per_delivery: micros_each(spent.own, window.delivered),
+            redis_cpu_pct: percent(redis, spent.wall),
+            redis_cpu_us_per_delivery: micros_each(redis, window.delivered),
+            redis_cpu_us_per_publication: micros_each(redis, published),
             load_core_busy_pct: spent.load_core_busy,
             clients_before,
             clients_after: shared.connected.load(Ordering::Relaxed),

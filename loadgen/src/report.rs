@@ -122,6 +122,12 @@ pub struct StepReport {
     /// stand-in is another process): what its one core costs, and a floor under fan-out
     /// latencies, since it reads a broadcast's frames one client after another.
     pub loadgen_cpu_us_per_delivery: f64,
+    /// redis-server's CPU over the step (`INFO cpu`; it shares the load core): fanning each
+    /// publication out to its subscribers, one per server instance, plus whatever else the
+    /// servers ask of it meanwhile.
+    pub redis_cpu_pct: f64,
+    pub redis_cpu_us_per_delivery: f64,
+    pub redis_cpu_us_per_publication: f64,
     /// How busy the load core was as a whole (None when not pinned): near 100% the step
     /// measured the load generator's core, not the server.
     pub load_core_busy_pct: Option<f64>,
@@ -588,6 +594,8 @@ fn render_steps(steps: &StepsReport, out: &mut String) {
         "server µs/delivery",
         "loadgen cpu %",
         "loadgen µs/delivery",
+        "redis µs/delivery",
+        "redis µs/event",
         "load core %",
         "verdict",
     ]);
@@ -608,6 +616,8 @@ fn render_steps(steps: &StepsReport, out: &mut String) {
             num(s.server_cpu_us_per_delivery),
             format!("{:.0}", s.loadgen_cpu_pct),
             num(s.loadgen_cpu_us_per_delivery),
+            num(s.redis_cpu_us_per_delivery),
+            num(s.redis_cpu_us_per_publication),
             s.load_core_busy_pct
                 .map_or_else(|| "-".into(), |b| format!("{b:.0}")),
             s.verdict.label().into(),
@@ -695,6 +705,11 @@ fn headline(run: &RunReport) -> Vec<(String, Option<f64>, &'static str)> {
             rows.push((
                 format!("{} server µs/delivery at its highest ok rate", steps.kind),
                 Some(s.server_cpu_us_per_delivery),
+                "lower",
+            ));
+            rows.push((
+                format!("{} redis µs/delivery at its highest ok rate", steps.kind),
+                Some(s.redis_cpu_us_per_delivery),
                 "lower",
             ));
         }
