@@ -7,6 +7,9 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use clap::{Parser, ValueEnum};
 
+/// Most server instances one run starts: each is a process on the server core.
+const MAX_INSTANCES: usize = 16;
+
 use crate::clients::Backoff;
 
 /// Measure a Frappe realtime (Socket.IO) service under load: idle memory per connection,
@@ -34,6 +37,12 @@ pub struct Args {
     /// The frappe-realtime binary `ours` means.
     #[arg(long)]
     pub server_bin: Option<PathBuf>,
+    /// Server instances to run on the one bench and Redis (README "Several instances"), each
+    /// on its own port (FRAPPE_SOCKETIO_PORT; `ours` also gets --upstream-server I/N), all on
+    /// the server core. Clients go to them in turn. With more than one, the phases that
+    /// restart the server under its clients (storm, storm-shared) are refused.
+    #[arg(long, default_value_t = 1)]
+    pub instances: usize,
     /// Phases to run, in this order whatever order they are given in.
     #[arg(
         long,
@@ -183,6 +192,21 @@ pub enum Phase {
     Scale,
 }
 
+impl Phase {
+    /// The name `--phases` takes.
+    pub fn name(self) -> String {
+        self.to_possible_value()
+            .map_or_else(|| format!("{self:?}"), |v| v.get_name().to_owned())
+    }
+
+    /// Whether it means something with several server instances. A storm restarts the
+    /// server under its clients; with several, whether one restarts, all at once or one
+    /// after another is a scenario of its own, which this tool does not model.
+    fn supports_instances(self) -> bool {
+        !matches!(self, Self::Storm | Self::StormShared)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum StopSignal {
     Term,
@@ -262,11 +286,44 @@ impl Args {
         if self.site.is_empty() || self.site.contains(['/', ',', '"', '\\']) {
             bail!("--site must be a plain host name");
         }
+        self.validate_instances()?;
         self.phases.sort();
         self.phases.dedup();
         self.scale_steps.sort_unstable();
         self.scale_steps.dedup();
         self.scale_steps.retain(|n| *n > 0);
+        Ok(())
+    }
+
+    /// `--instances` within bounds, and only with phases that support several.
+    fn validate_instances(&self) -> Result<()> {
+        if !(1..=MAX_INSTANCES).contains(&self.instances) {
+            bail!("--instances must be between 1 and {MAX_INSTANCES}");
+        }
+        if self.instances == 1 {
+            return Ok(());
+        }
+        let refused: Vec<String> = self
+            .phases
+            .iter()
+            .filter(|p| !p.supports_instances())
+            .map(|p| p.name())
+            .collect();
+        if !refused.is_empty() {
+            let supported: Vec<String> = Phase::value_variants()
+                .iter()
+                .filter(|p| p.supports_instances())
+                .map(|p| p.name())
+                .collect();
+            bail!(
+                "--instances {}: the {} phase(s) restart the server under its clients and run \
+                 with one instance only (the default --phases has them); choose --phases from \
+                 {}",
+                self.instances,
+                refused.join(", "),
+                supported.join(",")
+            );
+        }
         Ok(())
     }
 
@@ -339,5 +396,31 @@ mod tests {
             ]
         );
         assert!(Args::try_parse_from(["loadgen", "--site-config", "novalue"]).is_err());
+    }
+
+    #[test]
+    fn several_instances_refuse_the_storms() {
+        let mut args = Args::parse_from(["loadgen", "--instances", "2"]);
+        let error = args
+            .validate()
+            .expect_err("the default phases have storms")
+            .to_string();
+        assert!(error.contains("storm, storm-shared"), "{error}");
+        assert!(
+            error.contains("connect,idle,broadcast,user,cut,scale"),
+            "{error}"
+        );
+        let mut args = Args::parse_from([
+            "loadgen",
+            "--instances",
+            "2",
+            "--phases",
+            "connect,idle,broadcast",
+        ]);
+        args.validate().expect("valid");
+        let mut bad = Args::parse_from(["loadgen", "--instances", "0"]);
+        assert!(bad.validate().is_err());
+        let mut one = Args::parse_from(["loadgen", "--instances", "1"]);
+        one.validate().expect("the storms run with one instance");
     }
 }

@@ -88,7 +88,8 @@ impl Failures {
 
 /// What every client task shares.
 pub struct Shared {
-    pub target: Target,
+    /// Where each server instance listens; client `k` connects to `targets[k % len]`.
+    pub targets: Vec<Target>,
     pub identities: Identities,
     pub clock: Clock,
     pub recorder: Recorder,
@@ -120,6 +121,8 @@ struct Client {
     task: JoinHandle<()>,
     alive: Arc<AtomicBool>,
     user: usize,
+    /// The server instance it connects to (an index into [`Shared::targets`]).
+    instance: usize,
 }
 
 /// The figures of one [`Pool::grow`].
@@ -166,6 +169,19 @@ impl Pool {
             .count()
     }
 
+    /// Clients joined right now on each server instance, in instance order.
+    pub fn alive_by_instance(&self) -> Vec<usize> {
+        let mut alive = vec![0; self.shared.targets.len()];
+        for client in &self.clients {
+            if client.alive.load(Ordering::Relaxed)
+                && let Some(count) = alive.get_mut(client.instance)
+            {
+                *count += 1;
+            }
+        }
+        alive
+    }
+
     /// The user of a random client that is connected now.
     pub fn random_alive_user(&self) -> Option<usize> {
         if self.clients.is_empty() {
@@ -196,7 +212,9 @@ impl Pool {
 
     /// Add clients until there are `total`, at most `concurrency` connecting at once, and
     /// wait (until `deadline` at most) for each first attempt to end. A client whose first
-    /// attempt fails is gone; the outcome counts it.
+    /// attempt fails is gone; the outcome counts it. Clients go to the server instances in
+    /// turn, so each has its share whatever the total (and tabs sharing a sid land on
+    /// different instances, as a browser's tabs behind nginx's round-robin may).
     pub async fn grow(
         &mut self,
         total: usize,
@@ -208,18 +226,25 @@ impl Pool {
         let permits = Arc::new(Semaphore::new(concurrency.max(1)));
         let (results, mut results_rx) = mpsc::unbounded_channel::<FirstResult>();
         self.shared.failures.take();
+        let instances = self.shared.targets.len().max(1);
         for index in before..total {
             let user = index / self.tabs_per_sid;
+            let instance = index % instances;
             let sid = self.shared.identities.sid(user);
             let alive = Arc::new(AtomicBool::new(false));
             let task = tokio::spawn(run_client(
                 self.shared.clone(),
-                sid,
+                Tab { sid, instance },
                 alive.clone(),
                 permits.clone(),
                 results.clone(),
             ));
-            self.clients.push(Client { task, alive, user });
+            self.clients.push(Client {
+                task,
+                alive,
+                user,
+                instance,
+            });
         }
         drop(results);
         let attempted = total.saturating_sub(before);
@@ -334,15 +359,26 @@ impl Resume {
     }
 }
 
+/// Who a client is and where it connects: its sid and its server instance.
+struct Tab {
+    sid: String,
+    instance: usize,
+}
+
 async fn attempt(
     shared: &Shared,
-    sid: &str,
+    tab: &Tab,
     resume: Option<&Resume>,
 ) -> Result<Connected, Option<ConnectError>> {
+    let Some(target) = shared.targets.get(tab.instance) else {
+        let error = ConnectError::Protocol(format!("no server instance {}", tab.instance));
+        shared.failures.add(&error);
+        return Err(Some(error));
+    };
     let auth = resume.map(Resume::auth);
     match tokio::time::timeout(
         shared.connect_timeout,
-        engineio::connect(&shared.target, sid, auth.as_deref()),
+        engineio::connect(target, &tab.sid, auth.as_deref()),
     )
     .await
     {
@@ -360,7 +396,7 @@ async fn attempt(
 
 async fn run_client(
     shared: Arc<Shared>,
-    sid: String,
+    tab: Tab,
     alive: Arc<AtomicBool>,
     permits: Arc<Semaphore>,
     first: mpsc::UnboundedSender<FirstResult>,
@@ -371,7 +407,7 @@ async fn run_client(
         let Ok(_permit) = permits.acquire().await else {
             return;
         };
-        attempt(&shared, &sid, resume.as_ref()).await
+        attempt(&shared, &tab, resume.as_ref()).await
     };
     let mut socket = match joined {
         Ok(joined) => {
@@ -393,9 +429,9 @@ async fn run_client(
             // The session owns the socket and closes it when it ends: a client holding its
             // dead connection while it reconnects would need two descriptors, and 19.5k
             // clients would run out of them mid-storm.
-            session(&shared, socket, resume.as_mut()).await;
+            session(&shared, tab.instance, socket, resume.as_mut()).await;
         }
-        match reconnect(&shared, &sid, resume.as_ref()).await {
+        match reconnect(&shared, &tab, resume.as_ref()).await {
             Some(again) => {
                 shared.reconnections.fetch_add(1, Ordering::Relaxed);
                 if resume.as_mut().is_some_and(|r| r.joined(again.pid)) {
@@ -412,7 +448,7 @@ async fn run_client(
 /// that recovers its session: one the server cut comes back for what it missed). `None` when
 /// the client gives up — reconnecting is off, it ran out of attempts, or the server refused
 /// the namespace (socket.io-client does not retry a CONNECT_ERROR either).
-async fn reconnect(shared: &Shared, sid: &str, resume: Option<&Resume>) -> Option<Connected> {
+async fn reconnect(shared: &Shared, tab: &Tab, resume: Option<&Resume>) -> Option<Connected> {
     let mut retry = 0;
     let wanted = || resume.is_some() || shared.reconnect.load(Ordering::Relaxed);
     loop {
@@ -423,7 +459,7 @@ async fn reconnect(shared: &Shared, sid: &str, resume: Option<&Resume>) -> Optio
         if !wanted() {
             return None;
         }
-        match attempt(shared, sid, resume).await {
+        match attempt(shared, tab, resume).await {
             Ok(socket) => return Some(socket),
             Err(Some(ConnectError::Refused(_))) => return None,
             Err(_) => {
@@ -439,7 +475,12 @@ async fn reconnect(shared: &Shared, sid: &str, resume: Option<&Resume>) -> Optio
 /// Read until the connection ends or is cut, answering pings, stamping events and noting
 /// their offsets; then close it (a cut drops the TCP connection without a goodbye, as a
 /// network blip does).
-async fn session(shared: &Shared, mut socket: Socket, mut resume: Option<&mut Resume>) {
+async fn session(
+    shared: &Shared,
+    instance: usize,
+    mut socket: Socket,
+    mut resume: Option<&mut Resume>,
+) {
     let mut cut = shared.cut.subscribe();
     // One future for the session's life: a new one per message would register with the
     // channel's waiter list (a lock shared by every client) for every delivery.
@@ -467,7 +508,7 @@ async fn session(shared: &Shared, mut socket: Socket, mut resume: Option<&mut Re
             Frame::Stamped(stamp) => {
                 shared
                     .recorder
-                    .record(stamp.step, stamp.sent_ns, shared.clock.now_ns());
+                    .record(instance, stamp.step, stamp.sent_ns, shared.clock.now_ns());
             }
             Frame::Ping => {
                 if socket.send(Message::text("3")).await.is_err() {

@@ -61,7 +61,7 @@ pub struct FrappeStandIn {
 }
 
 impl FrappeStandIn {
-    /// Start it on `port` (see [`crate::procs::free_port`]) for `identities`, logging into
+    /// Start it on `port` (see [`crate::procs::free_ports`]) for `identities`, logging into
     /// `log_dir`, and wait (at most 10 s) until it listens.
     pub async fn start(
         log_dir: &Path,

@@ -93,6 +93,14 @@ fn run(args: &Args, placement: Placement) -> Result<Report> {
         Placement::Pinned {
             server_core,
             load_core,
+        } if args.instances > 1 => format!(
+            "server's {} instances all pinned to core {server_core}, load generator to core \
+             {load_core}",
+            args.instances
+        ),
+        Placement::Pinned {
+            server_core,
+            load_core,
         } => format!("server pinned to core {server_core}, load generator to core {load_core}"),
         Placement::Unpinned { why } => format!("not pinned ({why})"),
     };

@@ -1,6 +1,10 @@
 //! The measurements, run against one server in a fixed order: connect, idle memory,
 //! broadcast steps, user-room steps, a transport cut, reconnect storms, scale. Each is bounded in time and
 //! count; a failing one stops the run and the report keeps what was measured before it.
+//!
+//! The server may be several instances (`--instances`): memory and CPU are then their sums,
+//! with each instance's share beside them, and deliveries are counted by the instance whose
+//! clients got them.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -12,11 +16,11 @@ use crate::clients::Pool;
 use crate::identity::Identities;
 use crate::procs::ServerCommand;
 use crate::report::{
-    ConnectReport, CutReport, IdleReport, RunReport, ScaleStep, StepReport, StepsReport,
-    StormReport, Verdict,
+    ConnectReport, CutReport, IdleReport, InstanceConnect, InstanceIdle, InstanceReport,
+    InstanceStep, RunReport, ScaleStep, StepReport, StepsReport, StormReport, Verdict,
 };
 use crate::stack::Stack;
-use crate::system::{self, own_cpu};
+use crate::system::{self, Usage, own_cpu};
 
 /// Most events published in one Redis round trip.
 const MAX_BATCH: u64 = 1000;
@@ -35,7 +39,7 @@ pub async fn run_server(
 ) -> RunReport {
     let mut report = RunReport {
         label: label.to_owned(),
-        command: command.describe(),
+        command: command.describe(args.instances),
         frappe_version: args.frappe_version,
         clients: args.clients,
         ..RunReport::default()
@@ -56,7 +60,18 @@ async fn run_phases(
     report: &mut RunReport,
 ) -> Result<()> {
     let mut stack = Stack::start(args, command, server_core).await?;
-    report.server_rss_baseline_kib = stack.server_usage()?.rss_kib;
+    let baseline = stack.server_usage()?;
+    report.server_rss_baseline_kib = baseline.iter().map(|u| u.rss_kib).sum();
+    report.instances = stack
+        .servers
+        .iter()
+        .zip(&baseline)
+        .map(|(server, usage)| InstanceReport {
+            instance: server.instance.index + 1,
+            port: server.instance.port,
+            rss_baseline_kib: usage.rss_kib,
+        })
+        .collect();
     let mut runner = Runner {
         args,
         stack: &mut stack,
@@ -87,7 +102,7 @@ async fn run_phases(
     }
     if args.has(Phase::Idle) {
         progress("idle", pool.alive());
-        report.idle = Some(runner.idle(&pool, report.server_rss_baseline_kib).await?);
+        report.idle = Some(runner.idle(&pool, &baseline).await?);
     }
     if args.has(Phase::Broadcast) {
         progress("broadcast", pool.alive());
@@ -148,9 +163,10 @@ struct Runner<'a> {
     load_core: Option<usize>,
 }
 
-/// CPU time of the server and of this process, and the wall clock, at one moment.
+/// CPU time of the server (each instance) and of this process, and the wall clock, at one
+/// moment.
 struct CpuMark {
-    server: Duration,
+    server: Vec<Duration>,
     own: Duration,
     load_core: Option<(u64, u64)>,
     at: Instant,
@@ -159,7 +175,7 @@ struct CpuMark {
 impl CpuMark {
     fn take(stack: &Stack, load_core: Option<usize>) -> Result<Self> {
         Ok(Self {
-            server: stack.server_usage()?.cpu,
+            server: stack.server_usage()?.iter().map(|u| u.cpu).collect(),
             own: own_cpu(),
             load_core: load_core.and_then(system::core_times),
             at: Instant::now(),
@@ -171,8 +187,15 @@ impl CpuMark {
     /// wall time, since this mark.
     fn since(&self, stack: &Stack, load_core: Option<usize>) -> Result<Spent> {
         let now = Self::take(stack, load_core)?;
+        let server_each: Vec<Duration> = now
+            .server
+            .iter()
+            .zip(&self.server)
+            .map(|(after, before)| after.saturating_sub(*before))
+            .collect();
         Ok(Spent {
-            server: now.server.saturating_sub(self.server),
+            server: server_each.iter().sum(),
+            server_each,
             own: now.own.saturating_sub(self.own),
             load_core_busy: self
                 .load_core
@@ -184,7 +207,10 @@ impl CpuMark {
 }
 
 struct Spent {
+    /// All instances together.
     server: Duration,
+    /// Each instance, in instance order.
+    server_each: Vec<Duration>,
     own: Duration,
     load_core_busy: Option<f64>,
     wall: Duration,
@@ -238,7 +264,19 @@ impl Runner<'_> {
             .grow(n, self.args.concurrency, self.connect_deadline(n))
             .await;
         let spent = mark.since(self.stack, self.load_core)?;
-        self.stack.server.check_alive()?;
+        self.stack.servers.check_alive()?;
+        let per_instance = pool
+            .alive_by_instance()
+            .into_iter()
+            .zip(&spent.server_each)
+            .enumerate()
+            .map(|(i, (connected, cpu))| InstanceConnect {
+                instance: i + 1,
+                connected,
+                server_cpu_ms: cpu.as_secs_f64() * 1000.0,
+                server_cpu_us_per_handshake: micros_each(*cpu, connected as u64),
+            })
+            .collect();
         Ok(ConnectReport {
             clients: outcome.attempted,
             concurrency: self.args.concurrency,
@@ -251,23 +289,42 @@ impl Runner<'_> {
             server_cpu_ms: spent.server.as_secs_f64() * 1000.0,
             server_cpu_us_per_handshake: micros_each(spent.server, outcome.connected as u64),
             loadgen_cpu_pct: spent.own_percent(),
+            per_instance,
         })
     }
 
-    async fn idle(&mut self, pool: &Pool, baseline_kib: u64) -> Result<IdleReport> {
+    /// Memory per idle connection: the instances' RSS summed (what the bench pays), less
+    /// their sum before any client, over every connection; and each instance's own.
+    async fn idle(&mut self, pool: &Pool, baseline: &[Usage]) -> Result<IdleReport> {
         let mark = CpuMark::take(self.stack, self.load_core)?;
         tokio::time::sleep(self.args.idle()).await;
         let usage = self.stack.server_usage()?;
         let spent = mark.since(self.stack, self.load_core)?;
-        let connections = pool.alive();
+        let connections = pool.alive_by_instance();
+        let per_instance: Vec<InstanceIdle> = connections
+            .iter()
+            .zip(usage.iter().zip(baseline))
+            .zip(&spent.server_each)
+            .enumerate()
+            .map(|(i, ((connections, (now, before)), cpu))| InstanceIdle {
+                instance: i + 1,
+                connections: *connections,
+                rss_baseline_kib: before.rss_kib,
+                rss_kib: now.rss_kib,
+                kib_per_connection: kib_per_connection(before.rss_kib, now.rss_kib, *connections),
+                server_cpu_pct_idle: percent(*cpu, spent.wall),
+            })
+            .collect();
+        let total = |usages: &[Usage]| usages.iter().copied().sum::<Usage>().rss_kib;
+        let connections = connections.iter().sum();
         Ok(IdleReport {
             connections,
             idle_secs: self.args.idle_secs,
-            rss_baseline_kib: baseline_kib,
-            rss_kib: usage.rss_kib,
-            kib_per_connection: usage.rss_kib.saturating_sub(baseline_kib) as f64
-                / connections.max(1) as f64,
+            rss_baseline_kib: total(baseline),
+            rss_kib: total(&usage),
+            kib_per_connection: kib_per_connection(total(baseline), total(&usage), connections),
             server_cpu_pct_idle: percent(spent.server, spent.wall),
+            per_instance,
         })
     }
 
@@ -310,8 +367,8 @@ impl Runner<'_> {
     /// Publish at `rate` for the step's duration, wait for stragglers, and judge the step.
     async fn step(&mut self, pool: &Pool, fanout: Fanout, rate: f64) -> Result<StepReport> {
         self.drain().await;
-        self.stack.server.check_alive()?;
-        if self.stack.publisher.subscribers().await? == 0 {
+        self.stack.servers.check_alive()?;
+        if !self.stack.all_subscribed().await? {
             // Redis drops a subscriber whose output buffer overflows; the server re-subscribes.
             self.stack.wait_ready(self.args.ready_timeout()).await?;
         }
@@ -324,7 +381,9 @@ impl Runner<'_> {
         let step_id = next_step_id();
         shared.recorder.begin(step_id);
         let clients_before = shared.connected.load(Ordering::Relaxed);
+        let clients_by_instance = pool.alive_by_instance();
         let recovered_before = shared.recovered.load(Ordering::Relaxed);
+        let redis_before = self.stack.publisher.redis_cpu().await?;
         let mark = CpuMark::take(self.stack, self.load_core)?;
         let start = Instant::now();
         let start_ns = shared.clock.now_ns();
@@ -374,6 +433,12 @@ impl Runner<'_> {
         }
         let window = shared.recorder.end();
         let spent = mark.since(self.stack, self.load_core)?;
+        let redis = self
+            .stack
+            .publisher
+            .redis_cpu()
+            .await?
+            .saturating_sub(redis_before);
         let span_ns = window
             .last_ns
             .map_or(0, |last| last.saturating_sub(start_ns))
@@ -407,11 +472,19 @@ impl Runner<'_> {
             server_cpu_us_per_delivery: micros_each(spent.server, window.delivered),
             loadgen_cpu_pct: spent.own_percent(),
             loadgen_cpu_us_per_delivery: micros_each(spent.own, window.delivered),
+            redis_cpu_pct: percent(redis, spent.wall),
+            redis_cpu_us_per_delivery: micros_each(redis, window.delivered),
+            redis_cpu_us_per_publication: micros_each(redis, published),
             load_core_busy_pct: spent.load_core_busy,
             clients_before,
             clients_after: shared.connected.load(Ordering::Relaxed),
             recovered: shared.recovered.load(Ordering::Relaxed) - recovered_before,
             verdict,
+            per_instance: instance_steps(
+                &clients_by_instance,
+                &window.delivered_by_instance,
+                &spent,
+            ),
         })
     }
 
@@ -428,10 +501,10 @@ impl Runner<'_> {
         let own_before = own_cpu();
         let signalled = Instant::now();
         let result = async {
-            self.stack.server.stop(args.storm_signal.number()).await?;
+            self.stack.servers.stop(args.storm_signal.number()).await?;
             let stopped = Instant::now();
             self.stack.frappe.take_counts().await?;
-            self.stack.server.start()?;
+            self.stack.servers.start()?;
             let back_at = self
                 .all_back(clients, stopped + args.storm_timeout())
                 .await?;
@@ -442,7 +515,7 @@ impl Runner<'_> {
         let (stopped, back_at) = result?;
         let loadgen_cpu_pct = percent(own_cpu().saturating_sub(own_before), signalled.elapsed());
         let auth = self.stack.frappe.take_counts().await?;
-        let server_cpu = self.stack.server_usage()?.cpu;
+        let server_cpu = self.stack.server_usage()?.into_iter().sum::<Usage>().cpu;
         let back = pool.alive();
         self.stack.wait_ready(args.ready_timeout()).await?;
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
@@ -475,7 +548,7 @@ impl Runner<'_> {
             if Instant::now() > deadline {
                 return Ok(None);
             }
-            self.stack.server.check_alive()?;
+            self.stack.servers.check_alive()?;
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
@@ -487,7 +560,7 @@ impl Runner<'_> {
     async fn cut(&mut self, pool: &Pool) -> Result<CutReport> {
         let args = self.args;
         self.drain().await;
-        self.stack.server.check_alive()?;
+        self.stack.servers.check_alive()?;
         let shared = self.stack.shared.clone();
         let clients = pool.alive();
         shared.failures.take();
@@ -554,7 +627,12 @@ impl Runner<'_> {
         tokio::time::sleep(Duration::from_secs(1)).await;
         self.stack.restart_server(args.ready_timeout()).await?;
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let baseline = self.stack.server_usage()?.rss_kib;
+        let baseline = self
+            .stack
+            .server_usage()?
+            .into_iter()
+            .sum::<Usage>()
+            .rss_kib;
         let mut pool = Pool::new(self.stack.shared.clone(), 1);
         let mut rows = Vec::new();
         let mut targets: Vec<usize> = args
@@ -568,9 +646,14 @@ impl Runner<'_> {
             let outcome = pool
                 .grow(n, args.concurrency, self.connect_deadline(n))
                 .await;
-            self.stack.server.check_alive()?;
+            self.stack.servers.check_alive()?;
             tokio::time::sleep(args.idle()).await;
-            let rss = self.stack.server_usage()?.rss_kib;
+            let rss = self
+                .stack
+                .server_usage()?
+                .into_iter()
+                .sum::<Usage>()
+                .rss_kib;
             let connected = pool.alive();
             let step = self.step(&pool, Fanout::Broadcast, args.scale_rate).await?;
             rows.push(ScaleStep {
@@ -578,7 +661,7 @@ impl Runner<'_> {
                 connected,
                 connect_per_s: per_second(outcome.connected as f64, outcome.wall),
                 rss_kib: rss,
-                kib_per_connection: rss.saturating_sub(baseline) as f64 / connected.max(1) as f64,
+                kib_per_connection: kib_per_connection(baseline, rss, connected),
                 rate: args.scale_rate,
                 delivered_per_s: step.delivered_per_s,
                 lost: step.lost,
@@ -596,6 +679,28 @@ impl Runner<'_> {
         pool.close();
         Ok(rows)
     }
+}
+
+/// Each instance's clients, deliveries and CPU over one step.
+fn instance_steps(clients: &[usize], delivered: &[u64], spent: &Spent) -> Vec<InstanceStep> {
+    clients
+        .iter()
+        .zip(delivered)
+        .zip(&spent.server_each)
+        .enumerate()
+        .map(|(i, ((clients, delivered), cpu))| InstanceStep {
+            instance: i + 1,
+            clients: *clients,
+            delivered: *delivered,
+            server_cpu_pct: percent(*cpu, spent.wall),
+            server_cpu_us_per_delivery: micros_each(*cpu, *delivered),
+        })
+        .collect()
+}
+
+/// RSS grown since the baseline, per connection (0 connections count as 1).
+fn kib_per_connection(baseline_kib: u64, rss_kib: u64, connections: usize) -> f64 {
+    rss_kib.saturating_sub(baseline_kib) as f64 / connections.max(1) as f64
 }
 
 /// Step ids are unique within the process, so a straggler from any earlier step (or run)

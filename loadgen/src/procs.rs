@@ -125,13 +125,17 @@ impl Drop for Spawned {
     }
 }
 
-/// A free TCP port on 127.0.0.1 (free when asked; the caller binds it soon after).
-pub fn free_port() -> Result<u16> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("binding a probe socket")?;
-    Ok(listener
-        .local_addr()
-        .context("probe socket address")?
-        .port())
+/// `count` distinct free TCP ports on 127.0.0.1 (free when asked; the caller binds them soon
+/// after). The probe sockets are held until all are picked: one closed at once could be
+/// handed out again, and two servers told the same port would not both listen.
+pub fn free_ports(count: usize) -> Result<Vec<u16>> {
+    let probes = (0..count)
+        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).context("binding a probe socket"))
+        .collect::<Result<Vec<_>>>()?;
+    probes
+        .iter()
+        .map(|probe| Ok(probe.local_addr().context("probe socket address")?.port()))
+        .collect()
 }
 
 /// Whether something accepts TCP connections on 127.0.0.1:`port`.
@@ -232,11 +236,20 @@ impl ServerCommand {
         Ok(Self::Ours(path))
     }
 
-    /// How the report names it.
-    pub fn describe(&self) -> String {
-        match self {
+    /// How the report names it, run as `instances` instances.
+    pub fn describe(&self, instances: usize) -> String {
+        let command = match self {
+            Self::Ours(path) if instances > 1 => format!(
+                "{} --host 127.0.0.1 --upstream-server I/{instances}",
+                path.display()
+            ),
             Self::Ours(path) => format!("{} --host 127.0.0.1", path.display()),
             Self::Shell(template) => template.clone(),
+        };
+        if instances > 1 {
+            format!("{command} (×{instances}, each with FRAPPE_SOCKETIO_PORT=<its port>)")
+        } else {
+            command
         }
     }
 }
@@ -250,12 +263,47 @@ pub fn substitute(template: &str, vars: &[(&str, String)]) -> String {
         })
 }
 
-/// Where and how the server under test runs; it can be stopped and started again (the
+/// Which of a run's server instances one is: all share the bench and Redis, each listens on
+/// its own port (README "Several instances").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Instance {
+    /// From 0.
+    pub index: usize,
+    pub count: usize,
+    pub port: u16,
+}
+
+impl Instance {
+    /// How messages name it: "the server" when it is the only one.
+    pub fn name(&self) -> String {
+        if self.count == 1 {
+            "the server".into()
+        } else {
+            format!(
+                "server instance {} of {} (port {})",
+                self.index + 1,
+                self.count,
+                self.port
+            )
+        }
+    }
+
+    /// `logs/server.log`, or `logs/server-<i>.log` (from 1) when there are several.
+    fn log_name(&self) -> String {
+        if self.count == 1 {
+            "server.log".into()
+        } else {
+            format!("server-{}.log", self.index + 1)
+        }
+    }
+}
+
+/// Where and how one server instance runs; it can be stopped and started again (the
 /// reconnect storm) on the same port with the same bench.
 pub struct Server {
     command: ServerCommand,
     bench: PathBuf,
-    pub port: u16,
+    pub instance: Instance,
     vars: Vec<(&'static str, String)>,
     core: Option<usize>,
     log: PathBuf,
@@ -263,21 +311,23 @@ pub struct Server {
 }
 
 impl Server {
-    /// `vars` are the placeholders of a shell command: bench, port, site, redis, web.
+    /// `vars` are the placeholders of a shell command: bench, site, redis, web (`port` is
+    /// added: the instance's own).
     pub fn new(
         command: ServerCommand,
         bench: &Path,
-        port: u16,
-        vars: Vec<(&'static str, String)>,
+        instance: Instance,
+        mut vars: Vec<(&'static str, String)>,
         core: Option<usize>,
     ) -> Self {
+        vars.push(("port", instance.port.to_string()));
         Self {
             command,
             bench: bench.to_path_buf(),
-            port,
+            instance,
             vars,
             core,
-            log: bench.join("logs").join("server.log"),
+            log: bench.join("logs").join(instance.log_name()),
             process: None,
         }
     }
@@ -286,11 +336,9 @@ impl Server {
         &self.log
     }
 
-    /// Start the server process (on the server core, in the bench directory).
-    pub fn start(&mut self) -> Result<()> {
-        if self.process.is_some() {
-            bail!("the server is already running");
-        }
+    /// The command line: under taskset on the server core when pinned; ours with
+    /// `--upstream-server I/N` when there are several, as a bench behind nginx runs them.
+    fn argv(&self) -> Vec<String> {
         let mut argv: Vec<String> = Vec::new();
         if let Some(core) = self.core {
             argv.extend(["taskset".into(), "-c".into(), core.to_string()]);
@@ -299,20 +347,36 @@ impl Server {
             ServerCommand::Ours(path) => {
                 argv.push(path.display().to_string());
                 argv.extend(["--host".into(), "127.0.0.1".into()]);
+                let Instance { index, count, .. } = self.instance;
+                if count > 1 {
+                    argv.extend(["--upstream-server".into(), format!("{}/{count}", index + 1)]);
+                }
             }
             ServerCommand::Shell(template) => {
                 argv.extend(["sh".into(), "-c".into()]);
                 argv.push(format!("exec {}", substitute(template, &self.vars)));
             }
         }
+        argv
+    }
+
+    /// Start the server process (on the server core, in the bench directory).
+    pub fn start(&mut self) -> Result<()> {
+        if self.process.is_some() {
+            bail!("{} is already running", self.instance.name());
+        }
+        let argv = self.argv();
         let mut command = Command::new(&argv[0]);
         command
             .args(&argv[1..])
             .current_dir(&self.bench)
             // Frappe's node_utils.js takes the bench from here before its own location, so
             // `node <any frappe>/socketio.js` reads this bench.
-            .env("FRAPPE_BENCH_ROOT", &self.bench);
-        self.process = Some(Spawned::start(command, "the server", &self.log)?);
+            .env("FRAPPE_BENCH_ROOT", &self.bench)
+            // Every instance reads the same bench config; this is how each gets its own port
+            // (for the first it is the config's `socketio_port` anyway).
+            .env("FRAPPE_SOCKETIO_PORT", self.instance.port.to_string());
+        self.process = Some(Spawned::start(command, self.instance.name(), &self.log)?);
         Ok(())
     }
 
@@ -325,13 +389,14 @@ impl Server {
         let deadline = Instant::now() + timeout;
         loop {
             self.check_alive()?;
-            if accepts(self.port) {
+            if accepts(self.instance.port) {
                 return Ok(());
             }
             if Instant::now() > deadline {
                 bail!(
-                    "the server did not listen on port {} within {timeout:?}; see {}",
-                    self.port,
+                    "{} did not listen on port {} within {timeout:?}; see {}",
+                    self.instance.name(),
+                    self.instance.port,
                     self.log.display()
                 );
             }
@@ -342,12 +407,13 @@ impl Server {
     /// An error naming the log when the server process has exited.
     pub fn check_alive(&mut self) -> Result<()> {
         let Some(process) = self.process.as_mut() else {
-            bail!("the server is not running");
+            bail!("{} is not running", self.instance.name());
         };
         if let Some(status) = process.exited()? {
             self.process = None;
             bail!(
-                "the server exited with {status}; its output is in {}:\n{}",
+                "{} exited with {status}; its output is in {}:\n{}",
+                self.instance.name(),
                 self.log.display(),
                 log_tail(&self.log, 20)
             );
@@ -361,6 +427,61 @@ impl Server {
             process.stop(signal, Duration::from_secs(10)).await?;
         }
         Ok(())
+    }
+}
+
+/// Every instance of the server under test: started, stopped and checked together.
+pub struct Servers {
+    each: Vec<Server>,
+}
+
+impl Servers {
+    pub fn new(each: Vec<Server>) -> Self {
+        Self { each }
+    }
+
+    pub fn len(&self) -> usize {
+        self.each.len()
+    }
+
+    pub fn iter(&self) -> std::slice::Iter<'_, Server> {
+        self.each.iter()
+    }
+
+    pub fn start(&mut self) -> Result<()> {
+        self.each.iter_mut().try_for_each(Server::start)
+    }
+
+    /// Stop every instance with `signal`, one after another (SIGKILL after 10 s each).
+    pub async fn stop(&mut self, signal: libc::c_int) -> Result<()> {
+        for server in &mut self.each {
+            server.stop(signal).await?;
+        }
+        Ok(())
+    }
+
+    /// An error naming the first instance that has exited, and its log.
+    pub fn check_alive(&mut self) -> Result<()> {
+        self.each.iter_mut().try_for_each(Server::check_alive)
+    }
+
+    /// Wait until every instance accepts TCP connections (`timeout` in all).
+    pub async fn wait_listening(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        for server in &mut self.each {
+            let left = deadline.saturating_duration_since(Instant::now());
+            server.wait_listening(left).await?;
+        }
+        Ok(())
+    }
+
+    /// The instances' logs, for error messages.
+    pub fn logs(&self) -> String {
+        self.each
+            .iter()
+            .map(|s| s.log().display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 

@@ -2,6 +2,7 @@
 //! `redis_queue`, serialised like `frappe.as_json` (indent 1, sorted keys; protocol §6.1).
 
 use std::fmt::Write as _;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use redis::aio::MultiplexedConnection;
@@ -82,6 +83,19 @@ impl Publisher {
         Ok(count)
     }
 
+    /// CPU time redis-server has used so far (`used_cpu_sys` + `used_cpu_user` of `INFO cpu`,
+    /// from getrusage: microseconds, where /proc's clock ticks are 10 ms). Redis writes every
+    /// publication to every subscriber, so its share of a delivery's cost grows with the
+    /// number of server instances; a step reads it before and after.
+    pub async fn redis_cpu(&mut self) -> Result<Duration> {
+        let info: String = redis::cmd("INFO")
+            .arg("cpu")
+            .query_async(&mut self.conn)
+            .await
+            .context("INFO cpu")?;
+        cpu_of_info(&info).context("INFO cpu has no used_cpu_sys and used_cpu_user")
+    }
+
     pub async fn set(&mut self, key: &str, value: &str) -> Result<()> {
         let () = redis::cmd("SET")
             .arg(key)
@@ -120,6 +134,21 @@ fn frappe_message(m: &FrappeMessage<'_>) -> String {
     out
 }
 
+/// `used_cpu_sys` + `used_cpu_user` (seconds) of an `INFO cpu` reply. Not the `_children`
+/// fields (forks for persistence, which a run turns off) nor `_main_thread` (a part of them).
+fn cpu_of_info(info: &str) -> Option<Duration> {
+    let field = |name: &str| {
+        info.lines().find_map(|line| {
+            line.strip_prefix(name)?
+                .strip_prefix(':')?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+    };
+    Duration::try_from_secs_f64(field("used_cpu_sys")? + field("used_cpu_user")?).ok()
+}
+
 fn escape(text: &str) -> String {
     text.replace('\\', "\\\\").replace('"', "\\\"")
 }
@@ -148,5 +177,14 @@ mod tests {
         assert!(text.starts_with("{\n \"event\": \"bench\",\n \"message\": {\n  \"pad\""));
         let stamp = crate::engineio::stamp(&text).expect("stamp");
         assert_eq!((stamp.step, stamp.sent_ns), (3, 123_456));
+    }
+
+    #[test]
+    fn redis_cpu_is_system_plus_user_time() {
+        let info = "# CPU\r\nused_cpu_sys:1.250000\r\nused_cpu_user:0.750000\r\n\
+                    used_cpu_sys_children:9.000000\r\nused_cpu_user_children:9.000000\r\n\
+                    used_cpu_sys_main_thread:1.000000\r\n";
+        assert_eq!(cpu_of_info(info), Some(Duration::from_secs(2)));
+        assert_eq!(cpu_of_info("# CPU\r\nused_cpu_sys_children:1.0\r\n"), None);
     }
 }

@@ -80,6 +80,8 @@ pub fn record_duration(histogram: &mut Histogram<u64>, duration: Duration) {
 #[derive(Debug, Clone)]
 pub struct StepWindow {
     pub delivered: u64,
+    /// The same by server instance: which instance's clients got them.
+    pub delivered_by_instance: Vec<u64>,
     pub stale: u64,
     pub latency: Percentiles,
     /// Receive time of the last delivery of this step, on the run's clock.
@@ -90,6 +92,7 @@ struct Window {
     step: u32,
     histogram: Histogram<u64>,
     delivered: u64,
+    delivered_by_instance: Vec<u64>,
     stale: u64,
     last_ns: Option<u64>,
 }
@@ -100,12 +103,14 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    pub fn new() -> Self {
+    /// For clients spread over `instances` server instances.
+    pub fn new(instances: usize) -> Self {
         Self {
             window: Mutex::new(Window {
                 step: 0,
                 histogram: micros_histogram(),
                 delivered: 0,
+                delivered_by_instance: vec![0; instances.max(1)],
                 stale: 0,
                 last_ns: None,
             }),
@@ -125,18 +130,22 @@ impl Recorder {
         window.step = step;
         window.histogram.reset();
         window.delivered = 0;
+        window.delivered_by_instance.fill(0);
         window.stale = 0;
         window.last_ns = None;
     }
 
-    /// One delivery, received at `now_ns`.
-    pub fn record(&self, step: u32, sent_ns: u64, now_ns: u64) {
+    /// One delivery, received at `now_ns` by a client of server instance `instance`.
+    pub fn record(&self, instance: usize, step: u32, sent_ns: u64, now_ns: u64) {
         let mut window = self.lock();
         if step != window.step || step == 0 {
             window.stale += 1;
             return;
         }
         window.delivered += 1;
+        if let Some(count) = window.delivered_by_instance.get_mut(instance) {
+            *count += 1;
+        }
         window.last_ns = Some(now_ns);
         let latency = Duration::from_nanos(now_ns.saturating_sub(sent_ns));
         record_duration(&mut window.histogram, latency);
@@ -158,6 +167,7 @@ impl Recorder {
         let mut window = self.lock();
         let result = StepWindow {
             delivered: window.delivered,
+            delivered_by_instance: window.delivered_by_instance.clone(),
             stale: window.stale,
             latency: Percentiles::of_micros(&window.histogram),
             last_ns: window.last_ns,
@@ -169,7 +179,7 @@ impl Recorder {
 
 impl Default for Recorder {
     fn default() -> Self {
-        Self::new()
+        Self::new(1)
     }
 }
 
@@ -179,24 +189,26 @@ mod tests {
 
     #[test]
     fn deliveries_of_other_steps_are_stale() {
-        let recorder = Recorder::new();
+        let recorder = Recorder::new(2);
         recorder.begin(2);
-        recorder.record(2, 1_000_000, 3_000_000); // 2 ms
-        recorder.record(2, 1_000_000, 5_000_000); // 4 ms
-        recorder.record(1, 0, 9_000_000);
+        recorder.record(0, 2, 1_000_000, 3_000_000); // 2 ms
+        recorder.record(1, 2, 1_000_000, 5_000_000); // 4 ms
+        recorder.record(1, 1, 0, 9_000_000);
         assert_eq!(recorder.delivered(), 2);
         assert_eq!(recorder.seen(), 3);
         let window = recorder.end();
         assert_eq!(window.delivered, 2);
+        assert_eq!(window.delivered_by_instance, [1, 1]);
         assert_eq!(window.stale, 1);
         assert_eq!(window.last_ns, Some(5_000_000));
         assert!((window.latency.max_ms - 4.0).abs() < 0.01, "{window:?}");
         assert!((window.latency.p50_ms - 2.0).abs() < 0.01, "{window:?}");
         // After the step ended, its stragglers are stale too.
-        recorder.record(2, 0, 1);
+        recorder.record(0, 2, 0, 1);
         assert_eq!(recorder.seen(), 4);
         recorder.begin(3);
         assert_eq!(recorder.seen(), 0);
+        assert_eq!(recorder.end().delivered_by_instance, [0, 0]);
     }
 
     #[test]

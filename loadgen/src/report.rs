@@ -28,6 +28,9 @@ pub struct RunReport {
     pub command: String,
     pub frappe_version: u32,
     pub clients: usize,
+    /// The server's instances (one unless `--instances`), which the clients are spread over.
+    pub instances: Vec<InstanceReport>,
+    /// Summed over the instances.
     pub server_rss_baseline_kib: u64,
     pub connect: Option<ConnectReport>,
     pub idle: Option<IdleReport>,
@@ -38,6 +41,48 @@ pub struct RunReport {
     pub scale: Vec<ScaleStep>,
     /// Set when a phase failed; the phases after it did not run.
     pub error: Option<String>,
+}
+
+/// One instance of the server under test.
+#[derive(Debug, Serialize)]
+pub struct InstanceReport {
+    /// From 1, as `--upstream-server I/N` counts.
+    pub instance: usize,
+    pub port: u16,
+    /// Its RSS before any client.
+    pub rss_baseline_kib: u64,
+}
+
+/// One instance's share of the connect phase.
+#[derive(Debug, Serialize)]
+pub struct InstanceConnect {
+    pub instance: usize,
+    pub connected: usize,
+    pub server_cpu_ms: f64,
+    pub server_cpu_us_per_handshake: f64,
+}
+
+/// One instance's memory with its clients idle.
+#[derive(Debug, Serialize)]
+pub struct InstanceIdle {
+    pub instance: usize,
+    pub connections: usize,
+    pub rss_baseline_kib: u64,
+    pub rss_kib: u64,
+    pub kib_per_connection: f64,
+    pub server_cpu_pct_idle: f64,
+}
+
+/// One instance's share of a rate step.
+#[derive(Debug, Serialize)]
+pub struct InstanceStep {
+    pub instance: usize,
+    /// Its clients connected when the step began.
+    pub clients: usize,
+    /// Deliveries of the step to its clients.
+    pub delivered: u64,
+    pub server_cpu_pct: f64,
+    pub server_cpu_us_per_delivery: f64,
 }
 
 /// Failure counts by kind, with the last message of each kind.
@@ -58,8 +103,10 @@ pub struct ConnectReport {
     pub server_cpu_ms: f64,
     pub server_cpu_us_per_handshake: f64,
     pub loadgen_cpu_pct: f64,
+    pub per_instance: Vec<InstanceConnect>,
 }
 
+/// Memory and CPU summed over the instances: what the bench pays for its connections.
 #[derive(Debug, Serialize)]
 pub struct IdleReport {
     pub connections: usize,
@@ -68,6 +115,7 @@ pub struct IdleReport {
     pub rss_kib: u64,
     pub kib_per_connection: f64,
     pub server_cpu_pct_idle: f64,
+    pub per_instance: Vec<InstanceIdle>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -122,6 +170,12 @@ pub struct StepReport {
     /// stand-in is another process): what its one core costs, and a floor under fan-out
     /// latencies, since it reads a broadcast's frames one client after another.
     pub loadgen_cpu_us_per_delivery: f64,
+    /// redis-server's CPU over the step (`INFO cpu`; it shares the load core): fanning each
+    /// publication out to its subscribers, one per server instance, plus whatever else the
+    /// servers ask of it meanwhile.
+    pub redis_cpu_pct: f64,
+    pub redis_cpu_us_per_delivery: f64,
+    pub redis_cpu_us_per_publication: f64,
     /// How busy the load core was as a whole (None when not pinned): near 100% the step
     /// measured the load generator's core, not the server.
     pub load_core_busy_pct: Option<f64>,
@@ -132,6 +186,8 @@ pub struct StepReport {
     /// Clients cut during the step that came back with their session (`--recover`).
     pub recovered: u64,
     pub verdict: Verdict,
+    /// Server figures above are summed over the instances; here each one's.
+    pub per_instance: Vec<InstanceStep>,
 }
 
 #[derive(Debug, Serialize)]
@@ -364,12 +420,31 @@ fn failures(failures: &Failures) -> String {
 }
 
 impl RunReport {
+    /// `, on 2 instances (ports 40001, 40002)` when there are several.
+    fn instances_text(&self) -> String {
+        if self.instances.len() < 2 {
+            return String::new();
+        }
+        let ports: Vec<String> = self.instances.iter().map(|i| i.port.to_string()).collect();
+        format!(
+            " on {} instances (ports {})",
+            self.instances.len(),
+            ports.join(", ")
+        )
+    }
+
     pub fn render(&self, out: &mut String) {
+        let summed = if self.instances.len() > 1 {
+            " (summed over the instances)"
+        } else {
+            ""
+        };
         let _ = writeln!(
             out,
-            "\n=== {} — {} clients, Frappe {} bench ===\n  command: {}\n  server RSS before any client: {} KiB",
+            "\n=== {} — {} clients{}, Frappe {} bench ===\n  command: {}\n  server RSS before any client{summed}: {} KiB",
             self.label,
             thousands(self.clients as f64),
+            self.instances_text(),
             self.frappe_version,
             self.command,
             thousands(self.server_rss_baseline_kib as f64)
@@ -408,9 +483,15 @@ impl RunReport {
             ]);
             t.render(out);
             let _ = writeln!(out, "  failures: {}", failures(&c.failures));
+            render_connect_instances(&c.per_instance, out);
         }
         if let Some(i) = &self.idle {
-            let _ = writeln!(out, "\nidle memory (after {} s idle)", i.idle_secs);
+            let rss = if summed.is_empty() {
+                ""
+            } else {
+                "; RSS summed over the instances"
+            };
+            let _ = writeln!(out, "\nidle memory (after {} s idle{rss})", i.idle_secs);
             let mut t = Table::new(&[
                 "connections",
                 "RSS before KiB",
@@ -426,6 +507,7 @@ impl RunReport {
                 format!("{:.1}", i.server_cpu_pct_idle),
             ]);
             t.render(out);
+            render_idle_instances(&i.per_instance, out);
         }
         for steps in [&self.broadcast, &self.user_room].into_iter().flatten() {
             render_steps(steps, out);
@@ -517,6 +599,83 @@ impl RunReport {
     }
 }
 
+/// Each instance's share of the connect phase, when there are several.
+fn render_connect_instances(each: &[InstanceConnect], out: &mut String) {
+    if each.len() < 2 {
+        return;
+    }
+    let mut t = Table::new(&[
+        "instance",
+        "connected",
+        "server cpu ms",
+        "server µs/handshake",
+    ]);
+    for i in each {
+        t.row(vec![
+            i.instance.to_string(),
+            thousands(i.connected as f64),
+            thousands(i.server_cpu_ms),
+            num(i.server_cpu_us_per_handshake),
+        ]);
+    }
+    t.render(out);
+}
+
+/// Each instance's memory, when there are several.
+fn render_idle_instances(each: &[InstanceIdle], out: &mut String) {
+    if each.len() < 2 {
+        return;
+    }
+    let mut t = Table::new(&[
+        "instance",
+        "connections",
+        "RSS before KiB",
+        "RSS connected KiB",
+        "KiB/connection",
+        "server cpu % idle",
+    ]);
+    for i in each {
+        t.row(vec![
+            i.instance.to_string(),
+            thousands(i.connections as f64),
+            thousands(i.rss_baseline_kib as f64),
+            thousands(i.rss_kib as f64),
+            format!("{:.1}", i.kib_per_connection),
+            format!("{:.1}", i.server_cpu_pct_idle),
+        ]);
+    }
+    t.render(out);
+}
+
+/// Each instance's clients, deliveries and CPU in every step, when there are several.
+fn render_step_instances(steps: &StepsReport, out: &mut String) {
+    if steps.steps.iter().all(|s| s.per_instance.len() < 2) {
+        return;
+    }
+    let _ = writeln!(out, "  by instance (server figures above are their sums):");
+    let mut t = Table::new(&[
+        "ev/s",
+        "instance",
+        "clients",
+        "delivered",
+        "server cpu %",
+        "server µs/delivery",
+    ]);
+    for s in &steps.steps {
+        for i in &s.per_instance {
+            t.row(vec![
+                num(s.rate),
+                i.instance.to_string(),
+                thousands(i.clients as f64),
+                thousands(i.delivered as f64),
+                format!("{:.0}", i.server_cpu_pct),
+                num(i.server_cpu_us_per_delivery),
+            ]);
+        }
+    }
+    t.render(out);
+}
+
 fn render_cut(c: &CutReport, out: &mut String) {
     let how = if c.recover {
         "recovering"
@@ -588,6 +747,8 @@ fn render_steps(steps: &StepsReport, out: &mut String) {
         "server µs/delivery",
         "loadgen cpu %",
         "loadgen µs/delivery",
+        "redis µs/delivery",
+        "redis µs/event",
         "load core %",
         "verdict",
     ]);
@@ -608,6 +769,8 @@ fn render_steps(steps: &StepsReport, out: &mut String) {
             num(s.server_cpu_us_per_delivery),
             format!("{:.0}", s.loadgen_cpu_pct),
             num(s.loadgen_cpu_us_per_delivery),
+            num(s.redis_cpu_us_per_delivery),
+            num(s.redis_cpu_us_per_publication),
             s.load_core_busy_pct
                 .map_or_else(|| "-".into(), |b| format!("{b:.0}")),
             s.verdict.label().into(),
@@ -620,6 +783,7 @@ fn render_steps(steps: &StepsReport, out: &mut String) {
         thousands(steps.sustained_per_s),
         thousands(steps.peak_per_s)
     );
+    render_step_instances(steps, out);
     for s in steps
         .steps
         .iter()
@@ -697,6 +861,11 @@ fn headline(run: &RunReport) -> Vec<(String, Option<f64>, &'static str)> {
                 Some(s.server_cpu_us_per_delivery),
                 "lower",
             ));
+            rows.push((
+                format!("{} redis µs/delivery at its highest ok rate", steps.kind),
+                Some(s.redis_cpu_us_per_delivery),
+                "lower",
+            ));
         }
     }
     if let Some(c) = &run.cut {
@@ -759,7 +928,11 @@ pub fn compare(first: &RunReport, second: &RunReport) -> Vec<Ratio> {
 
 /// The Node service's figures from issue #7 (Node on one core).
 pub fn node_reference(run: &RunReport) -> Vec<Reference> {
-    let clients = |n: usize| format!("{} clients", thousands(n as f64));
+    let instances = match run.instances.len() {
+        0 | 1 => String::new(),
+        n => format!(" on {n} instances"),
+    };
+    let clients = |n: usize| format!("{} clients{instances}", thousands(n as f64));
     let mut rows = Vec::new();
     let idle = run.idle.as_ref();
     rows.push(Reference {
@@ -919,6 +1092,7 @@ mod tests {
                 rss_kib: 0,
                 kib_per_connection: kib,
                 server_cpu_pct_idle: 0.0,
+                per_instance: Vec::new(),
             }),
             ..RunReport::default()
         };

@@ -1,5 +1,6 @@
 //! Everything one server is measured with: a bench directory, redis-server, the web stand-in,
-//! the server itself, a publisher, and the state the clients share. Dropping it stops them.
+//! the server itself (`--instances` of it, on one bench and one Redis), a publisher, and the
+//! state the clients share. Dropping it stops them.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use crate::engineio::Target;
 use crate::frappe::FrappeStandIn;
 use crate::identity::Identities;
 use crate::ports::SourcePorts;
-use crate::procs::{RedisServer, Server, ServerCommand, free_port};
+use crate::procs::{Instance, RedisServer, Server, ServerCommand, Servers, free_ports};
 use crate::publish::Publisher;
 use crate::recorder::{Clock, Recorder};
 use crate::system::{Usage, tree_usage};
@@ -24,9 +25,9 @@ use crate::system::{Usage, tree_usage};
 const SECRET_KEY: &str = "socketio_auth_secret";
 
 pub struct Stack {
-    // Field order is drop order: the server goes before the Redis and web server it uses,
+    // Field order is drop order: the servers go before the Redis and web server they use,
     // and the bench directory last.
-    pub server: Server,
+    pub servers: Servers,
     pub publisher: Publisher,
     pub frappe: FrappeStandIn,
     /// Held for its `Drop`, which stops redis-server.
@@ -37,8 +38,8 @@ pub struct Stack {
 }
 
 impl Stack {
-    /// Lay out a bench, start redis-server, the web stand-in and the server, and wait until
-    /// the server listens and has subscribed to `events`.
+    /// Lay out a bench, start redis-server, the web stand-in and the server's instances, and
+    /// wait until every one listens and has subscribed to `events`.
     pub async fn start(
         args: &Args,
         command: ServerCommand,
@@ -46,9 +47,11 @@ impl Stack {
     ) -> Result<Self> {
         let identities = Identities::new();
         let secret = format!("{:032x}", fastrand::u128(..));
-        let web_port = free_port()?;
-        let redis_port = free_port()?;
-        let socketio_port = free_port()?;
+        let ports = free_ports(2 + args.instances)?;
+        let (web_port, redis_port, instance_ports) = (ports[0], ports[1], &ports[2..]);
+        let socketio_port = *instance_ports
+            .first()
+            .context("--instances must be at least 1")?;
         let redis_url = format!("redis://127.0.0.1:{redis_port}");
         let mut bench = Bench::create(&BenchConfig {
             site: &args.site,
@@ -72,23 +75,37 @@ impl Stack {
         }
         let vars = vec![
             ("bench", bench.path().display().to_string()),
-            ("port", socketio_port.to_string()),
             ("site", args.site.clone()),
             ("redis", redis.url()),
             ("web", frappe.url()),
         ];
-        let server = Server::new(command, bench.path(), socketio_port, vars, server_core);
+        let servers = Servers::new(
+            instances(instance_ports)
+                .map(|instance| {
+                    let vars = vars.clone();
+                    Server::new(command.clone(), bench.path(), instance, vars, server_core)
+                })
+                .collect(),
+        );
+        let target = Target {
+            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, socketio_port)),
+            site: args.site.clone(),
+            origin: frappe.url(),
+            source_ports: SourcePorts::below_ephemeral_range(),
+            user_agent: args.user_agent.clone(),
+        };
         let shared = Arc::new(Shared {
-            target: Target {
-                addr: SocketAddr::from((Ipv4Addr::LOCALHOST, socketio_port)),
-                site: args.site.clone(),
-                origin: frappe.url(),
-                source_ports: SourcePorts::below_ephemeral_range(),
-                user_agent: args.user_agent.clone(),
-            },
+            // One target per instance, sharing the pool of source ports.
+            targets: instance_ports
+                .iter()
+                .map(|port| Target {
+                    addr: SocketAddr::from((Ipv4Addr::LOCALHOST, *port)),
+                    ..target.clone()
+                })
+                .collect(),
             identities,
             clock: Clock::new(),
-            recorder: Recorder::new(),
+            recorder: Recorder::new(args.instances),
             connect_timeout: args.connect_timeout(),
             backoff: args.backoff(),
             connected: AtomicUsize::new(0),
@@ -101,52 +118,76 @@ impl Stack {
             other_events: AtomicU64::new(0),
         });
         let mut stack = Self {
-            server,
+            servers,
             publisher,
             frappe,
             _redis: redis,
             shared,
             _bench: bench,
         };
-        stack.server.start()?;
+        stack.servers.start()?;
         stack.wait_ready(args.ready_timeout()).await?;
         Ok(stack)
     }
 
-    /// Wait until the server listens and is subscribed to `events`.
+    /// Whether every instance is subscribed to `events`: each subscribes on its own (one
+    /// that is not would leave its clients without events).
+    pub async fn all_subscribed(&mut self) -> Result<bool> {
+        Ok(self.publisher.subscribers().await? >= self.servers.len() as u64)
+    }
+
+    /// Wait until every instance listens and is subscribed to `events`.
     pub async fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
-        self.server.wait_listening(timeout).await?;
+        self.servers.wait_listening(timeout).await?;
         loop {
-            self.server.check_alive()?;
-            if self.publisher.subscribers().await? >= 1 {
+            self.servers.check_alive()?;
+            if self.all_subscribed().await? {
                 return Ok(());
             }
             if Instant::now() > deadline {
                 bail!(
-                    "the server did not subscribe to the Redis channel `events` within {timeout:?}; see {}",
-                    self.server.log().display()
+                    "not every server instance subscribed to the Redis channel `events` within \
+                     {timeout:?}; see {}",
+                    self.servers.logs()
                 );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
-    /// Memory and CPU time of the server process (and anything it started).
-    pub fn server_usage(&self) -> Result<Usage> {
-        let pid = self.server.pid().context("the server is not running")?;
-        tree_usage(pid)
+    /// Memory and CPU time of each instance's process (and anything it started), in
+    /// instance order; [`Usage`]s add up for the whole server.
+    pub fn server_usage(&self) -> Result<Vec<Usage>> {
+        self.servers
+            .iter()
+            .map(|server| {
+                let pid = server
+                    .pid()
+                    .with_context(|| format!("{} is not running", server.instance.name()))?;
+                tree_usage(pid)
+            })
+            .collect()
     }
 
-    /// Stop the server gracefully and start it again, for a fresh memory baseline.
+    /// Stop every instance gracefully and start them again, for a fresh memory baseline.
     pub async fn restart_server(&mut self, timeout: Duration) -> Result<()> {
-        self.server.stop(libc::SIGTERM).await?;
-        self.server.start()?;
+        self.servers.stop(libc::SIGTERM).await?;
+        self.servers.start()?;
         self.wait_ready(timeout).await
     }
 
-    /// Stop the server (SIGTERM, as supervisor does); the rest stops when dropped.
+    /// Stop every instance (SIGTERM, as supervisor does); the rest stops when dropped.
     pub async fn shutdown(mut self) -> Result<()> {
-        self.server.stop(libc::SIGTERM).await
+        self.servers.stop(libc::SIGTERM).await
     }
+}
+
+/// Instance `i` of `ports.len()` listens on `ports[i]`.
+fn instances(ports: &[u16]) -> impl Iterator<Item = Instance> + '_ {
+    ports.iter().enumerate().map(|(index, port)| Instance {
+        index,
+        count: ports.len(),
+        port: *port,
+    })
 }

@@ -155,6 +155,16 @@ pub struct Usage {
     pub cpu: Duration,
 }
 
+impl std::iter::Sum for Usage {
+    /// The whole server's usage from its instances'.
+    fn sum<I: Iterator<Item = Self>>(usages: I) -> Self {
+        usages.fold(Self::default(), |all, one| Self {
+            rss_kib: all.rss_kib + one.rss_kib,
+            cpu: all.cpu + one.cpu,
+        })
+    }
+}
+
 /// Usage of `root` and every process below it: a server command may be a wrapper script
 /// around the real server (as `sh -c` or a `run.sh` would be), and what it costs is the sum.
 pub fn tree_usage(root: u32) -> Result<Usage> {

@@ -1,5 +1,6 @@
-//! The load generator at tiny sizes against our own server, so a change that breaks it (or
-//! the server's side of what it measures) fails the test suite. Needs `redis-server`.
+//! The load generator at tiny sizes against our own server (one instance, and two), so a
+//! change that breaks it (or the server's side of what it measures) fails the test suite.
+//! Needs `redis-server`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -187,5 +188,91 @@ fn frappe_16_handshakes_carry_the_socket_secret() {
     assert_eq!(
         number(run, "/broadcast/steps/0/delivered"),
         number(run, "/broadcast/steps/0/expected")
+    );
+}
+
+#[test]
+fn two_instances_share_the_clients_and_report_each() {
+    let report = run_loadgen(
+        &[
+            "--no-pin",
+            "--instances",
+            "2",
+            "--clients",
+            "20",
+            "--phases",
+            "connect,idle,broadcast,user",
+            "--broadcast-rates",
+            "2",
+            "--user-rates",
+            "20",
+            "--step-secs",
+            "1",
+            "--min-events",
+            "2",
+            "--idle-secs",
+            "0.3",
+            "--lag-ms",
+            "5000",
+        ],
+        Duration::from_secs(120),
+    );
+    let run = &report["runs"][0];
+    assert!(run["error"].is_null(), "{:#}", run["error"]);
+    let instances = run["instances"].as_array().expect("instances");
+    assert_eq!(instances.len(), 2);
+    assert_ne!(instances[0]["port"], instances[1]["port"]);
+    let baselines: f64 = instances
+        .iter()
+        .map(|i| number(i, "/rss_baseline_kib"))
+        .sum();
+    assert_eq!(number(run, "/server_rss_baseline_kib"), baselines);
+    // Clients go to the instances in turn: 10 each.
+    assert_eq!(number(run, "/connect/connected"), 20.0);
+    for each in run["connect"]["per_instance"].as_array().expect("connect") {
+        assert_eq!(number(each, "/connected"), 10.0, "{each:#}");
+    }
+    // Idle memory is the instances' sum, over every connection.
+    let idle = &run["idle"];
+    let each = idle["per_instance"].as_array().expect("idle");
+    assert_eq!(each.len(), 2);
+    assert!(each.iter().all(|i| number(i, "/rss_kib") > 0.0));
+    let summed: f64 = each.iter().map(|i| number(i, "/rss_kib")).sum();
+    assert_eq!(number(idle, "/rss_kib"), summed);
+    assert_eq!(number(idle, "/connections"), 20.0);
+    // Every broadcast reaches the clients of both instances: each event × 10 clients each.
+    let step = &run["broadcast"]["steps"][0];
+    let events = number(step, "/published");
+    assert!(events >= 2.0, "{step:#}");
+    assert_eq!(number(step, "/expected"), events * 20.0, "{step:#}");
+    assert_eq!(number(step, "/delivered"), events * 20.0, "{step:#}");
+    for each in step["per_instance"].as_array().expect("step") {
+        assert_eq!(number(each, "/clients"), 10.0, "{each:#}");
+        assert_eq!(number(each, "/delivered"), events * 10.0, "{each:#}");
+    }
+    assert!(number(step, "/redis_cpu_us_per_publication") > 0.0);
+    // A user's room is on one instance only; together they deliver every event once.
+    let user = &run["user_room"]["steps"][0];
+    assert_eq!(number(user, "/delivered"), number(user, "/expected"));
+    let by_instance: f64 = user["per_instance"]
+        .as_array()
+        .expect("user step")
+        .iter()
+        .map(|i| number(i, "/delivered"))
+        .sum();
+    assert_eq!(by_instance, number(user, "/delivered"));
+}
+
+#[test]
+fn several_instances_refuse_the_storms() {
+    let output = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["--no-pin", "--instances", "2", "--phases", "connect,storm"])
+        .output()
+        .expect("running loadgen");
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--instances 2") && stderr.contains("storm"),
+        "{stderr}"
     );
 }
