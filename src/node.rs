@@ -83,7 +83,6 @@ impl Node {
         } else {
             Some(Metrics::install()?)
         };
-        let sites_dir = config.sites_dir();
         let client_bundle = ClientBundle::new(&config.bench_dir);
         let app_handlers = AppHandlers::load(&config.bench_dir, &frappe_events());
         let app = Arc::new(App::new(config, app_handlers)?);
@@ -111,41 +110,9 @@ impl Node {
         };
         let mut tasks = JoinSet::new();
         if config.shared_state == SharedState::Redis {
-            let summarised = service.clone();
-            let summary: Summary = Box::new(move || status::summary(&summarised));
-            let (instances, writer, heartbeat) =
-                Instances::start(service.app.redis.connection(), summary);
-            tracing::info!(instance = %instances.name, "sharing state with the other instances on redis_queue");
-            tasks.spawn(writer);
-            tasks.spawn(heartbeat);
-            service.instances = Some(instances);
+            share_state(&mut service, &mut tasks);
         }
-        let frappe = Frappe::new(
-            service.app.clone(),
-            service.io.clone(),
-            service.admission.clone(),
-            service
-                .instances
-                .as_ref()
-                .map(|instances| instances.presence.clone()),
-        );
-        // The root namespace: Frappe 13 and 14's only one, and where non-browser clients
-        // connect on any version; its handshakes name the site.
-        service
-            .io
-            .add_namespace(audience::ROOT, frappe.clone())
-            .context("serving the root namespace")?;
-        let mut registry = SiteRegistry::new(
-            service.io.clone(),
-            frappe,
-            sites_dir.clone(),
-            service.app.sites.clone(),
-            config.frappe_version.has_site_namespaces(),
-        );
-        registry.sync().await;
-        if registry.served().is_empty() {
-            tracing::warn!(dir = %sites_dir.display(), "no sites found yet (a site is sites/<name>/site_config.json)");
-        }
+        let registry = serve_namespaces(&service, &config).await?;
         if redis_store.is_some() {
             load_recovery(&service).await;
         }
@@ -155,17 +122,10 @@ impl Node {
             metrics,
         }));
         tasks.spawn(registry.watch());
-        let events_redis = match &config.redis_sentinel {
-            Some(sentinel) => EventsRedis::Sentinel {
-                sentinel: sentinel.clone(),
-                queue_url: config.redis_queue.clone(),
-            },
-            None => EventsRedis::Url(service.app.redis.client()),
-        };
         tasks.spawn(bridge::run(
             service.io.clone(),
             service.app.clone(),
-            events_redis,
+            events_redis(&service, &config),
             service.subscription.clone(),
         ));
         tasks.spawn(reload_on_hangup(service.clone(), options.overrides));
@@ -205,6 +165,63 @@ impl Node {
         if let Some(instances) = &self.service.instances {
             instances.leave().await;
         }
+    }
+}
+
+/// Join the other instances on `redis_queue` (`realtime_shared_state: "redis"`): their
+/// heartbeat and presence writer become tasks of this node.
+fn share_state(service: &mut Service, tasks: &mut JoinSet<()>) {
+    let summarised = service.clone();
+    let summary: Summary = Box::new(move || status::summary(&summarised));
+    let (instances, writer, heartbeat) = Instances::start(service.app.redis.connection(), summary);
+    tracing::info!(instance = %instances.name, "sharing state with the other instances on redis_queue");
+    tasks.spawn(writer);
+    tasks.spawn(heartbeat);
+    service.instances = Some(instances);
+}
+
+/// Serve the root namespace and, through the registry, every site's; returns the registry,
+/// whose watch keeps them equal to `sites/`.
+async fn serve_namespaces(service: &Service, config: &Config) -> anyhow::Result<SiteRegistry> {
+    let presence = service
+        .instances
+        .as_ref()
+        .map(|instances| instances.presence.clone());
+    let frappe = Frappe::new(
+        service.app.clone(),
+        service.io.clone(),
+        service.admission.clone(),
+        presence,
+    );
+    // The root namespace: Frappe 13 and 14's only one, and where non-browser clients
+    // connect on any version; its handshakes name the site.
+    service
+        .io
+        .add_namespace(audience::ROOT, frappe.clone())
+        .context("serving the root namespace")?;
+    let sites_dir = config.sites_dir();
+    let mut registry = SiteRegistry::new(
+        service.io.clone(),
+        frappe,
+        sites_dir.clone(),
+        service.app.sites.clone(),
+        config.frappe_version.has_site_namespaces(),
+    );
+    registry.sync().await;
+    if registry.served().is_empty() {
+        tracing::warn!(dir = %sites_dir.display(), "no sites found yet (a site is sites/<name>/site_config.json)");
+    }
+    Ok(registry)
+}
+
+/// Where the subscription connects: the master Sentinel names, or `redis_queue`.
+fn events_redis(service: &Service, config: &Config) -> EventsRedis {
+    match &config.redis_sentinel {
+        Some(sentinel) => EventsRedis::Sentinel {
+            sentinel: sentinel.clone(),
+            queue_url: config.redis_queue.clone(),
+        },
+        None => EventsRedis::Url(service.app.redis.client()),
     }
 }
 

@@ -7,7 +7,9 @@
 //! ever wrote. An instance whose key is gone is dead: the first to notice clears what it
 //! left (its documents' viewers, [`presence`]) and forgets it. A killed instance is noticed
 //! within [`ALIVE_FOR`] + [`HEARTBEAT`] (8 s); one that stops cleanly deletes its key, so the
-//! others notice at their next heartbeat.
+//! others notice at their next heartbeat. One that misses its renewals for [`ALIVE_FOR`]
+//! while alive (its host stalled) is taken for dead too: its viewers are cleared, and come
+//! back with their next open; it rejoins at its next heartbeat.
 
 mod keys;
 pub mod presence;

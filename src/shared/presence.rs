@@ -201,7 +201,6 @@ async fn write_changes(
 ) {
     let held_key = format!("{PREFIX}held:{instance}");
     let alive_prefix = alive_key("");
-    let now_ms = || crate::metrics::unix_now_ms();
     while let Some(change) = receiver.recv().await {
         let Document(site, doctype, docname) = &change.document;
         let document = serde_json::to_string(&change.document).unwrap_or_default();
@@ -212,7 +211,7 @@ async fn write_changes(
             .arg(&held_key)
             .arg(change.kind)
             .arg(&change.subject)
-            .arg(now_ms())
+            .arg(metrics::unix_now_ms())
             .arg(&alive_prefix)
             .arg(EVENTS)
             .arg(site)

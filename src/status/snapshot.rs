@@ -120,8 +120,8 @@ pub fn summary(service: &Service) -> serde_json::Value {
     let sites = service.app.sites.names().into_iter().map(|site| {
         let seen = Seen::of(&service.io, &site);
         SiteCount {
-            websocket: seen.transports["websocket"],
-            polling: seen.transports["polling"],
+            websocket: seen.count("websocket"),
+            polling: seen.count("polling"),
             users_online: seen.users.len(),
             users: seen.users.iter().take(USERS_NAMED).cloned().collect(),
             guests: seen.guests,
@@ -145,6 +145,10 @@ struct Seen {
 }
 
 impl Seen {
+    fn count(&self, transport: &str) -> usize {
+        self.transports.get(transport).copied().unwrap_or(0)
+    }
+
     fn of(io: &Io, site: &str) -> Self {
         let mut seen = Self {
             sockets: audience::site_sockets(io, site),
