@@ -23,14 +23,14 @@ use crate::app_handlers::AppHandlers;
 use crate::audience;
 use crate::bridge::{self, EventsRedis, Subscription};
 use crate::client_bundle::{self, ClientBundle};
-use crate::config::{Config, Overrides, RecoveryStore, SharedState};
+use crate::config::{Config, Listen, Overrides, RecoveryStore, SharedState};
 use crate::connection::Peer;
 use crate::engine::{EngineConfig, EngineService, UpstreamSlot};
 use crate::handlers::{Frappe, frappe_events};
 use crate::handshake;
 use crate::metrics::Metrics;
 use crate::ops;
-use crate::recovery_store::{self, RedisStore};
+use crate::recovery_store::{self, RedisStore, StoreKeys};
 use crate::service::{Service, connect_timeout};
 use crate::sessions::Sessions;
 use crate::shared::{Instances, Summary};
@@ -89,10 +89,13 @@ impl Node {
         let config = app.settings().config.clone();
         tracing::info!(frappe_version = %config.frappe_version, "speaking Frappe's realtime protocol");
 
+        let store_keys = recovery_store_keys(&config, options.upstream_slot);
         let redis_store = match (&config.recovery, config.recovery_store) {
-            (Some(recovery), RecoveryStore::Redis) => {
-                Some(RedisStore::start(app.redis.connection(), recovery.clone()))
-            }
+            (Some(recovery), RecoveryStore::Redis) => Some(RedisStore::start(
+                app.redis.connection(),
+                recovery.clone(),
+                store_keys.clone(),
+            )),
             _ => None,
         };
         let io = Io::new(IoConfig {
@@ -114,7 +117,7 @@ impl Node {
         }
         let registry = serve_namespaces(&service, &config).await?;
         if redis_store.is_some() {
-            load_recovery(&service).await;
+            load_recovery(&service, &store_keys).await;
         }
 
         let ops = ops::router(Arc::new(ops::Ops {
@@ -214,6 +217,19 @@ async fn serve_namespaces(service: &Service, config: &Config) -> anyhow::Result<
     Ok(registry)
 }
 
+/// Where recovery's Redis store keeps this process's state: the bench's only instance keeps
+/// the keys it always had; one of several (it shares state, or it has a line in nginx's
+/// upstream) keeps its own, named by its port or socket, which its restarts keep.
+fn recovery_store_keys(config: &Config, upstream_slot: Option<UpstreamSlot>) -> StoreKeys {
+    if config.shared_state != SharedState::Redis && upstream_slot.is_none() {
+        return StoreKeys::single();
+    }
+    StoreKeys::of_instance(match &config.listen {
+        Listen::Port(port) => format!("port-{port}"),
+        Listen::Unix(path) => format!("uds-{}", path.display()),
+    })
+}
+
 /// Where the subscription connects: the master Sentinel names, or `redis_queue`.
 fn events_redis(service: &Service, config: &Config) -> EventsRedis {
     match &config.redis_sentinel {
@@ -238,7 +254,7 @@ impl Drop for Node {
 /// Load what the previous process left in the Redis recovery store, before this one takes
 /// publications (its offsets continue after the loaded ones). Redis down or slow costs the
 /// recovery of the previous process's clients, never the start.
-async fn load_recovery(service: &Service) {
+async fn load_recovery(service: &Service, keys: &StoreKeys) {
     let Some(recovery) = service.app.settings().config.recovery.clone() else {
         return;
     };
@@ -247,7 +263,7 @@ async fn load_recovery(service: &Service) {
     let load_all = async {
         for namespace in io.namespaces() {
             let path = namespace.path();
-            match recovery_store::load(&mut connection, io, path, &recovery).await {
+            match recovery_store::load(&mut connection, io, path, &recovery, keys).await {
                 Ok((0, 0)) => {}
                 Ok((events, sessions)) => {
                     tracing::info!(

@@ -10,7 +10,10 @@
 //! (counted), which costs recovery after a restart, never delivery.
 //!
 //! Keys: `frappe_realtime:recovery:<namespace>:log` (entries `e` = the logged event as JSON;
-//! the entry id's milliseconds give its age) and `…:<namespace>:session:<pid>`.
+//! the entry id's milliseconds give its age) and `…:<namespace>:session:<pid>`. One of several
+//! instances on a bench keeps its own, under `frappe_realtime:recovery:<instance>:…` (see
+//! [`StoreKeys`]): each numbers the publications it logs itself, so one instance's offsets
+//! and sessions mean nothing against another's log.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -42,9 +45,51 @@ enum Write {
     Take { key: String },
 }
 
+/// Where this process's recovery state lives in Redis.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreKeys {
+    /// `None` for the bench's only instance; for one of several, a name that stays the same
+    /// across its restarts (its port), so that the next process finds what it left.
+    instance: Option<String>,
+}
+
+impl StoreKeys {
+    /// The keys of the bench's only instance.
+    pub fn single() -> Self {
+        Self::default()
+    }
+
+    /// The keys of the instance named `instance` among several.
+    pub fn of_instance(instance: String) -> Self {
+        Self {
+            instance: Some(instance),
+        }
+    }
+
+    fn base(&self, namespace: &str) -> String {
+        match &self.instance {
+            Some(instance) => format!("{PREFIX}{instance}:{namespace}"),
+            None => format!("{PREFIX}{namespace}"),
+        }
+    }
+
+    fn log(&self, namespace: &str) -> String {
+        format!("{}:log", self.base(namespace))
+    }
+
+    fn session(&self, namespace: &str, pid: Sid) -> String {
+        format!("{}:session:{pid}", self.base(namespace))
+    }
+
+    fn sessions(&self, namespace: &str) -> String {
+        format!("{}:session:*", self.base(namespace))
+    }
+}
+
 /// The Redis store's side of the Socket.IO layer: a [`RecoveryMirror`] that queues writes.
 pub struct RedisStore {
     sender: Mutex<Option<mpsc::Sender<Write>>>,
+    keys: StoreKeys,
 }
 
 impl RedisStore {
@@ -53,11 +98,13 @@ impl RedisStore {
     pub fn start(
         connection: ConnectionManager,
         config: RecoveryConfig,
+        keys: StoreKeys,
     ) -> (Arc<Self>, JoinHandle<()>) {
         let (sender, receiver) = mpsc::channel(QUEUE);
         let writer = tokio::spawn(writer(receiver, connection, config));
         let store = Arc::new(Self {
             sender: Mutex::new(Some(sender)),
+            keys,
         });
         (store, writer)
     }
@@ -101,7 +148,7 @@ impl RecoveryMirror for RedisStore {
         // A struct of numbers and strings always serialises.
         let entry = serde_json::to_string(entry).unwrap_or_default();
         self.send(Write::Log {
-            key: log_key(namespace),
+            key: self.keys.log(namespace),
             entry,
         });
     }
@@ -109,24 +156,16 @@ impl RecoveryMirror for RedisStore {
     fn kept(&self, namespace: &str, pid: Sid, session: &KeptSession) {
         let session = serde_json::to_string(session).unwrap_or_default();
         self.send(Write::Keep {
-            key: session_key(namespace, pid),
+            key: self.keys.session(namespace, pid),
             session,
         });
     }
 
     fn taken(&self, namespace: &str, pid: Sid) {
         self.send(Write::Take {
-            key: session_key(namespace, pid),
+            key: self.keys.session(namespace, pid),
         });
     }
-}
-
-fn log_key(namespace: &str) -> String {
-    format!("{PREFIX}{namespace}:log")
-}
-
-fn session_key(namespace: &str, pid: Sid) -> String {
-    format!("{PREFIX}{namespace}:session:{pid}")
 }
 
 /// Send queued writes in pipelines until the store is closed and the queue is empty.
@@ -187,12 +226,13 @@ pub async fn load(
     io: &Io,
     namespace: &str,
     config: &RecoveryConfig,
+    keys: &StoreKeys,
 ) -> anyhow::Result<(usize, usize)> {
     let Some(target) = io.namespace(namespace) else {
         return Ok((0, 0));
     };
-    let log = load_log(connection, namespace, config).await?;
-    let sessions = load_sessions(connection, namespace, config).await?;
+    let log = load_log(connection, namespace, config, keys).await?;
+    let sessions = load_sessions(connection, namespace, config, keys).await?;
     let counts = (log.len(), sessions.len());
     target.restore(log, sessions);
     Ok(counts)
@@ -202,9 +242,10 @@ async fn load_log(
     connection: &mut ConnectionManager,
     namespace: &str,
     config: &RecoveryConfig,
+    keys: &StoreKeys,
 ) -> anyhow::Result<Vec<(LoggedEntry, Duration)>> {
     let entries: Vec<(String, HashMap<String, String>)> = redis::cmd("XREVRANGE")
-        .arg(log_key(namespace))
+        .arg(keys.log(namespace))
         .arg("+")
         .arg("-")
         .arg("COUNT")
@@ -230,8 +271,9 @@ async fn load_sessions(
     connection: &mut ConnectionManager,
     namespace: &str,
     config: &RecoveryConfig,
+    keys: &StoreKeys,
 ) -> anyhow::Result<Vec<(Sid, KeptSession, Duration)>> {
-    let pattern = format!("{PREFIX}{namespace}:session:*");
+    let pattern = keys.sessions(namespace);
     let mut keys: Vec<String> = Vec::new();
     let mut cursor: u64 = 0;
     loop {
@@ -279,4 +321,32 @@ fn unix_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     u64::try_from(now.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_of_several_instances_keeps_its_own_keys() {
+        let pid = Sid::ZERO;
+        let only = StoreKeys::single();
+        assert_eq!(
+            only.log("/a.local"),
+            "frappe_realtime:recovery:/a.local:log"
+        );
+        let one = StoreKeys::of_instance("port-9001".into());
+        assert_eq!(
+            one.log("/a.local"),
+            "frappe_realtime:recovery:port-9001:/a.local:log"
+        );
+        assert_eq!(
+            one.session("/a.local", pid),
+            format!("frappe_realtime:recovery:port-9001:/a.local:session:{pid}")
+        );
+        assert_eq!(
+            one.sessions("/a.local"),
+            "frappe_realtime:recovery:port-9001:/a.local:session:*"
+        );
+    }
 }

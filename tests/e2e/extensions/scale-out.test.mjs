@@ -17,7 +17,8 @@ import assert from "node:assert/strict";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { connected, waitFor, SITES, ALICE, ALICE_SID, BOB, BOB_SID, userRoom } from "../../support/harness.mjs";
+import { Server, connected, waitFor, SITES, ALICE, ALICE_SID, BOB, BOB_SID, userRoom } from "../../support/harness.mjs";
+import { CutProxy } from "../../support/cut-proxy.mjs";
 import { NGINX } from "../../support/bench-nginx.mjs";
 import { Cluster } from "../../support/cluster.mjs";
 
@@ -237,5 +238,65 @@ describe("shared state across instances (realtime_shared_state: redis)", () => {
     assert.equal(await cluster.instances[0].redis.client.zCard(DOC_KEY), 1, "only Alice's socket is left");
     const listed = await listedInstances();
     assert.deepEqual(listed.instances.map((i) => i.instance), [listed.this], "the status lists only the live instance");
+  });
+});
+
+// Recovery's Redis store with several instances: each numbers the publications it logs
+// itself, so each keeps its own log and sessions (under its port), and a restarted instance
+// recovers its own clients from them, not from another instance's.
+describe("realtime_recovery_store redis with two instances", () => {
+  let cluster;
+  let proxy;
+  const BROWSER = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36";
+  before(async () => {
+    cluster = await Cluster.start({ count: 2,
+      common: { realtime_recovery_store: "redis", realtime_shared_state: "redis" } });
+    proxy = await CutProxy.start(cluster.instances[0].port);
+  });
+  after(async () => {
+    await cluster?.stop();
+    await proxy?.close();
+  });
+
+  test("each instance keeps its own store, and a restarted one recovers its clients from it", { timeout: 60000 }, async () => {
+    const [a, b] = cluster.instances;
+    a.frappe.allow(SITE1, ALICE, "ToDo", "R1");
+    // Alice's browser on instance A (through the proxy, so the test can hold its return);
+    // Bob on B, so B logs the same publications under its own offsets.
+    const socket = a.socket({ sid: ALICE_SID, transports: ["websocket"], port: proxy.port, reconnection: true,
+      reconnectionDelay: 100, reconnectionDelayMax: 300, headers: { "User-Agent": BROWSER } });
+    await connected(socket);
+    socket.emit("doc_subscribe", "ToDo", "R1");
+    await a.publishUntilReceived(socket, "doc:ToDo/R1");
+    const bob = await b.connect({ sid: BOB_SID, transports: ["websocket"] });
+    const id = socket.id;
+    // An event for every socket of the site: both instances log it, each in its own log.
+    await a.publish("note", { tag: "everyone" }, { site: SITE1 });
+    await waitFor(() => [socket, bob].every((s) => received(s, "note", "everyone") === 1), { what: "the site-wide event" });
+    const keys = await waitFor(async () => {
+      const found = await a.redis.client.keys("frappe_realtime:recovery:*:log");
+      return found.length >= 2 && found;
+    }, { what: "both instances' logs in Redis" });
+    assert.deepEqual(keys.sort(), [a.port, b.port].sort().map((port) => `frappe_realtime:recovery:port-${port}:/${SITE1}:log`),
+      "one log per instance, named by its port");
+
+    // A restarts (SIGTERM, then the same command), Alice held away meanwhile.
+    proxy.hold();
+    const gone = new Promise((resolve) => socket.once("disconnect", resolve));
+    await a.server.stop();
+    await gone;
+    a.server = await Server.start({ bench: a.bench, port: a.port, args: ["--host", "127.0.0.1", "--upstream-server", "1/2"] });
+    await waitFor(() => a.redis.subscribers().then((n) => n >= 2), { timeoutMs: 10000, what: "A subscribed again" });
+    for (let seq = 0; seq < 10; seq += 1) await a.publish("missed", { seq, tag: "while-away" }, { room: "doc:ToDo/R1" });
+    const back = new Promise((resolve) => socket.once("connect", resolve));
+    proxy.release();
+    await back;
+    assert.equal(socket.recovered, true, "recovered from A's own store");
+    assert.equal(socket.id, id);
+    await waitFor(() => socket.received.filter((r) => r.event === "missed").length >= 10, { what: "the missed events" });
+    await a.flush(socket, { userRoom: userRoom(ALICE) });
+    assert.deepEqual(socket.received.filter((r) => r.event === "missed").map((r) => r.args[0].seq),
+      [...Array(10).keys()], "each once, in order");
+    socket.disconnect();
   });
 });
