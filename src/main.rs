@@ -47,6 +47,9 @@ struct Cli {
     check_config: bool,
 }
 
+/// The most `server` lines `--upstream-server` accepts.
+const MAX_UPSTREAM_SERVERS: usize = 256;
+
 /// `I/N`: server line I (from 1) of N.
 fn parse_upstream_server(value: &str) -> Result<UpstreamSlot, String> {
     let (line, lines) = value
@@ -54,6 +57,10 @@ fn parse_upstream_server(value: &str) -> Result<UpstreamSlot, String> {
         .ok_or("expected I/N, e.g. 2/3: server line I of N")?;
     let line: usize = line.trim().parse().map_err(|_| "I is not a number")?;
     let count: usize = lines.trim().parse().map_err(|_| "N is not a number")?;
+    // A session id takes N draws on average: an upstream block has a handful of lines.
+    if count > MAX_UPSTREAM_SERVERS {
+        return Err(format!("N must be at most {MAX_UPSTREAM_SERVERS}"));
+    }
     if line == 0 || line > count {
         return Err(format!("I must be between 1 and N ({count})"));
     }
