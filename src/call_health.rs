@@ -7,7 +7,7 @@ use std::sync::{Mutex, PoisonError};
 
 use serde::Serialize;
 
-use crate::metrics::unix_now_ms as now_ms;
+use crate::metrics::unix_now_ms;
 
 /// The outcomes of a call that mean Frappe answered as it should (a denial is an answer).
 const ANSWERED: [&str; 4] = ["ok", "allowed", "denied", "unauthorized"];
@@ -49,10 +49,10 @@ impl CallHealth {
         let mut record = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         *record.outcomes.entry(outcome).or_default() += 1;
         if ANSWERED.contains(&outcome) {
-            record.last_answer_ms = Some(now_ms());
+            record.last_answer_ms = Some(unix_now_ms());
         } else {
             record.last_failure = Some(Failure {
-                at_ms: now_ms(),
+                at_ms: unix_now_ms(),
                 endpoint,
                 outcome,
             });

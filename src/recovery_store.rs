@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use ::metrics::counter;
 use anyhow::Context;
@@ -253,7 +253,7 @@ async fn load_log(
         .query_async(connection)
         .await
         .with_context(|| format!("reading the recovery log of {namespace}"))?;
-    let now = unix_ms();
+    let now = metrics::unix_now_ms();
     let mut log: Vec<(LoggedEntry, Duration)> = entries
         .into_iter()
         .filter_map(|(id, fields)| {
@@ -314,13 +314,6 @@ async fn load_sessions(
         }
     }
     Ok(sessions)
-}
-
-fn unix_ms() -> u64 {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    u64::try_from(now.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use serde_json::Value;
 
 use ::metrics::counter;
 
-use crate::app::App;
+use crate::app::{App, Settings};
 use crate::audience::{self, Scope};
 use crate::auth::Session;
 use crate::caps::Seat;
@@ -49,12 +49,14 @@ impl Admission {
         auth: Option<&Value>,
         recovery: &Recovery,
     ) -> Result<(), Refusal> {
-        let (site, decision) = decide(app, socket, auth).await;
+        // One configuration throughout, as for every handshake and event (see `App`).
+        let settings = app.settings();
+        let (site, decision) = decide(app, &settings, socket, auth).await;
         let label = decision.as_ref().map_or_else(Refusal::label, |_| "ok");
         counter!(metrics::HANDSHAKES, "site" => site.clone(), "outcome" => label).increment(1);
         match decision {
             Ok((session, seat)) => {
-                welcome(app, socket, session, seat, recovery, site);
+                welcome(&settings, socket, session, seat, recovery, site);
                 Ok(())
             }
             Err(refusal) => {
@@ -104,13 +106,13 @@ impl Admission {
 /// name taken from the headers).
 async fn decide(
     app: &App,
+    settings: &Settings,
     socket: &Socket,
     auth: Option<&Value>,
 ) -> (String, Result<(Session, Seat), Refusal>) {
     let path = socket.namespace().path();
     let namespace = Namespace::from_path(path);
     let headers = &socket.request().headers;
-    let settings = app.settings();
     let policy = Policy {
         default_site: settings.config.default_site.as_deref(),
         sites: &app.sites,
@@ -143,14 +145,13 @@ async fn decide(
 
 /// Give an admitted socket its state and rooms.
 fn welcome(
-    app: &App,
+    settings: &Settings,
     socket: &Socket,
     session: Session,
     seat: Seat,
     recovery: &Recovery,
     site: String,
 ) {
-    let settings = app.settings();
     let scope = Scope::new(socket.namespace().path(), &session.site);
     let client = ClientState::new(session, seat, &settings.config.limits, scope);
     join_own_rooms(socket, &client);

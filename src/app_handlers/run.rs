@@ -305,9 +305,7 @@ impl Queue {
         }
         let id = Sid::new().to_string();
         let session = &cx.client.session;
-        let at = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis());
+        let at = metrics::unix_now_ms();
         let fields = [
             ("id", id.clone()),
             ("site", session.site.clone()),
