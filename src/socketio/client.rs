@@ -19,7 +19,7 @@ use socketioxide_core::parser::{ParseError, ParserState};
 use super::Shared;
 use super::ack::AckSender;
 use super::event::{self, Event, InvalidPayload};
-use super::namespace::{ConnectFuture, Handshake, Refusal};
+use super::namespace::{ConnectFuture, Handshake, Namespace, Refusal};
 use super::packet::{self, Encoded};
 use super::recovery::Recovery;
 use super::socket::{Admission, DisconnectReason, Socket};
@@ -27,6 +27,9 @@ use super::transport::{CloseReason, Transport};
 
 /// The CONNECT_ERROR message for a namespace that does not exist, as Node words it.
 const INVALID_NAMESPACE: &str = "Invalid namespace";
+/// How long a CONNECT waits for the shared store's word on the session it names; past it,
+/// this process's own copy, if any, stands.
+const SHARED_SESSION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The Socket.IO state of one Engine.IO session, kept inline in the engine's session.
 #[derive(Default)]
@@ -231,6 +234,35 @@ fn connect<T: Transport>(io: &Shared, transport: &Arc<T>, path: Str, auth: Optio
         );
         return;
     };
+    match namespace.shared_session_question(transport.as_ref(), auth.as_deref()) {
+        Some((pid, question)) => {
+            // The session may have been kept by another instance: the shared store decides
+            // which copy stands before the CONNECT is. The client sends nothing else to this
+            // namespace until it is answered.
+            let transport = transport.clone();
+            tokio::spawn(async move {
+                let answer = match tokio::time::timeout(SHARED_SESSION_TIMEOUT, question).await {
+                    Ok(answer) => answer,
+                    Err(_) => Err(format!("no answer within {SHARED_SESSION_TIMEOUT:?}")),
+                };
+                if let Err(error) = &answer {
+                    tracing::warn!(%error, "cannot ask the shared store for a kept session");
+                }
+                namespace.settle_shared_session(pid, answer);
+                start_socket(namespace, &transport, &path, auth);
+            });
+        }
+        None => start_socket(namespace, transport, &path, auth),
+    }
+}
+
+/// Start the socket a CONNECT asks for and put it to the namespace's handler.
+fn start_socket<T: Transport>(
+    namespace: Namespace,
+    transport: &Arc<T>,
+    path: &Str,
+    auth: Option<Str>,
+) {
     let mut recovery = Recovery::Fresh;
     let make = || {
         let arrival = namespace.arrival(transport.as_ref(), auth.as_deref());
@@ -238,7 +270,7 @@ fn connect<T: Transport>(io: &Shared, transport: &Arc<T>, path: Str, auth: Optio
         let session: Arc<dyn Transport> = transport.clone();
         Socket::new(arrival.id, namespace.clone(), session, arrival.continuity)
     };
-    let socket = match transport.state().start(&path, make) {
+    let socket = match transport.state().start(path, make) {
         Start::New(socket) => socket,
         Start::Existing(socket) => {
             if socket.is_connected() {

@@ -47,7 +47,8 @@ pub use event::{Args, Event};
 pub use namespace::{ConnectFuture, Delivery, Handshake, Namespace, NamespaceHandler, Refusal};
 pub use packet::EncodeError;
 pub use recovery::{
-    KeptSession, LoggedEntry, Mirror, Recovery, RecoveryConfig, RecoveryMirror, RecoveryStats,
+    KeptSession, LoggedEntry, Mirror, Offset, Recovery, RecoveryConfig, RecoveryMirror,
+    RecoveryStats, SessionAnswer, SessionSource, SharedSessions,
 };
 pub use serve::SocketIoHandler;
 pub use socket::{DisconnectReason, EmitError, Socket};
@@ -73,6 +74,8 @@ pub struct IoConfig {
     pub recovery: Option<RecoveryConfig>,
     /// Where recovery's state is copied to outlive the process (recovery on only).
     pub recovery_mirror: Option<Mirror>,
+    /// Recovery shared with the bench's other instances (recovery on only).
+    pub shared_sessions: Option<SharedSessions>,
 }
 
 impl Default for IoConfig {
@@ -85,6 +88,7 @@ impl Default for IoConfig {
             attachment_timeout: Duration::from_secs(60),
             recovery: None,
             recovery_mirror: None,
+            shared_sessions: None,
         }
     }
 }
@@ -100,6 +104,7 @@ pub(crate) struct Shared {
     deadlines: Arc<ConnectDeadlines>,
     recovery: Option<RecoveryConfig>,
     mirror: Option<Mirror>,
+    shared: Option<SharedSessions>,
 }
 
 impl Shared {
@@ -138,6 +143,7 @@ impl Io {
             deadlines: ConnectDeadlines::new(config.connect_timeout),
             recovery: config.recovery,
             mirror: config.recovery_mirror,
+            shared: config.shared_sessions,
         }))
     }
 
@@ -158,7 +164,8 @@ impl Io {
             return Err(NamespaceTaken(path));
         }
         let (recovery, mirror) = (self.0.recovery.clone(), self.0.mirror.clone());
-        let namespace = Namespace::new(Str::from(path.clone()), handler, recovery, mirror);
+        let shared = self.0.shared.clone();
+        let namespace = Namespace::new(Str::from(path.clone()), handler, recovery, mirror, shared);
         namespaces.insert(path.into_boxed_str(), namespace.clone());
         Ok(namespace)
     }

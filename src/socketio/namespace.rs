@@ -14,7 +14,7 @@ use super::hub::Hub;
 use super::packet::{self, EncodeError, Encoded};
 use super::recovery::{
     self, KeptSession, Leaving, LoggedEntry, Lookup, Mirror, Offset, Recovery, RecoveryConfig,
-    RecoveryStats, Store,
+    RecoveryStats, SessionAnswer, SharedSessions, Store,
 };
 use super::socket::{Continuity, DisconnectReason, Restore, Socket};
 use super::transport::{SendError, SendErrorKind, Transport};
@@ -126,6 +126,8 @@ struct Inner {
     recovery: Option<Mutex<Store>>,
     /// Where the store is copied to outlive the process, if anywhere.
     mirror: Option<Mirror>,
+    /// Recovery shared with the bench's other instances, if it is.
+    shared: Option<SharedSessions>,
 }
 
 /// A new socket's id and recovery state, decided from its CONNECT.
@@ -147,6 +149,7 @@ impl Namespace {
         handler: Arc<dyn NamespaceHandler>,
         recovery: Option<RecoveryConfig>,
         mirror: Option<Mirror>,
+        shared: Option<SharedSessions>,
     ) -> Self {
         Self(Arc::new(Inner {
             path,
@@ -154,6 +157,7 @@ impl Namespace {
             hub: Hub::new(),
             recovery: recovery.map(|config| Mutex::new(Store::new(config))),
             mirror,
+            shared,
         }))
     }
 
@@ -203,6 +207,34 @@ impl Namespace {
     pub(crate) fn recovery_store(&self) -> Option<MutexGuard<'_, Store>> {
         let store = self.0.recovery.as_ref()?;
         Some(store.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// With recovery shared between instances: the question to put to the shared store before
+    /// a CONNECT with `auth` on `transport` is decided, if it names a session.
+    pub(crate) fn shared_session_question(
+        &self,
+        transport: &dyn Transport,
+        auth: Option<&str>,
+    ) -> Option<(Sid, SessionAnswer)> {
+        let SharedSessions(source) = self.0.shared.as_ref()?;
+        if transport.protocol() == ProtocolVersion::V3 || self.0.recovery.is_none() {
+            return None;
+        }
+        let Some(Ok(pid)) = recovery::Request::from_auth(auth).pid() else {
+            return None;
+        };
+        Some((pid, source.take(self.path(), pid)))
+    }
+
+    /// Settle the kept session `pid` with the shared store's answer (see [`Store::settle`]).
+    pub(crate) fn settle_shared_session(
+        &self,
+        pid: Sid,
+        answer: Result<Option<KeptSession>, String>,
+    ) {
+        if let Some(mut store) = self.recovery_store() {
+            store.settle(pid, answer, Instant::now());
+        }
     }
 
     /// The id and recovery state of a socket a CONNECT with `auth` starts on `transport`.
@@ -263,7 +295,8 @@ impl Namespace {
     ///
     /// With connection state recovery, the publication also gets the next offset and goes
     /// into the replay log; sockets that take offsets get the packet with its offset (encoded
-    /// once too), the others the plain one.
+    /// once too), the others the plain one. With recovery shared between instances, offsets
+    /// come from the bench's log ([`Namespace::broadcast_at`]) and this one is not logged.
     pub fn broadcast<T: Serialize + ?Sized>(
         &self,
         room: Option<&str>,
@@ -271,7 +304,7 @@ impl Namespace {
         event: &str,
         payload: &T,
     ) -> Result<Delivery, EncodeError> {
-        if self.0.recovery.is_some() {
+        if self.0.recovery.is_some() && self.0.shared.is_none() {
             return self.broadcast_logged(room, except, event, payload);
         }
         let recipients = self.0.hub.snapshot(room, except);
@@ -311,6 +344,34 @@ impl Namespace {
                 mirror.logged(self.path(), &entry);
             });
         }
+        let logged = numbered.clone();
+        store.log(offset, room.map(Arc::from), except, logged, Instant::now());
+        let recipients = self.0.hub.snapshot(room, except);
+        drop(store);
+        Ok(deliver(&plain, Some((&numbered, offset)), &recipients))
+    }
+
+    /// Broadcast a publication of the bench's shared log under its `offset` (see
+    /// [`Namespace::broadcast`]). It is logged even when no socket here hears it: a client
+    /// cut from another instance may come here for it. One whose offset this namespace
+    /// already passed is neither logged nor delivered again.
+    pub fn broadcast_at<T: Serialize + ?Sized>(
+        &self,
+        offset: Offset,
+        room: Option<&str>,
+        except: Option<Sid>,
+        event: &str,
+        payload: &T,
+    ) -> Result<Delivery, EncodeError> {
+        let plain = packet::event(&self.0.path, event, payload, None)?;
+        let Some(mut store) = self.recovery_store() else {
+            let recipients = self.0.hub.snapshot(room, except);
+            return Ok(deliver(&plain, None, &recipients));
+        };
+        if !store.accept_offset(offset) {
+            return Ok(Delivery::default());
+        }
+        let numbered = plain.with_offset(&offset.to_string());
         let logged = numbered.clone();
         store.log(offset, room.map(Arc::from), except, logged, Instant::now());
         let recipients = self.0.hub.snapshot(room, except);

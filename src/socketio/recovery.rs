@@ -24,8 +24,10 @@ use super::packet::Encoded;
 use super::socket::DisconnectReason;
 use super::transport::CloseReason;
 
-/// A publication's place in its namespace's log: 1, 2, 3… Clients see it as a decimal
-/// string, the last argument of each event.
+/// A publication's place in its namespace's log: 1, 2, 3…, or, when the offsets come from
+/// the bench's shared log ([`SharedSessions`]), that log's entry id packed in a number
+/// (increasing, with gaps). Clients see it as a decimal string, the last argument of each
+/// event.
 pub type Offset = u64;
 
 /// The bounds of recovery, per namespace.
@@ -71,6 +73,33 @@ pub struct Mirror(pub Arc<dyn RecoveryMirror>);
 impl std::fmt::Debug for Mirror {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Mirror")
+    }
+}
+
+/// Where this process finds the sessions other processes kept (recovery across instances):
+/// asked before every CONNECT that names a session, and the authority on it. A session it
+/// does not have was taken elsewhere, or never kept, even if this process holds a copy.
+pub trait SessionSource: Send + Sync + 'static {
+    /// Take the session `pid` of `namespace` out of the shared store; an error when the store
+    /// cannot say (this process's own copy then stands).
+    fn take(&self, namespace: &str, pid: Sid) -> SessionAnswer;
+}
+
+/// What a [`SessionSource`] answers, in time.
+pub type SessionAnswer =
+    futures_util::future::BoxFuture<'static, Result<Option<KeptSession>, String>>;
+
+/// Recovery shared by the instances of a bench, in [`IoConfig`](super::IoConfig): offsets come
+/// from the bench's log ([`Namespace::broadcast_at`](super::Namespace::broadcast_at)), and kept
+/// sessions from this source. What a namespace broadcasts of its own accord
+/// ([`Namespace::broadcast`](super::Namespace::broadcast)) is then not logged: no other instance
+/// has it, so it could not be replayed in the same order everywhere.
+#[derive(Clone)]
+pub struct SharedSessions(pub Arc<dyn SessionSource>);
+
+impl std::fmt::Debug for SharedSessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedSessions")
     }
 }
 
@@ -233,6 +262,17 @@ pub(crate) struct Leaving {
 }
 
 impl Leaving {
+    /// Back from a mirror.
+    fn from_mirrored(pid: Sid, session: KeptSession) -> Self {
+        Self {
+            pid,
+            sid: session.sid,
+            rooms: session.rooms.into_iter().map(Arc::from).collect(),
+            after: session.after,
+            took_offsets: session.took_offsets,
+        }
+    }
+
     /// As a mirror keeps it.
     pub(crate) fn mirrored(&self) -> KeptSession {
         KeptSession {
@@ -309,6 +349,40 @@ impl Store {
         self.last
     }
 
+    /// Take `offset`, given by the bench's log, as the next publication's: false if the log
+    /// already went past it. The same offset again is one publication for several rooms
+    /// (an all-sites event in `/`, once per site).
+    pub(crate) fn accept_offset(&mut self, offset: Offset) -> bool {
+        if offset < self.last {
+            return false;
+        }
+        self.last = offset;
+        true
+    }
+
+    /// Settle the session `pid` with what the shared store said of it: its copy replaces
+    /// this process's; none means it was taken elsewhere (or never kept), so this process's
+    /// copy is stale; an error leaves this process's copy standing.
+    pub(crate) fn settle(
+        &mut self,
+        pid: Sid,
+        answer: Result<Option<KeptSession>, String>,
+        now: Instant,
+    ) {
+        match answer {
+            Ok(Some(session)) => {
+                let leaving = Leaving::from_mirrored(pid, session);
+                self.keep(leaving, now);
+            }
+            Ok(None) => {
+                if let Some(stale) = self.kept.remove(&pid) {
+                    self.kept_order.remove(&stale.order);
+                }
+            }
+            Err(_) => {}
+        }
+    }
+
     /// Log the publication `offset` (given by [`Store::next_offset`]), then trim the log to
     /// its bounds.
     pub(crate) fn log(
@@ -363,14 +437,7 @@ impl Store {
         }
         for (pid, session, age) in sessions {
             self.last = self.last.max(session.after);
-            let leaving = Leaving {
-                pid,
-                sid: session.sid,
-                rooms: session.rooms.into_iter().map(Arc::from).collect(),
-                after: session.after,
-                took_offsets: session.took_offsets,
-            };
-            self.keep(leaving, ago(age));
+            self.keep(Leaving::from_mirrored(pid, session), ago(age));
         }
         self.trim(now);
     }
@@ -574,6 +641,55 @@ mod tests {
         let missed = store.missed(after, kept.sid, &kept.rooms);
         assert_eq!(texts(&missed), ["2", "everyone", "3"]);
         assert!(matches!(store.take(pid, Some(seen), now), Lookup::Unknown));
+    }
+
+    #[test]
+    fn offsets_from_the_bench_log_are_taken_in_order_and_one_may_repeat() {
+        let now = Instant::now();
+        let mut store = Store::new(config(100, 1 << 20));
+        assert!(store.accept_offset(1_000));
+        store.log(1_000, Some(Arc::from("a")), None, packet("x in a"), now);
+        // One all-sites publication, a room per site in `/`: the same offset again.
+        assert!(store.accept_offset(1_000));
+        store.log(1_000, Some(Arc::from("b")), None, packet("x in b"), now);
+        assert!(store.accept_offset(5_000));
+        store.log(5_000, Some(Arc::from("a")), None, packet("y"), now);
+        assert!(!store.accept_offset(4_000), "the log went past it");
+        assert_eq!(store.last_offset(), 5_000);
+        let missed = store.missed(1_000, Sid::new(), &[Arc::from("a"), Arc::from("b")]);
+        assert_eq!(texts(&missed), ["y"]);
+    }
+
+    #[test]
+    fn the_shared_store_decides_which_copy_of_a_session_stands() {
+        let now = Instant::now();
+        let mut store = Store::new(config(100, 1 << 20));
+        let seen = publish(&mut store, Some("a"), "1", now);
+        let pid = Sid::new();
+        // Taken elsewhere: this process's copy is stale and goes.
+        store.keep(leaving(pid, &["a"], seen), now);
+        store.settle(pid, Ok(None), now);
+        assert!(matches!(store.take(pid, Some(seen), now), Lookup::Unknown));
+        // Kept by another instance: its copy is the one resumed.
+        let theirs = KeptSession {
+            sid: Sid::new(),
+            rooms: vec!["b".to_owned()],
+            after: seen,
+            took_offsets: true,
+        };
+        store.keep(leaving(pid, &["a"], seen), now);
+        store.settle(pid, Ok(Some(theirs.clone())), now);
+        let Lookup::Found { kept, .. } = store.take(pid, Some(seen), now) else {
+            panic!("their session is kept here now");
+        };
+        assert_eq!((kept.sid, kept.rooms), (theirs.sid, vec![Arc::from("b")]));
+        // The shared store cannot say: this process's copy stands.
+        store.keep(leaving(pid, &["a"], seen), now);
+        store.settle(pid, Err("Redis is down".to_owned()), now);
+        assert!(matches!(
+            store.take(pid, Some(seen), now),
+            Lookup::Found { .. }
+        ));
     }
 
     #[test]
