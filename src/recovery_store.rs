@@ -13,7 +13,10 @@
 //! the entry id's milliseconds give its age) and `…:<namespace>:session:<pid>`. One of several
 //! instances on a bench keeps its own, under `frappe_realtime:recovery:<instance>:…` (see
 //! [`StoreKeys`]): each numbers the publications it logs itself, so one instance's offsets
-//! and sessions mean nothing against another's log.
+//! and sessions mean nothing against another's log. Instances that share the bench's log
+//! (`crate::shared::bench_log`) share offsets too: their sessions go under
+//! `frappe_realtime:recovery:bench:…`, where any of them takes one ([`SessionSource`]), and
+//! the bench's log is their log.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -22,11 +25,14 @@ use std::time::Duration;
 use ::metrics::counter;
 use anyhow::Context;
 use redis::aio::ConnectionManager;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::metrics;
-use crate::socketio::{Io, KeptSession, LoggedEntry, Mirror, RecoveryConfig, RecoveryMirror, Sid};
+use crate::socketio::{
+    Io, KeptSession, LoggedEntry, Mirror, RecoveryConfig, RecoveryMirror, SessionAnswer,
+    SessionSource, SharedSessions, Sid,
+};
 
 const PREFIX: &str = "frappe_realtime:recovery:";
 /// Writes waiting for the writer at most: a burst of publications or a shutdown's every
@@ -37,12 +43,30 @@ const BATCH: usize = 512;
 /// How long a shutdown waits for the last writes.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Take a key's value and delete it, in one step (GETDEL is Redis 6.2 on; benches run older).
+const GET_AND_DELETE: &str = "local value = redis.call('GET', KEYS[1]) \
+    if value then redis.call('DEL', KEYS[1]) end return value";
+
 /// One write to Redis.
 #[derive(Debug)]
 enum Write {
-    Log { key: String, entry: String },
-    Keep { key: String, session: String },
-    Take { key: String },
+    Log {
+        key: String,
+        entry: String,
+    },
+    Keep {
+        key: String,
+        session: String,
+    },
+    Take {
+        key: String,
+    },
+    /// Take a session out and answer with it. It goes through the queue, after every write
+    /// before it: a session this process kept a moment ago is in Redis when it is asked for.
+    Fetch {
+        key: String,
+        reply: oneshot::Sender<Result<Option<String>, String>>,
+    },
 }
 
 /// Where this process's recovery state lives in Redis.
@@ -57,6 +81,11 @@ impl StoreKeys {
     /// The keys of the bench's only instance.
     pub fn single() -> Self {
         Self::default()
+    }
+
+    /// The keys of instances that share the bench's log: one session key space for all.
+    pub fn bench() -> Self {
+        Self::of_instance("bench".to_owned())
     }
 
     /// The keys of the instance named `instance` among several.
@@ -114,6 +143,11 @@ impl RedisStore {
         Mirror(self.clone())
     }
 
+    /// The store as the source of sessions kept by any instance sharing the bench's log.
+    pub fn shared_sessions(self: &Arc<Self>) -> SharedSessions {
+        SharedSessions(self.clone())
+    }
+
     /// Take no more writes; the writer finishes what is queued and ends.
     pub fn close(&self) {
         self.sender
@@ -168,6 +202,32 @@ impl RecoveryMirror for RedisStore {
     }
 }
 
+impl SessionSource for RedisStore {
+    fn take(&self, namespace: &str, pid: Sid) -> SessionAnswer {
+        let (reply, answer) = oneshot::channel();
+        let fetch = Write::Fetch {
+            key: self.keys.session(namespace, pid),
+            reply,
+        };
+        let queued = {
+            let sender = self.sender.lock().unwrap_or_else(PoisonError::into_inner);
+            sender.as_ref().map(|sender| sender.try_send(fetch))
+        };
+        Box::pin(async move {
+            match queued {
+                Some(Ok(())) => {}
+                Some(Err(_)) => return Err("the store's queue is full".to_owned()),
+                None => return Err("the store is closed".to_owned()),
+            }
+            let text = answer
+                .await
+                .map_err(|_| "the store's writer ended".to_owned())??;
+            // A session that does not read back is no session.
+            Ok(text.and_then(|text| serde_json::from_str(&text).ok()))
+        })
+    }
+}
+
 /// Send queued writes in pipelines until the store is closed and the queue is empty.
 async fn writer(
     mut receiver: mpsc::Receiver<Write>,
@@ -177,18 +237,24 @@ async fn writer(
     let window_ms = u64::try_from(config.window.as_millis()).unwrap_or(u64::MAX);
     while let Some(first) = receiver.recv().await {
         let mut batch = vec![first];
-        while batch.len() < BATCH {
+        // A fetch ends its batch: its answer is the pipeline's one reply.
+        while batch.len() < BATCH && !matches!(batch.last(), Some(Write::Fetch { .. })) {
             match receiver.try_recv() {
                 Ok(write) => batch.push(write),
                 Err(_) => break,
             }
         }
+        let writes = batch
+            .iter()
+            .filter(|write| !matches!(write, Write::Fetch { .. }))
+            .count();
+        let mut reply = None;
         let mut pipe = redis::pipe();
-        for write in &batch {
+        for write in batch {
             match write {
                 Write::Log { key, entry } => {
                     pipe.cmd("XADD")
-                        .arg(key)
+                        .arg(&key)
                         .arg("MAXLEN")
                         .arg("~")
                         .arg(config.max_events)
@@ -209,12 +275,29 @@ async fn writer(
                 Write::Take { key } => {
                     pipe.cmd("DEL").arg(key).ignore();
                 }
+                Write::Fetch { key, reply: sender } => {
+                    pipe.cmd("EVAL").arg(GET_AND_DELETE).arg(1).arg(key);
+                    reply = Some(sender);
+                }
             }
         }
-        if let Err(error) = pipe.query_async::<()>(&mut connection).await {
-            tracing::warn!(%error, writes = batch.len(), "cannot write to the recovery store");
-            counter!(metrics::RECOVERY_STORE_LOST, "reason" => "redis_error")
-                .increment(batch.len() as u64);
+        match pipe
+            .query_async::<Vec<Option<String>>>(&mut connection)
+            .await
+        {
+            Ok(mut answers) => {
+                if let Some(reply) = reply {
+                    let _ = reply.send(Ok(answers.pop().flatten()));
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, writes, "cannot write to the recovery store");
+                counter!(metrics::RECOVERY_STORE_LOST, "reason" => "redis_error")
+                    .increment(writes as u64);
+                if let Some(reply) = reply {
+                    let _ = reply.send(Err(error.to_string()));
+                }
+            }
         }
     }
 }
