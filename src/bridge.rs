@@ -6,6 +6,9 @@
 //! reach a client in the order they were published. Pub/sub keeps nothing for a subscriber
 //! that is away: the loop reconnects with backoff and a PING watchdog, and what was published
 //! meanwhile is lost, exactly as with Frappe's own service.
+//!
+//! With the bench's shared log ([`crate::shared::bench_log`]) the subscriber hands each
+//! message to the log instead, and the log's reader delivers it, numbered, from there.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,8 +23,9 @@ use ::metrics::{counter, gauge, histogram};
 use crate::app::App;
 use crate::config::{FrappeVersion, is_truthy};
 use crate::sentinel::SentinelConfig;
+use crate::shared::bench_log::BenchLog;
 use crate::sites::SiteTable;
-use crate::socketio::{Delivery, Io, SendErrorKind};
+use crate::socketio::{Delivery, Io, Offset, SendErrorKind};
 use crate::{audience, metrics, revoke, rooms};
 
 /// The channel `frappe.publish_realtime` publishes on.
@@ -130,7 +134,15 @@ fn split_prefixed_room(room: &str) -> Result<Target, Malformed> {
 
 /// Send a publication to its audience on this node. `size` is the publication's size on
 /// Redis, for the bytes-sent metric.
-pub fn deliver(io: &Io, sites: &SiteTable, publication: &Publication, size: usize) {
+/// Deliver `publication` (`size` bytes as published) to its room; under `offset`, when it
+/// comes from the bench's shared log.
+pub fn deliver(
+    io: &Io,
+    sites: &SiteTable,
+    publication: &Publication,
+    size: usize,
+    offset: Option<Offset>,
+) {
     match &publication.target {
         Target::Room { site, room } => {
             if !sites.contains(site) {
@@ -138,7 +150,7 @@ pub fn deliver(io: &Io, sites: &SiteTable, publication: &Publication, size: usiz
                 tracing::debug!(%site, event = %publication.event, "event for a site this bench does not serve");
                 return;
             }
-            if !deliver_to_room(io, publication, site, room, size) {
+            if !deliver_to_room(io, publication, site, room, size, offset) {
                 drop_event("no_listeners");
             }
         }
@@ -146,7 +158,7 @@ pub fn deliver(io: &Io, sites: &SiteTable, publication: &Publication, size: usiz
         // so that room is "every socket of the site", in either namespace.
         Target::EverySite => {
             for site in sites.names() {
-                deliver_to_room(io, publication, &site, rooms::WEBSITE, size);
+                deliver_to_room(io, publication, &site, rooms::WEBSITE, size, offset);
             }
         }
     }
@@ -160,11 +172,15 @@ fn deliver_to_room(
     site: &str,
     room: &str,
     size: usize,
+    offset: Option<Offset>,
 ) -> bool {
     let mut routed = false;
     for (namespace, name) in audience::room_of_site(io, site, room) {
-        let delivery =
-            namespace.broadcast(Some(&name), None, &publication.event, &publication.message);
+        let (event, message) = (&publication.event, &publication.message);
+        let delivery = match offset {
+            Some(offset) => namespace.broadcast_at(offset, Some(&name), None, event, message),
+            None => namespace.broadcast(Some(&name), None, event, message),
+        };
         match delivery {
             // An empty room costs one lookup: nothing is encoded for it.
             Ok(delivery) if delivery.recipients == 0 => {}
@@ -253,8 +269,15 @@ impl EventsRedis {
     }
 }
 
-/// Subscribe to `events` forever, delivering each message, reconnecting when the link dies.
-pub async fn run(io: Io, app: Arc<App>, redis: EventsRedis, subscription: Subscription) {
+/// Subscribe to `events` forever, delivering each message (or handing it to the bench's
+/// shared log), reconnecting when the link dies.
+pub async fn run(
+    io: Io,
+    app: Arc<App>,
+    redis: EventsRedis,
+    subscription: Subscription,
+    bench_log: Option<Arc<BenchLog>>,
+) {
     let mut backoff = new_backoff();
     let mut subscribed_before = false;
     subscription.set(false);
@@ -268,7 +291,7 @@ pub async fn run(io: Io, app: Arc<App>, redis: EventsRedis, subscription: Subscr
                 subscribed_before = true;
                 subscription.set(true);
                 backoff = new_backoff();
-                let why = pump(&io, &app, pubsub).await;
+                let why = pump(&io, &app, pubsub, bench_log.as_deref()).await;
                 subscription.set(false);
                 tracing::warn!(reason = why, "lost the Redis subscription; reconnecting");
             }
@@ -306,7 +329,12 @@ async fn subscribe(redis: &EventsRedis) -> Result<redis::aio::PubSub, String> {
 }
 
 /// Deliver messages until the link ends or stops answering PING; returns why.
-async fn pump(io: &Io, app: &App, pubsub: redis::aio::PubSub) -> &'static str {
+async fn pump(
+    io: &Io,
+    app: &App,
+    pubsub: redis::aio::PubSub,
+    bench_log: Option<&BenchLog>,
+) -> &'static str {
     let (mut sink, mut stream) = pubsub.split();
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.reset();
@@ -314,10 +342,13 @@ async fn pump(io: &Io, app: &App, pubsub: redis::aio::PubSub) -> &'static str {
         tokio::select! {
             message = stream.next() => {
                 let Some(message) = message else { return "connection closed" };
+                let payload = message.get_payload_bytes();
                 if message.get_channel_name() == revoke::CHANNEL {
-                    revoke::handle(io, app, message.get_payload_bytes());
+                    revoke::handle(io, app, payload);
+                } else if let Some(bench_log) = bench_log {
+                    bench_log.received(payload);
                 } else {
-                    handle(io, app, message.get_payload_bytes());
+                    handle(io, app, payload, None);
                 }
             }
             _ = ping.tick() => {
@@ -332,8 +363,9 @@ async fn pump(io: &Io, app: &App, pubsub: redis::aio::PubSub) -> &'static str {
     }
 }
 
-/// Parse and deliver one message from `events`.
-fn handle(io: &Io, app: &App, payload: &[u8]) {
+/// Parse and deliver one message from `events`, under `offset` when it comes from the
+/// bench's shared log.
+pub fn handle(io: &Io, app: &App, payload: &[u8], offset: Option<Offset>) {
     let received = Instant::now();
     counter!(metrics::REDIS_MESSAGES).increment(1);
     gauge!(metrics::REDIS_LAST_MESSAGE).set(metrics::unix_now());
@@ -344,7 +376,7 @@ fn handle(io: &Io, app: &App, payload: &[u8]) {
                 app.last_state
                     .record(site, room, event, &publication.message, payload.len());
             }
-            deliver(io, &app.sites, &publication, payload.len());
+            deliver(io, &app.sites, &publication, payload.len(), offset);
             histogram!(metrics::DELIVERY_DURATION).record(received.elapsed());
         }
         Err(malformed) => {

@@ -33,6 +33,7 @@ use crate::ops;
 use crate::recovery_store::{self, RedisStore, StoreKeys};
 use crate::service::{Service, connect_timeout};
 use crate::sessions::Sessions;
+use crate::shared::bench_log::{self, BenchLog, Entry};
 use crate::shared::{Instances, Summary};
 use crate::site_registry::SiteRegistry;
 use crate::socketio::{Io, IoConfig};
@@ -89,7 +90,8 @@ impl Node {
         let config = app.settings().config.clone();
         tracing::info!(frappe_version = %config.frappe_version, "speaking Frappe's realtime protocol");
 
-        let store_keys = recovery_store_keys(&config, options.upstream_slot);
+        let shares_log = shares_bench_log(&config);
+        let store_keys = recovery_store_keys(&config, options.upstream_slot, shares_log);
         let redis_store = match (&config.recovery, config.recovery_store) {
             (Some(recovery), RecoveryStore::Redis) => Some(RedisStore::start(
                 app.redis.connection(),
@@ -102,6 +104,10 @@ impl Node {
             connect_timeout: connect_timeout(config.callback_timeout),
             recovery: config.recovery.clone(),
             recovery_mirror: redis_store.as_ref().map(|(store, _)| store.mirror()),
+            shared_sessions: redis_store
+                .as_ref()
+                .filter(|_| shares_log)
+                .map(|(store, _)| store.shared_sessions()),
             ..IoConfig::default()
         });
         let mut service = Service {
@@ -110,14 +116,20 @@ impl Node {
             admission: Arc::new(Admission::default()),
             subscription: Subscription::default(),
             instances: None,
+            bench_log: None,
         };
         let mut tasks = JoinSet::new();
         if config.shared_state == SharedState::Redis {
             share_state(&mut service, &mut tasks);
         }
+        if shares_log {
+            share_log(&mut service, &mut tasks);
+        }
         let registry = serve_namespaces(&service, &config).await?;
-        if redis_store.is_some() {
-            load_recovery(&service, &store_keys).await;
+        match &service.bench_log {
+            Some(bench_log) => read_bench_log(&service, bench_log.clone(), &mut tasks).await,
+            None if redis_store.is_some() => load_recovery(&service, &store_keys).await,
+            None => {}
         }
 
         let ops = ops::router(Arc::new(ops::Ops {
@@ -130,6 +142,7 @@ impl Node {
             service.app.clone(),
             events_redis(&service, &config),
             service.subscription.clone(),
+            service.bench_log.clone(),
         ));
         tasks.spawn(reload_on_hangup(service.clone(), options.overrides));
         if let Some(address) = options.metrics_addr {
@@ -165,6 +178,9 @@ impl Node {
         if let Some((store, writer)) = self.redis_store.take() {
             store.flush_at_shutdown(&self.service.io, writer).await;
         }
+        if let Some(bench_log) = &self.service.bench_log {
+            bench_log.leave().await;
+        }
         if let Some(instances) = &self.service.instances {
             instances.leave().await;
         }
@@ -181,6 +197,53 @@ fn share_state(service: &mut Service, tasks: &mut JoinSet<()>) {
     tasks.spawn(writer);
     tasks.spawn(heartbeat);
     service.instances = Some(instances);
+}
+
+/// Whether the instances share the bench's log of events (`crate::shared::bench_log`), so
+/// that a client recovers on any of them: they share state, and recovery keeps its state in
+/// Redis.
+fn shares_bench_log(config: &Config) -> bool {
+    config.shared_state == SharedState::Redis
+        && config.recovery.is_some()
+        && config.recovery_store == RecoveryStore::Redis
+}
+
+/// Take part in the bench's log: its lease and copier become a task of this node.
+fn share_log(service: &mut Service, tasks: &mut JoinSet<()>) {
+    let settings = service.app.settings();
+    let (Some(instances), Some(recovery)) = (&service.instances, &settings.config.recovery) else {
+        return;
+    };
+    let (bench_log, task) = BenchLog::start(
+        service.app.redis.connection(),
+        instances.name.clone(),
+        recovery,
+    );
+    tracing::info!("recovery across instances: events are delivered from the bench's shared log");
+    tasks.spawn(task);
+    service.bench_log = Some(bench_log);
+}
+
+/// Log what the bench's log holds of the last window (no client is connected yet, so it only
+/// fills the replay logs), then read on from there, delivering, for as long as the node runs.
+async fn read_bench_log(service: &Service, bench_log: Arc<BenchLog>, tasks: &mut JoinSet<()>) {
+    let deliver = {
+        let (io, app) = (service.io.clone(), service.app.clone());
+        move |(id, payload): Entry| {
+            let offset = bench_log::offset_of(&id);
+            if offset.is_none() {
+                tracing::warn!(%id, "a bench log entry id too large for an offset; delivered unnumbered");
+            }
+            bridge::handle(&io, &app, &payload, offset);
+        }
+    };
+    let (entries, last) = bench_log.recent_entries().await;
+    if !entries.is_empty() {
+        tracing::info!(events = entries.len(), "the bench log's last window logged");
+    }
+    entries.into_iter().for_each(&deliver);
+    let client = service.app.redis.client();
+    tasks.spawn(bench_log.read(client, last, deliver));
 }
 
 /// Serve the root namespace and, through the registry, every site's; returns the registry,
@@ -218,9 +281,17 @@ async fn serve_namespaces(service: &Service, config: &Config) -> anyhow::Result<
 }
 
 /// Where recovery's Redis store keeps this process's state: the bench's only instance keeps
-/// the keys it always had; one of several (it shares state, or it has a line in nginx's
-/// upstream) keeps its own, named by its port or socket, which its restarts keep.
-fn recovery_store_keys(config: &Config, upstream_slot: Option<UpstreamSlot>) -> StoreKeys {
+/// the keys it always had; instances sharing the bench's log share one key space; one of
+/// several otherwise (it shares state, or it has a line in nginx's upstream) keeps its own,
+/// named by its port or socket, which its restarts keep.
+fn recovery_store_keys(
+    config: &Config,
+    upstream_slot: Option<UpstreamSlot>,
+    shares_log: bool,
+) -> StoreKeys {
+    if shares_log {
+        return StoreKeys::bench();
+    }
     if config.shared_state != SharedState::Redis && upstream_slot.is_none() {
         return StoreKeys::single();
     }

@@ -18,6 +18,7 @@ use crate::handlers::frappe_events;
 use crate::metrics;
 use crate::revoke;
 use crate::shared::Instances;
+use crate::shared::bench_log::BenchLog;
 use crate::socketio::Io;
 
 /// Time a client has to send its namespace CONNECT, beyond the callback to Frappe that the
@@ -34,6 +35,8 @@ pub struct Service {
     pub subscription: Subscription,
     /// The other instances on the same Redis, when they share state.
     pub instances: Option<Arc<Instances>>,
+    /// This instance's part in the bench's shared log of events, when recovery is shared.
+    pub bench_log: Option<Arc<BenchLog>>,
 }
 
 impl Service {

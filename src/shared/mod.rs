@@ -11,6 +11,7 @@
 //! while alive (its host stalled) is taken for dead too: its viewers are cleared, and come
 //! back with their next open; it rejoins at its next heartbeat.
 
+pub mod bench_log;
 mod keys;
 pub mod presence;
 

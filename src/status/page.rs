@@ -74,6 +74,16 @@ fn health_cards(html: &mut String, status: &Status) {
          on {} sites</div>",
         status.sites.len()
     );
+    if let Some(bench_log) = status.bench_log {
+        let role = match bench_log.copier {
+            true => "this instance copies <code>events</code> into it",
+            false => "another instance copies <code>events</code> into it",
+        };
+        let _ = write!(
+            html,
+            "<div class=\"card\" id=\"bench-log\"><b>Bench log</b>{role}</div>"
+        );
+    }
     html.push_str("</div>");
 }
 
@@ -338,6 +348,7 @@ mod tests {
             }],
             this_instance: None,
             instances: None,
+            bench_log: None,
         }
     }
 

@@ -34,6 +34,15 @@ pub struct Status {
     /// (this one too) as each last published itself; `None` otherwise.
     pub this_instance: Option<String>,
     pub instances: Option<Vec<InstanceSummary>>,
+    /// With recovery shared across instances: this instance's part in the bench's log of
+    /// events; `None` otherwise.
+    pub bench_log: Option<BenchLogStatus>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct BenchLogStatus {
+    /// This instance holds the lease and copies `events` into the log now.
+    pub copier: bool,
 }
 
 /// What an instance serves, as it publishes it for the others every heartbeat.
@@ -100,6 +109,9 @@ pub async fn snapshot(service: &Service) -> Status {
     Status {
         this_instance: service.instances.as_ref().map(|i| i.name.clone()),
         instances,
+        bench_log: service.bench_log.as_ref().map(|log| BenchLogStatus {
+            copier: log.is_copier(),
+        }),
         generated_at_ms: unix_now_ms(),
         version: env!("CARGO_PKG_VERSION"),
         frappe_version: app.settings().config.frappe_version.to_string(),

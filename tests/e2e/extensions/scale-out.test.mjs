@@ -241,16 +241,17 @@ describe("shared state across instances (realtime_shared_state: redis)", () => {
   });
 });
 
-// Recovery's Redis store with several instances: each numbers the publications it logs
-// itself, so each keeps its own log and sessions (under its port), and a restarted instance
-// recovers its own clients from them, not from another instance's.
+// Recovery's Redis store with several instances that do not share state (so not the bench's
+// shared log, scale-out-recovery.test.mjs): each numbers the publications it logs itself, so
+// each keeps its own log and sessions (under its port), and a restarted instance recovers its
+// own clients from them, not from another instance's.
 describe("realtime_recovery_store redis with two instances", () => {
   let cluster;
   let proxy;
   const BROWSER = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36";
   before(async () => {
     cluster = await Cluster.start({ count: 2,
-      common: { realtime_recovery_store: "redis", realtime_shared_state: "redis" } });
+      common: { realtime_recovery_store: "redis" } });
     proxy = await CutProxy.start(cluster.instances[0].port);
   });
   after(async () => {

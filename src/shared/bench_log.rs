@@ -1,0 +1,521 @@
+//! The bench's one ordered log of Frappe's events, for recovery across instances
+//! (`realtime_shared_state: "redis"` with `realtime_recovery_store: "redis"`).
+//!
+//! Frappe publishes on pub/sub, which numbers nothing: each instance numbering what it
+//! received gives offsets that mean nothing to the others. So one instance at a time, the
+//! *copier*, copies every message of `events` into the stream [`STREAM`], and every instance,
+//! the copier too, delivers from that stream (`XREAD`), with the entry's id as the offset its
+//! clients see. Every instance then logs the same publications under the same offsets, and a
+//! client cut from one instance resumes on any other: its kept session is in Redis under one
+//! key space for the bench (`crate::recovery_store`), its missed events in the new
+//! instance's own log.
+//!
+//! The copier holds a lease ([`LEASE`], [`LEASE_FOR`], renewed every [`RENEW`]); the others
+//! try to take it as often. A clean stop gives it up at once (the next copier starts within
+//! [`RENEW`]); a killed copier's lease runs out (within [`LEASE_FOR`] + [`RENEW`]). Every instance stays subscribed to `events` and remembers what it received in the
+//! last [`RECENT_FOR`]: a new copier first copies what it received after the stream's last
+//! entries (found by their content), so a hand-over loses nothing the new copier received.
+//!
+//! Costs: one more Redis round trip between Frappe's publish and delivery, and the stream in
+//! Redis (at most [`STREAM_CAP`] entries, gone a window after the last publication).
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use ::metrics::counter;
+use backon::{BackoffBuilder, ExponentialBuilder};
+use bytes::Bytes;
+use redis::aio::{ConnectionManager, MultiplexedConnection};
+use redis::{AsyncConnectionConfig, Value};
+use tokio::sync::mpsc;
+
+use crate::metrics;
+use crate::socketio::{Offset, RecoveryConfig};
+
+#[cfg(test)]
+use super::keys::PREFIX;
+
+/// The stream: entries with one field, `m`, the message as Frappe published it.
+const STREAM: &str = "frappe_realtime:shared:events";
+/// Which instance copies now: its name, for [`LEASE_FOR`] unless renewed.
+const LEASE: &str = "frappe_realtime:shared:copier";
+const LEASE_FOR: Duration = Duration::from_secs(3);
+/// How often the copier renews the lease and the others try to take it: the longest a clean
+/// stop leaves the bench without a copier (what is published meanwhile is delivered late,
+/// not lost). Four tries a second per instance cost Redis nothing.
+const RENEW: Duration = Duration::from_millis(250);
+/// What an instance remembers of what it received, for a hand-over: longer than the longest
+/// gap between two copiers (a killed one's lease running out, then the next try).
+const RECENT_FOR: Duration = Duration::from_secs(10);
+const RECENT_MAX: usize = 20_000;
+/// Entries the stream keeps at most (Redis trims it roughly).
+const STREAM_CAP: usize = 100_000;
+/// How many of the stream's last entries a new copier looks for in what it received.
+const TAIL: usize = 8;
+/// Messages waiting for the copier at most; past it one is lost (counted).
+const QUEUE: usize = 65_536;
+/// Entries copied, or read, in one round trip at most.
+const BATCH: usize = 512;
+/// How long one `XREAD` waits for new entries.
+const BLOCK: Duration = Duration::from_secs(1);
+
+/// Take the lease if it is free, or renew it if it is this instance's: 1, else 0.
+const LEASE_SCRIPT: &str = "local holder = redis.call('GET', KEYS[1]) \
+    if holder and holder ~= ARGV[1] then return 0 end \
+    redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1";
+/// Give the lease up if this instance holds it.
+const RELEASE_SCRIPT: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+    return redis.call('DEL', KEYS[1]) else return 0 end";
+
+/// An entry of the stream: its id (`<ms>-<seq>`) and the message.
+pub type Entry = (String, Bytes);
+
+/// This instance's part in the bench's log.
+pub struct BenchLog {
+    /// The instance's name, the lease's value while it copies.
+    instance: String,
+    window: Duration,
+    connection: ConnectionManager,
+    /// Whether this instance copies now; changed under `recent`'s lock, so that what it
+    /// received goes either into a hand-over's catch-up or to the queue, never both.
+    copier: AtomicBool,
+    recent: Mutex<VecDeque<(Bytes, u64)>>,
+    queue: mpsc::Sender<Bytes>,
+}
+
+impl BenchLog {
+    /// This instance's part, and the task to run: the lease and the copier.
+    pub fn start(
+        connection: ConnectionManager,
+        instance: String,
+        recovery: &RecoveryConfig,
+    ) -> (Arc<Self>, impl Future<Output = ()> + use<>) {
+        let (queue, pending) = mpsc::channel(QUEUE);
+        let log = Arc::new(Self {
+            instance,
+            window: recovery.window,
+            connection,
+            copier: AtomicBool::new(false),
+            recent: Mutex::new(VecDeque::new()),
+            queue,
+        });
+        let task = {
+            let log = log.clone();
+            async move {
+                tokio::join!(log.clone().hold_lease(), log.copy(pending));
+            }
+        };
+        (log, task)
+    }
+
+    /// Whether this instance copies `events` into the stream now.
+    pub fn is_copier(&self) -> bool {
+        self.copier.load(Ordering::Relaxed)
+    }
+
+    /// A message from `events`: remembered for a hand-over, and copied if this instance is
+    /// the copier.
+    pub fn received(&self, payload: &[u8]) {
+        let payload = Bytes::copy_from_slice(payload);
+        let now = metrics::unix_now_ms();
+        let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.is_copier() {
+            self.enqueue(payload.clone());
+        }
+        recent.push_back((payload, now));
+        let oldest = now.saturating_sub(millis(RECENT_FOR));
+        while recent.len() > RECENT_MAX || recent.front().is_some_and(|(_, at)| *at < oldest) {
+            recent.pop_front();
+        }
+    }
+
+    /// At a clean stop, once nothing is copied any more: give the lease up, so that another
+    /// instance copies from its next try.
+    pub async fn leave(&self) {
+        let released: redis::RedisResult<i64> = redis::cmd("EVAL")
+            .arg(RELEASE_SCRIPT)
+            .arg(1)
+            .arg(LEASE)
+            .arg(&self.instance)
+            .query_async(&mut self.connection.clone())
+            .await;
+        match released {
+            Ok(1) => tracing::info!("gave up the bench log's copier lease"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot give up the bench log's copier lease"),
+        }
+    }
+
+    /// The stream's entries of the last window, to log before this instance takes clients,
+    /// and the id to read on from. Redis down costs the recovery of clients from before.
+    pub async fn recent_entries(&self) -> (Vec<Entry>, String) {
+        let since = metrics::unix_now_ms().saturating_sub(millis(self.window));
+        let start = format!("{since}-0");
+        let mut connection = self.connection.clone();
+        let mut range = redis::cmd("XRANGE");
+        range
+            .arg(STREAM)
+            .arg(&start)
+            .arg("+")
+            .arg("COUNT")
+            .arg(STREAM_CAP);
+        let range = range.query_async::<Value>(&mut connection);
+        let entries = match tokio::time::timeout(Duration::from_secs(5), range).await {
+            Ok(Ok(value)) => entries(value),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot read the bench log; reading on from now");
+                return (Vec::new(), format!("{}-0", metrics::unix_now_ms()));
+            }
+            Err(_) => {
+                tracing::warn!("the bench log did not answer in time; reading on from now");
+                return (Vec::new(), format!("{}-0", metrics::unix_now_ms()));
+            }
+        };
+        let last = entries.last().map_or(start, |(id, _)| id.clone());
+        (entries, last)
+    }
+
+    /// Read the stream after `last` forever, handing each entry to `deliver` in order, on a
+    /// connection of its own (a blocked `XREAD` holds its connection).
+    pub async fn read(
+        self: Arc<Self>,
+        client: redis::Client,
+        mut last: String,
+        deliver: impl Fn(Entry),
+    ) {
+        let mut backoff = new_backoff();
+        loop {
+            match reader_connection(&client).await {
+                Ok(mut connection) => {
+                    backoff = new_backoff();
+                    loop {
+                        match read_after(&mut connection, &last).await {
+                            Ok(batch) => {
+                                for entry in batch {
+                                    last.clone_from(&entry.0);
+                                    deliver(entry);
+                                }
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "lost the bench log; reading on");
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot read the bench log; retrying"),
+            }
+            let delay = backoff.next().unwrap_or(Duration::from_secs(1));
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// Take or renew the lease every [`RENEW`]; a new copier first catches up.
+    async fn hold_lease(self: Arc<Self>) {
+        let mut connection = self.connection.clone();
+        let mut ticks = tokio::time::interval(RENEW);
+        loop {
+            ticks.tick().await;
+            match self.try_lease(&mut connection).await {
+                Ok(true) if !self.is_copier() => match self.tail(&mut connection).await {
+                    Ok(tail) => self.take_over(&tail),
+                    Err(e) => tracing::warn!(error = %e, "cannot read the bench log's end"),
+                },
+                Ok(true) => {}
+                Ok(false) => self.stop_copying("another instance holds the lease"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot hold the bench log's copier lease");
+                    self.stop_copying("the lease could not be renewed");
+                }
+            }
+        }
+    }
+
+    /// Take the lease if it is free, or renew it if it is this instance's: whether this
+    /// instance holds it now.
+    async fn try_lease(&self, connection: &mut ConnectionManager) -> redis::RedisResult<bool> {
+        let held: i64 = redis::cmd("EVAL")
+            .arg(LEASE_SCRIPT)
+            .arg(1)
+            .arg(LEASE)
+            .arg(&self.instance)
+            .arg(millis(LEASE_FOR))
+            .query_async(connection)
+            .await?;
+        Ok(held == 1)
+    }
+
+    /// The stream's last entries, oldest first.
+    async fn tail(&self, connection: &mut ConnectionManager) -> redis::RedisResult<Vec<Entry>> {
+        let value: Value = redis::cmd("XREVRANGE")
+            .arg(STREAM)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(TAIL)
+            .query_async(connection)
+            .await?;
+        let mut tail = entries(value);
+        tail.reverse();
+        Ok(tail)
+    }
+
+    /// Become the copier: first queue what this instance received after the stream's `tail`
+    /// (what the last copier did not copy), then every message as it comes.
+    fn take_over(&self, tail: &[Entry]) {
+        let recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        let missing = after_tail(&recent, tail);
+        for payload in &missing {
+            self.enqueue(payload.clone());
+        }
+        self.copier.store(true, Ordering::Relaxed);
+        drop(recent);
+        tracing::info!(
+            caught_up = missing.len(),
+            "this instance now copies Frappe's events into the bench log"
+        );
+    }
+
+    fn stop_copying(&self, why: &'static str) {
+        let _recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.copier.swap(false, Ordering::Relaxed) {
+            tracing::info!(
+                reason = why,
+                "this instance no longer copies into the bench log"
+            );
+        }
+    }
+
+    fn enqueue(&self, payload: Bytes) {
+        if self.queue.try_send(payload).is_err() {
+            counter!(metrics::EVENTS_DROPPED, "reason" => "bench_log_full").increment(1);
+        }
+    }
+
+    /// Append queued messages to the stream, in order, a pipeline at a time.
+    async fn copy(self: Arc<Self>, mut pending: mpsc::Receiver<Bytes>) {
+        let mut connection = self.connection.clone();
+        let window_ms = millis(self.window);
+        while let Some(first) = pending.recv().await {
+            let mut batch = vec![first];
+            while batch.len() < BATCH {
+                match pending.try_recv() {
+                    Ok(payload) => batch.push(payload),
+                    Err(_) => break,
+                }
+            }
+            let mut pipe = redis::pipe();
+            for payload in &batch {
+                pipe.cmd("XADD")
+                    .arg(STREAM)
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(STREAM_CAP)
+                    .arg("*")
+                    .arg("m")
+                    .arg(payload.as_ref())
+                    .ignore();
+            }
+            pipe.cmd("PEXPIRE").arg(STREAM).arg(window_ms).ignore();
+            if let Err(error) = pipe.query_async::<()>(&mut connection).await {
+                tracing::warn!(%error, events = batch.len(), "cannot copy events into the bench log");
+                counter!(metrics::EVENTS_DROPPED, "reason" => "bench_log_error")
+                    .increment(batch.len() as u64);
+            }
+        }
+    }
+}
+
+/// What `recent` holds after the stream's `tail`: after the last place where the tail's
+/// messages come in a row, or, where they do not (this instance missed some, or received
+/// none of them), what it received after the tail's last entry was added.
+fn after_tail(recent: &VecDeque<(Bytes, u64)>, tail: &[Entry]) -> Vec<Bytes> {
+    let received: Vec<&Bytes> = recent.iter().map(|(payload, _)| payload).collect();
+    let wanted: Vec<&Bytes> = tail.iter().map(|(_, payload)| payload).collect();
+    let found = (wanted.len()..=received.len())
+        .rev()
+        .find(|&end| !wanted.is_empty() && received[end - wanted.len()..end] == wanted[..]);
+    match found {
+        Some(end) => received[end..]
+            .iter()
+            .map(|payload| (*payload).clone())
+            .collect(),
+        None => {
+            let since = tail.last().map_or(0, |(id, _)| id_millis(id));
+            recent
+                .iter()
+                .filter(|(_, at)| *at > since)
+                .map(|(payload, _)| payload.clone())
+                .collect()
+        }
+    }
+}
+
+/// The offset clients see for the entry `id` (`<ms>-<seq>`): the two packed in one number
+/// that grows with the id; `None` for an id past what fits (a clock 500 years ahead, or a
+/// million entries in one millisecond).
+pub fn offset_of(id: &str) -> Option<Offset> {
+    let (ms, seq) = id.split_once('-')?;
+    let (ms, seq): (u64, u64) = (ms.parse().ok()?, seq.parse().ok()?);
+    (ms < 1 << 44 && seq < 1 << 20).then_some(ms << 20 | seq)
+}
+
+fn id_millis(id: &str) -> u64 {
+    id.split('-')
+        .next()
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The entries of an `XRANGE`/`XREVRANGE` reply; an entry without `m` is skipped.
+fn entries(value: Value) -> Vec<Entry> {
+    let Value::Array(items) = value else {
+        return Vec::new();
+    };
+    items.into_iter().filter_map(entry).collect()
+}
+
+fn entry(item: Value) -> Option<Entry> {
+    let Value::Array(mut parts) = item else {
+        return None;
+    };
+    let fields = parts.pop()?;
+    let id: String = redis::from_redis_value(parts.pop()?).ok()?;
+    let Value::Array(fields) = fields else {
+        return None;
+    };
+    let mut fields = fields.into_iter();
+    while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
+        let name: String = redis::from_redis_value(name).ok()?;
+        if name == "m" {
+            let payload: Vec<u8> = redis::from_redis_value(value).ok()?;
+            return Some((id, Bytes::from(payload)));
+        }
+    }
+    None
+}
+
+/// The entries after `last`, waiting up to [`BLOCK`] for some.
+async fn read_after(
+    connection: &mut MultiplexedConnection,
+    last: &str,
+) -> redis::RedisResult<Vec<Entry>> {
+    let value: Value = redis::cmd("XREAD")
+        .arg("COUNT")
+        .arg(BATCH)
+        .arg("BLOCK")
+        .arg(millis(BLOCK))
+        .arg("STREAMS")
+        .arg(STREAM)
+        .arg(last)
+        .query_async(connection)
+        .await?;
+    // `[[stream, [entries…]]]`, or nil when nothing came.
+    let Value::Array(streams) = value else {
+        return Ok(Vec::new());
+    };
+    Ok(streams
+        .into_iter()
+        .filter_map(|stream| match stream {
+            Value::Array(mut parts) => parts.pop(),
+            _ => None,
+        })
+        .flat_map(entries)
+        .collect())
+}
+
+async fn reader_connection(client: &redis::Client) -> redis::RedisResult<MultiplexedConnection> {
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_response_timeout(Some(BLOCK + Duration::from_secs(5)));
+    client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+}
+
+fn new_backoff() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_millis(500))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn received(messages: &[&str]) -> VecDeque<(Bytes, u64)> {
+        messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (Bytes::from(m.to_string()), 1_000 + i as u64))
+            .collect()
+    }
+
+    fn tail(messages: &[(&str, &str)]) -> Vec<Entry> {
+        messages
+            .iter()
+            .map(|(id, m)| (id.to_string(), Bytes::from(m.to_string())))
+            .collect()
+    }
+
+    fn texts(payloads: Vec<Bytes>) -> Vec<String> {
+        payloads
+            .into_iter()
+            .map(|p| String::from_utf8_lossy(&p).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn a_new_copier_copies_what_came_after_the_streams_end() {
+        let recent = received(&["a", "b", "c", "d", "e"]);
+        let missing = after_tail(&recent, &tail(&[("5-0", "b"), ("6-0", "c")]));
+        assert_eq!(texts(missing), ["d", "e"]);
+        // Caught up already: nothing.
+        let none = after_tail(&recent, &tail(&[("7-0", "d"), ("8-0", "e")]));
+        assert!(none.is_empty());
+    }
+
+    #[test]
+    fn a_repeated_message_is_placed_by_the_run_it_ends() {
+        // "p" comes three times; the tail "x p" places the end after the second.
+        let recent = received(&["p", "x", "p", "y", "p"]);
+        let missing = after_tail(&recent, &tail(&[("1-0", "x"), ("2-0", "p")]));
+        assert_eq!(texts(missing), ["y", "p"]);
+    }
+
+    #[test]
+    fn without_the_tail_in_sight_what_came_after_its_time_is_copied() {
+        let recent = received(&["a", "b", "c"]);
+        // The tail was added at ms 1_000, when "a" was received.
+        let missing = after_tail(&recent, &tail(&[("1000-0", "never received")]));
+        assert_eq!(texts(missing), ["b", "c"]);
+        // An empty stream: everything remembered.
+        assert_eq!(texts(after_tail(&recent, &[])), ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn the_keys_are_the_shared_ones() {
+        assert!(STREAM.starts_with(PREFIX) && LEASE.starts_with(PREFIX));
+    }
+
+    #[test]
+    fn offsets_grow_with_stream_ids() {
+        let ids = ["1733500000000-0", "1733500000000-1", "1733500000001-0"];
+        let offsets: Vec<Offset> = ids.iter().filter_map(|id| offset_of(id)).collect();
+        assert_eq!(offsets.len(), 3);
+        assert!(offsets.windows(2).all(|pair| pair[0] < pair[1]));
+        assert_eq!(offset_of("1-2"), Some((1 << 20) | 2));
+        for bad in ["", "12", "x-1", "1-x", "1-1048576", "17592186044416-0"] {
+            assert_eq!(offset_of(bad), None, "{bad}");
+        }
+    }
+}
