@@ -175,11 +175,12 @@ impl Node {
         // Waits for each task to end: nothing is delivered after this, so nothing reaches
         // clients without reaching the store, where a recovering client would skip past it.
         self.tasks.shutdown().await;
-        if let Some((store, writer)) = self.redis_store.take() {
-            store.flush_at_shutdown(&self.service.io, writer).await;
-        }
+        // Nothing is copied any more: the next copier may start at once.
         if let Some(bench_log) = &self.service.bench_log {
             bench_log.leave().await;
+        }
+        if let Some((store, writer)) = self.redis_store.take() {
+            store.flush_at_shutdown(&self.service.io, writer).await;
         }
         if let Some(instances) = &self.service.instances {
             instances.leave().await;

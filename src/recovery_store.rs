@@ -159,10 +159,16 @@ impl RedisStore {
     /// Keep every connected socket's session, then wait (bounded) for the writer to put them
     /// and everything before them in Redis: for a process that is exiting.
     pub async fn flush_at_shutdown(&self, io: &Io, writer: JoinHandle<()>) {
-        io.keep_all_sessions();
+        let kept = io.keep_all_sessions();
         self.close();
-        if tokio::time::timeout(FLUSH_TIMEOUT, writer).await.is_err() {
-            tracing::warn!("the recovery store's last writes did not reach Redis in time");
+        match tokio::time::timeout(FLUSH_TIMEOUT, writer).await {
+            Ok(_) => tracing::info!(
+                sessions = kept,
+                "sessions kept in Redis for their clients' return"
+            ),
+            Err(_) => {
+                tracing::warn!("the recovery store's last writes did not reach Redis in time");
+            }
         }
     }
 

@@ -50,6 +50,7 @@ const RENEW: Duration = Duration::from_millis(250);
 /// gap between two copiers (a killed one's lease running out, then the next try).
 const RECENT_FOR: Duration = Duration::from_secs(10);
 const RECENT_MAX: usize = 20_000;
+const RECENT_MAX_BYTES: usize = 16 << 20;
 /// Entries the stream keeps at most (Redis trims it roughly).
 const STREAM_CAP: usize = 100_000;
 /// How many of the stream's last entries a new copier looks for in what it received.
@@ -81,8 +82,33 @@ pub struct BenchLog {
     /// Whether this instance copies now; changed under `recent`'s lock, so that what it
     /// received goes either into a hand-over's catch-up or to the queue, never both.
     copier: AtomicBool,
-    recent: Mutex<VecDeque<(Bytes, u64)>>,
+    recent: Mutex<Recent>,
     queue: mpsc::Sender<Bytes>,
+}
+
+/// What an instance received lately, oldest first, with when (Unix ms).
+#[derive(Default)]
+struct Recent {
+    messages: VecDeque<(Bytes, u64)>,
+    bytes: usize,
+}
+
+impl Recent {
+    /// Remember `payload`, forgetting what is older than [`RECENT_FOR`] or past the bounds.
+    fn push(&mut self, payload: Bytes, now: u64) {
+        self.bytes += payload.len();
+        self.messages.push_back((payload, now));
+        let oldest = now.saturating_sub(millis(RECENT_FOR));
+        while self.messages.len() > RECENT_MAX
+            || self.bytes > RECENT_MAX_BYTES
+            || self.messages.front().is_some_and(|(_, at)| *at < oldest)
+        {
+            let Some((gone, _)) = self.messages.pop_front() else {
+                break;
+            };
+            self.bytes -= gone.len();
+        }
+    }
 }
 
 impl BenchLog {
@@ -98,7 +124,7 @@ impl BenchLog {
             window: recovery.window,
             connection,
             copier: AtomicBool::new(false),
-            recent: Mutex::new(VecDeque::new()),
+            recent: Mutex::new(Recent::default()),
             queue,
         });
         let task = {
@@ -124,11 +150,7 @@ impl BenchLog {
         if self.is_copier() {
             self.enqueue(payload.clone());
         }
-        recent.push_back((payload, now));
-        let oldest = now.saturating_sub(millis(RECENT_FOR));
-        while recent.len() > RECENT_MAX || recent.front().is_some_and(|(_, at)| *at < oldest) {
-            recent.pop_front();
-        }
+        recent.push(payload, now);
     }
 
     /// At a clean stop, once nothing is copied any more: give the lease up, so that another
@@ -266,11 +288,12 @@ impl BenchLog {
     /// (what the last copier did not copy), then every message as it comes.
     fn take_over(&self, tail: &[Entry]) {
         let recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
-        let missing = after_tail(&recent, tail);
+        let missing = after_tail(&recent.messages, tail);
+        // Copier first: the copy task drops what it finds queued while this is not set.
+        self.copier.store(true, Ordering::Relaxed);
         for payload in &missing {
             self.enqueue(payload.clone());
         }
-        self.copier.store(true, Ordering::Relaxed);
         drop(recent);
         tracing::info!(
             caught_up = missing.len(),
@@ -305,6 +328,11 @@ impl BenchLog {
                     Ok(payload) => batch.push(payload),
                     Err(_) => break,
                 }
+            }
+            if !self.is_copier() {
+                // The lease was lost with these queued: the next copier copies them from
+                // what it received, and copying them here too would log them twice.
+                continue;
             }
             let mut pipe = redis::pipe();
             for payload in &batch {
@@ -500,6 +528,23 @@ mod tests {
         assert_eq!(texts(missing), ["b", "c"]);
         // An empty stream: everything remembered.
         assert_eq!(texts(after_tail(&recent, &[])), ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn what_was_received_is_bounded_by_age_count_and_bytes() {
+        let mut recent = Recent::default();
+        recent.push(Bytes::from_static(b"old"), 1_000);
+        recent.push(Bytes::from_static(b"new"), 1_000 + millis(RECENT_FOR) + 1);
+        assert_eq!(recent.messages.len(), 1, "older than RECENT_FOR");
+        let big = Bytes::from(vec![0u8; RECENT_MAX_BYTES / 2 + 1]);
+        recent.push(big.clone(), 20_000);
+        recent.push(big, 20_000);
+        assert_eq!(recent.messages.len(), 1, "over RECENT_MAX_BYTES");
+        assert_eq!(recent.bytes, RECENT_MAX_BYTES / 2 + 1);
+        for n in 0..RECENT_MAX + 10 {
+            recent.push(Bytes::from(n.to_string()), 20_000);
+        }
+        assert_eq!(recent.messages.len(), RECENT_MAX);
     }
 
     #[test]

@@ -193,10 +193,12 @@ impl Io {
 
     /// Keep the session of every connected socket in every namespace, for a process about to
     /// exit whose recovery mirror outlives it.
-    pub fn keep_all_sessions(&self) {
-        for namespace in self.namespaces() {
-            namespace.keep_all();
-        }
+    /// Returns how many were kept.
+    pub fn keep_all_sessions(&self) -> usize {
+        self.namespaces()
+            .iter()
+            .map(|namespace| namespace.keep_all())
+            .sum()
     }
 
     /// An Engine.IO session opened. Call on the runtime.

@@ -390,10 +390,13 @@ impl Namespace {
 
     /// Keep the session of every connected socket, as if each was cut now: for a process
     /// that is going away with a mirror that outlives it. The sockets stay as they are.
-    pub(crate) fn keep_all(&self) {
-        for socket in self.sockets() {
-            socket.keep(socket.rooms());
-        }
+    /// Returns how many were kept.
+    pub(crate) fn keep_all(&self) -> usize {
+        let sockets = self.sockets();
+        sockets
+            .iter()
+            .filter(|socket| socket.keep(socket.rooms()))
+            .count()
     }
 
     /// Take back what a mirror kept from a previous process: its log in offset order and its

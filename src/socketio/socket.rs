@@ -352,13 +352,15 @@ impl Socket {
     }
 
     /// Leave this socket's session, with `rooms`, for its client to recover.
-    pub(crate) fn keep(&self, rooms: Vec<Arc<str>>) {
+    pub(crate) fn keep(&self, rooms: Vec<Arc<str>>) -> bool {
         let Some(continuity) = &self.0.continuity else {
-            return;
+            return false;
         };
-        if let Some(leaving) = continuity.leaving(self.id(), rooms) {
-            self.0.namespace.keep(leaving);
-        }
+        let Some(leaving) = continuity.leaving(self.id(), rooms) else {
+            return false;
+        };
+        self.0.namespace.keep(leaving);
+        true
     }
 
     /// Admit a connecting socket: enter the hub and the rooms joined while connecting, queue

@@ -19,6 +19,12 @@
 //     each exactly once, in order. A handover that dropped or doubled publications would show.
 // (3) Without the Redis recovery store there is no shared log (offsets are per instance, the
 //     README's documented boundary): the same move gives an ordinary connect.
+// (4) The instance that stops is not the copier, so the one the client comes back to has
+//     copied all along and no lease changes hands (nginx's ip_hash in (1) always stops the
+//     copier: the first instance starts first and takes the lease). Without nginx, to choose:
+//     the client connects straight to the instance that does not copy, which gets SIGTERM;
+//     eleven events are published; the client's Manager is pointed at the copier's port and
+//     it comes back recovered with the same id, the eleven once and in order, a live one once.
 //
 // Every wait is bounded; everything listens on loopback; processes are stopped by PID.
 import { describe, test } from "node:test";
@@ -95,15 +101,18 @@ async function startCluster(t, { common, nginx = false }) {
 
 /**
  * Alice's browser through nginx on websocket, reconnection off (the test says when it comes
- * back), subscribed to a fresh document; resolves once events of that room reach it. Returns
- * the socket, its doc room, and the index of the instance that holds it.
+ * back), subscribed to a fresh document; resolves once events of that room reach it. With
+ * `at`, straight to instance `at` instead of through nginx. Returns the socket, its doc room,
+ * and the index of the instance that holds it.
  */
-async function browserInDocRoom(cluster) {
+async function browserInDocRoom(cluster, { at } = {}) {
   const [first] = cluster.instances;
-  const socket = first.socket({
-    site: SITE, sid: ALICE_SID, transports: ["websocket"], port: cluster.nginx.port, siteHeader: false,
-    origin: `http://127.0.0.1:${cluster.nginx.port}`, headers: { "user-agent": BROWSER_UA },
-  });
+  const socket = at === undefined
+    ? first.socket({
+      site: SITE, sid: ALICE_SID, transports: ["websocket"], port: cluster.nginx.port, siteHeader: false,
+      origin: `http://127.0.0.1:${cluster.nginx.port}`, headers: { "user-agent": BROWSER_UA },
+    })
+    : cluster.instances[at].socket({ site: SITE, sid: ALICE_SID, transports: ["websocket"], headers: { "user-agent": BROWSER_UA } });
   await connected(socket);
   const docname = unique("RECOVER");
   first.frappe.allow(SITE, ALICE, "ToDo", docname);
@@ -125,6 +134,16 @@ async function stopInstance(cluster, index, socket) {
   assert.equal(server.proc.exitCode, 0, `instance ${index} stopped cleanly (signal: ${server.proc.signalCode})`);
   const [reason] = await gone;
   return reason;
+}
+
+/**
+ * Point `socket`'s Manager at `stack`'s port for its next connect(): Manager.open() makes its
+ * engine from `socket.io.uri`, and the engine takes hostname and port from that URI.
+ */
+function pointAt(socket, stack) {
+  const uri = new URL(socket.io.uri);
+  uri.port = String(stack.port);
+  socket.io.uri = uri.href;
 }
 
 const WITH_NGINX = { timeout: 60000, skip: !NGINX && "nginx is not installed" };
@@ -235,5 +254,52 @@ describe("recovery across instances", () => {
     await survivor.flush(socket, { userRoom: userRoom(ALICE) });
     assert.equal((await status(survivor)).bench_log, null, "no bench log without the Redis recovery store");
     socket.disconnect();
+  });
+
+  test("a client whose instance is not the copier stops, and it recovers on the copier", { timeout: 60000 }, async (t) => {
+    const cluster = await startCluster(t, { common: SHARED_LOG });
+    const copierAt = await copierIndex(cluster);
+    const copier = cluster.instances[copierAt];
+    const { socket, room, holder } = await browserInDocRoom(cluster, { at: 1 - copierAt });
+    assert.equal(holder, 1 - copierAt, "the socket is on the instance that does not copy");
+    const id = socket.id;
+    t.diagnostic(`the socket was on instance ${holder}; the copier was instance ${copierAt}`);
+
+    const reason = await stopInstance(cluster, holder, socket);
+    t.diagnostic(`the client saw: ${reason}`);
+    // Away: ten to its doc room, one to its user room.
+    const run = unique("run");
+    for (let seq = 0; seq < 10; seq += 1) await copier.publish("missed", { run, seq }, { room });
+    await copier.publish("missed", { run, seq: 10 }, { room: userRoom(ALICE) });
+    assert.equal((await status(copier)).bench_log?.copier, true, "the copier kept its lease");
+    // An observer on the copier: once it has a later event, the copier has logged them all.
+    const observer = await copier.connect({ site: SITE, sid: BOB_SID, transports: ["websocket"] });
+    await copier.flush(observer, { userRoom: userRoom(BOB) });
+    assert.equal(await websockets(copier), 1, "only the observer on the copier before the client is back");
+
+    const since = socket.received.length;
+    pointAt(socket, copier);
+    const back = nextEvent(socket, "connect", 15000);
+    socket.connect();
+    await back;
+    assert.equal(socket.recovered, true, "socket.recovered");
+    assert.equal(socket.id, id, "the same socket id on the copier");
+    assert.equal(socket.io.engine.port, String(copier.port), "connected to the copier's port");
+    await waitSeeing(() => seqs(socket, "missed", run).length >= 11, { timeoutMs: 10000,
+      what: "the 11 missed events", seen: () => `got ${JSON.stringify(seqs(socket, "missed", run))}` });
+    await copier.flush(socket, { userRoom: userRoom(ALICE) });
+    assert.deepEqual(seqs(socket, "missed", run), [...Array(11).keys()], "each missed event once, in order");
+    assert.ok(socket.received.slice(since).filter((r) => r.event === "missed").every((r) => typeof r.args.at(-1) === "string"),
+      "replayed events carry their offset");
+
+    // Live, in the doc room it kept: once.
+    await copier.publish("live", { run, seq: 0 }, { room });
+    await waitFor(() => seqs(socket, "live", run).length >= 1, { what: "the live event in the doc room" });
+    await copier.flush(socket, { userRoom: userRoom(ALICE) });
+    assert.deepEqual(seqs(socket, "live", run), [0], "the live event once");
+    assert.equal(await websockets(copier), 2, "the copier's status counts the recovered socket");
+    assert.equal((await status(copier)).bench_log?.copier, true, "still the copier");
+    socket.disconnect();
+    observer.disconnect();
   });
 });
