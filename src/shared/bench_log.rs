@@ -59,6 +59,10 @@ const TAIL: usize = 8;
 const QUEUE: usize = 65_536;
 /// Entries copied, or read, in one round trip at most.
 const BATCH: usize = 512;
+/// Entries read in one `XRANGE` at most.
+const PAGE: usize = 1_000;
+/// `XREAD`'s "from the stream's next entry on".
+const NEXT_ENTRY: &str = "$";
 /// How long one `XREAD` waits for new entries.
 const BLOCK: Duration = Duration::from_secs(1);
 
@@ -171,32 +175,56 @@ impl BenchLog {
     }
 
     /// The stream's entries of the last window, to log before this instance takes clients,
-    /// and the id to read on from. Redis down costs the recovery of clients from before.
+    /// and the id to read on from. Redis down or slow costs the recovery of clients from
+    /// before, never the start: reading then goes on from the stream's next entry.
     pub async fn recent_entries(&self) -> (Vec<Entry>, String) {
         let since = metrics::unix_now_ms().saturating_sub(millis(self.window));
         let start = format!("{since}-0");
-        let mut connection = self.connection.clone();
-        let mut range = redis::cmd("XRANGE");
-        range
-            .arg(STREAM)
-            .arg(&start)
-            .arg("+")
-            .arg("COUNT")
-            .arg(STREAM_CAP);
-        let range = range.query_async::<Value>(&mut connection);
-        let entries = match tokio::time::timeout(Duration::from_secs(5), range).await {
-            Ok(Ok(value)) => entries(value),
+        let mut entries = Vec::new();
+        let read = self.read_pages(&start, &mut entries);
+        match tokio::time::timeout(Duration::from_secs(5), read).await {
+            Ok(Ok(())) => {}
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, "cannot read the bench log; reading on from now");
-                return (Vec::new(), format!("{}-0", metrics::unix_now_ms()));
+                tracing::warn!(error = %e, "cannot read the bench log; reading on from its next entry");
+                return (Vec::new(), NEXT_ENTRY.to_owned());
             }
             Err(_) => {
-                tracing::warn!("the bench log did not answer in time; reading on from now");
-                return (Vec::new(), format!("{}-0", metrics::unix_now_ms()));
+                tracing::warn!(
+                    "the bench log did not answer in time; reading on from its next entry"
+                );
+                return (Vec::new(), NEXT_ENTRY.to_owned());
             }
-        };
+        }
         let last = entries.last().map_or(start, |(id, _)| id.clone());
         (entries, last)
+    }
+
+    /// Append the stream's entries from `start` on to `entries`, [`PAGE`] at a time (each
+    /// page is one command under the connection's response timeout), [`STREAM_CAP`] at most.
+    async fn read_pages(&self, start: &str, entries: &mut Vec<Entry>) -> redis::RedisResult<()> {
+        let mut connection = self.connection.clone();
+        let mut from = start.to_owned();
+        while entries.len() < STREAM_CAP {
+            let page: Value = redis::cmd("XRANGE")
+                .arg(STREAM)
+                .arg(&from)
+                .arg("+")
+                .arg("COUNT")
+                .arg(PAGE)
+                .query_async(&mut connection)
+                .await?;
+            let page = entries_of(page);
+            let Some(next) = page.last().and_then(|(id, _)| id_after(id)) else {
+                break;
+            };
+            let full = page.len() == PAGE;
+            entries.extend(page);
+            if !full {
+                break;
+            }
+            from = next;
+        }
+        Ok(())
     }
 
     /// Read the stream after `last` forever, handing each entry to `deliver` in order, on a
@@ -212,20 +240,8 @@ impl BenchLog {
             match reader_connection(&client).await {
                 Ok(mut connection) => {
                     backoff = new_backoff();
-                    loop {
-                        match read_after(&mut connection, &last).await {
-                            Ok(batch) => {
-                                for entry in batch {
-                                    last.clone_from(&entry.0);
-                                    deliver(entry);
-                                }
-                            }
-                            Err(e) => {
-                                tracing::warn!(error = %e, "lost the bench log; reading on");
-                                break;
-                            }
-                        }
-                    }
+                    let e = read_on(&mut connection, &mut last, &deliver).await;
+                    tracing::warn!(error = %e, "lost the bench log; reading on");
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot read the bench log; retrying"),
             }
@@ -279,7 +295,7 @@ impl BenchLog {
             .arg(TAIL)
             .query_async(connection)
             .await?;
-        let mut tail = entries(value);
+        let mut tail = entries_of(value);
         tail.reverse();
         Ok(tail)
     }
@@ -390,6 +406,13 @@ pub fn offset_of(id: &str) -> Option<Offset> {
     (ms < 1 << 44 && seq < 1 << 20).then_some(ms << 20 | seq)
 }
 
+/// The smallest id after `id` (`XRANGE`'s exclusive start is Redis 6.2 on).
+fn id_after(id: &str) -> Option<String> {
+    let (ms, seq) = id.split_once('-')?;
+    let seq: u64 = seq.parse().ok()?;
+    Some(format!("{ms}-{}", seq.checked_add(1)?))
+}
+
 fn id_millis(id: &str) -> u64 {
     id.split('-')
         .next()
@@ -398,7 +421,7 @@ fn id_millis(id: &str) -> u64 {
 }
 
 /// The entries of an `XRANGE`/`XREVRANGE` reply; an entry without `m` is skipped.
-fn entries(value: Value) -> Vec<Entry> {
+fn entries_of(value: Value) -> Vec<Entry> {
     let Value::Array(items) = value else {
         return Vec::new();
     };
@@ -423,6 +446,47 @@ fn entry(item: Value) -> Option<Entry> {
         }
     }
     None
+}
+
+/// Deliver the stream's entries after `last` as they come, until the connection fails.
+async fn read_on(
+    connection: &mut MultiplexedConnection,
+    last: &mut String,
+    deliver: &impl Fn(Entry),
+) -> redis::RedisError {
+    if last == NEXT_ENTRY {
+        // "$" would miss what comes between two reads: pin it to an id.
+        match last_id(connection).await {
+            Ok(id) => *last = id,
+            Err(e) => return e,
+        }
+    }
+    loop {
+        match read_after(connection, last).await {
+            Ok(batch) => {
+                for entry in batch {
+                    last.clone_from(&entry.0);
+                    deliver(entry);
+                }
+            }
+            Err(e) => return e,
+        }
+    }
+}
+
+/// The id of the stream's last entry, or the id before any when it is empty.
+async fn last_id(connection: &mut MultiplexedConnection) -> redis::RedisResult<String> {
+    let value: Value = redis::cmd("XREVRANGE")
+        .arg(STREAM)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(connection)
+        .await?;
+    Ok(entries_of(value)
+        .pop()
+        .map_or_else(|| "0-0".to_owned(), |(id, _)| id))
 }
 
 /// The entries after `last`, waiting up to [`BLOCK`] for some.
@@ -450,7 +514,7 @@ async fn read_after(
             Value::Array(mut parts) => parts.pop(),
             _ => None,
         })
-        .flat_map(entries)
+        .flat_map(entries_of)
         .collect())
 }
 
@@ -545,6 +609,15 @@ mod tests {
             recent.push(Bytes::from(n.to_string()), 20_000);
         }
         assert_eq!(recent.messages.len(), RECENT_MAX);
+    }
+
+    #[test]
+    fn the_next_page_starts_after_the_last_id() {
+        assert_eq!(
+            id_after("1733500000000-7").as_deref(),
+            Some("1733500000000-8")
+        );
+        assert_eq!(id_after("nonsense"), None);
     }
 
     #[test]

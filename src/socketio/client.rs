@@ -245,8 +245,10 @@ fn connect<T: Transport>(io: &Shared, transport: &Arc<T>, path: Str, auth: Optio
                     Ok(answer) => answer,
                     Err(_) => Err(format!("no answer within {SHARED_SESSION_TIMEOUT:?}")),
                 };
+                // Debug: with Redis down, every returning client would log it; the store's
+                // own errors are logged and counted once per failed write.
                 if let Err(error) = &answer {
-                    tracing::warn!(%error, "cannot ask the shared store for a kept session");
+                    tracing::debug!(%error, "cannot ask the shared store for a kept session");
                 }
                 namespace.settle_shared_session(pid, answer);
                 start_socket(namespace, &transport, &path, auth);
