@@ -15,10 +15,10 @@
 //! the namespace's store; a CONNECT whose auth names that session gets them back and what it
 //! missed.
 //!
-//! Later, without reshaping this:
-//! - Several instances: a broker next to the hub carries each broadcast to the other
-//!   instances, which fan it out to their own hub; room membership other processes can see
-//!   is an index kept beside the hub, fed by its join and leave.
+//! Several instances need no broker here: each receives every publication itself. For
+//! recovery across them the layer takes offsets from outside ([`Namespace::broadcast_at`],
+//! fed by the bench's shared log) and asks a [`SessionSource`] for sessions other processes
+//! kept ([`IoConfig::shared_sessions`]).
 
 mod ack;
 mod client;
