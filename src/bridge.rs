@@ -290,6 +290,9 @@ pub async fn run(
                 }
                 subscribed_before = true;
                 subscription.set(true);
+                if let Some(bench_log) = &bench_log {
+                    bench_log.subscribed();
+                }
                 backoff = new_backoff();
                 let why = pump(&io, &app, pubsub, bench_log.as_deref()).await;
                 subscription.set(false);

@@ -13,8 +13,9 @@
 //! The copier holds a lease ([`LEASE`], [`LEASE_FOR`], renewed every [`RENEW`]); the others
 //! try to take it as often. A clean stop gives it up at once (the next copier starts within
 //! [`RENEW`]); a killed copier's lease runs out (within [`LEASE_FOR`] + [`RENEW`]). Every instance stays subscribed to `events` and remembers what it received in the
-//! last [`RECENT_FOR`]: a new copier first copies what it received after the stream's last
-//! entries (found by their content), so a hand-over loses nothing the new copier received.
+//! last [`RECENT_FOR`] on its current subscription: a new copier first copies what it
+//! received after the stream's last entries (found by their content), so a hand-over loses
+//! nothing the new copier received, and copies nothing twice after a Redis restart.
 //!
 //! Costs: one more Redis round trip between Frappe's publish and delivery, and the stream in
 //! Redis (at most [`STREAM_CAP`] entries, gone a window after the last publication).
@@ -102,6 +103,11 @@ impl Recent {
     fn push(&mut self, payload: Bytes, now: u64) {
         self.bytes += payload.len();
         self.messages.push_back((payload, now));
+        self.forget_old(now);
+    }
+
+    /// Forget what is older than [`RECENT_FOR`] at `now`, or past the bounds.
+    fn forget_old(&mut self, now: u64) {
         let oldest = now.saturating_sub(millis(RECENT_FOR));
         while self.messages.len() > RECENT_MAX
             || self.bytes > RECENT_MAX_BYTES
@@ -155,6 +161,14 @@ impl BenchLog {
             self.enqueue(payload.clone());
         }
         recent.push(payload, now);
+    }
+
+    /// The subscription to `events` is (again) in place. What was received before it came
+    /// from before a Redis restart or a lost link: whoever copied then copied it, and after a
+    /// restart the Stream that held it is gone, so a new copier must not copy it again.
+    pub fn subscribed(&self) {
+        let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        *recent = Recent::default();
     }
 
     /// At a clean stop, once nothing is copied any more: give the lease up, so that another
@@ -303,7 +317,9 @@ impl BenchLog {
     /// Become the copier: first queue what this instance received after the stream's `tail`
     /// (what the last copier did not copy), then every message as it comes.
     fn take_over(&self, tail: &[Entry]) {
-        let recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        // Nothing may have come for a while: what is remembered is then too old to copy.
+        recent.forget_old(metrics::unix_now_ms());
         let missing = after_tail(&recent.messages, tail);
         // Copier first: the copy task drops what it finds queued while this is not set.
         self.copier.store(true, Ordering::Relaxed);
