@@ -296,6 +296,9 @@ pub async fn run(
                 backoff = new_backoff();
                 let why = pump(&io, &app, pubsub, bench_log.as_deref()).await;
                 subscription.set(false);
+                if let Some(bench_log) = &bench_log {
+                    bench_log.unsubscribed();
+                }
                 tracing::warn!(reason = why, "lost the Redis subscription; reconnecting");
             }
             Err(e) => tracing::warn!(error = %e, "cannot subscribe to Redis; retrying"),

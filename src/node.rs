@@ -123,7 +123,7 @@ impl Node {
             share_state(&mut service, &mut tasks);
         }
         if shares_log {
-            share_log(&mut service, &mut tasks);
+            share_log(&mut service, &mut tasks)?;
         }
         let registry = serve_namespaces(&service, &config).await?;
         match &service.bench_log {
@@ -210,19 +210,18 @@ fn shares_bench_log(config: &Config) -> bool {
 }
 
 /// Take part in the bench's log: its lease and copier become a task of this node.
-fn share_log(service: &mut Service, tasks: &mut JoinSet<()>) {
+fn share_log(service: &mut Service, tasks: &mut JoinSet<()>) -> anyhow::Result<()> {
     let settings = service.app.settings();
     let (Some(instances), Some(recovery)) = (&service.instances, &settings.config.recovery) else {
-        return;
+        return Ok(());
     };
-    let (bench_log, task) = BenchLog::start(
-        service.app.redis.connection(),
-        instances.name.clone(),
-        recovery,
-    );
+    let (bench_log, task) =
+        BenchLog::start(service.app.redis.client(), instances.name.clone(), recovery)
+            .context("connecting the bench log to redis_queue")?;
     tracing::info!("recovery across instances: events are delivered from the bench's shared log");
     tasks.spawn(task);
     service.bench_log = Some(bench_log);
+    Ok(())
 }
 
 /// Log what the bench's log holds of the last window (no client is connected yet, so it only

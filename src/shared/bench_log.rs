@@ -28,7 +28,7 @@ use std::time::Duration;
 use ::metrics::counter;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use bytes::Bytes;
-use redis::aio::{ConnectionManager, MultiplexedConnection};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Value};
 use tokio::sync::mpsc;
 
@@ -52,6 +52,8 @@ const RENEW: Duration = Duration::from_millis(250);
 const RECENT_FOR: Duration = Duration::from_secs(10);
 const RECENT_MAX: usize = 20_000;
 const RECENT_MAX_BYTES: usize = 16 << 20;
+/// How far ahead of the last message met in the Stream the reader looks for the next.
+const MET_WITHIN: usize = 256;
 /// Entries the stream keeps at most (Redis trims it roughly).
 const STREAM_CAP: usize = 100_000;
 /// How many of the stream's last entries a new copier looks for in what it received.
@@ -87,22 +89,42 @@ pub struct BenchLog {
     /// Whether this instance copies now; changed under `recent`'s lock, so that what it
     /// received goes either into a hand-over's catch-up or to the queue, never both.
     copier: AtomicBool,
+    /// Whether this instance is subscribed to `events` now: only then may it copy, since
+    /// only then does what it remembers hold everything since its subscription began.
+    subscribed: AtomicBool,
     recent: Mutex<Recent>,
     queue: mpsc::Sender<Bytes>,
 }
 
-/// What an instance received lately, oldest first, with when (Unix ms).
+/// What an instance received lately, oldest first, each with when (Unix ms) and its number
+/// in the order received, and how far its own reader has met them in the Stream.
 #[derive(Default)]
 struct Recent {
-    messages: VecDeque<(Bytes, u64)>,
+    messages: VecDeque<Received>,
     bytes: usize,
+    next_number: u64,
+    /// The number of the first message this instance's reader has not met in the Stream:
+    /// everything before it was copied by someone.
+    unseen_from: u64,
+}
+
+struct Received {
+    payload: Bytes,
+    at: u64,
+    number: u64,
 }
 
 impl Recent {
     /// Remember `payload`, forgetting what is older than [`RECENT_FOR`] or past the bounds.
     fn push(&mut self, payload: Bytes, now: u64) {
         self.bytes += payload.len();
-        self.messages.push_back((payload, now));
+        let number = self.next_number;
+        self.next_number += 1;
+        self.messages.push_back(Received {
+            payload,
+            at: now,
+            number,
+        });
         self.forget_old(now);
     }
 
@@ -111,12 +133,49 @@ impl Recent {
         let oldest = now.saturating_sub(millis(RECENT_FOR));
         while self.messages.len() > RECENT_MAX
             || self.bytes > RECENT_MAX_BYTES
-            || self.messages.front().is_some_and(|(_, at)| *at < oldest)
+            || self.messages.front().is_some_and(|m| m.at < oldest)
         {
-            let Some((gone, _)) = self.messages.pop_front() else {
+            let Some(gone) = self.messages.pop_front() else {
                 break;
             };
-            self.bytes -= gone.len();
+            self.bytes -= gone.payload.len();
+        }
+    }
+
+    /// This instance's reader met `payload` in the Stream: it and what came before it are
+    /// copied. Looked for among the next [`MET_WITHIN`] unseen messages (the reader follows
+    /// the subscription closely; what it meets beyond was received by no one here).
+    fn met(&mut self, payload: &[u8]) {
+        let unseen = self
+            .messages
+            .iter()
+            .skip_while(|m| m.number < self.unseen_from)
+            .take(MET_WITHIN);
+        if let Some(found) = unseen.into_iter().find(|m| m.payload == payload) {
+            self.unseen_from = found.number + 1;
+        }
+    }
+
+    /// What the Stream lacks: what was received after the Stream's `tail` (the last place
+    /// where its messages come in a row); failing that (the Stream is empty, or new after a
+    /// Redis restart), what this instance's reader has not met in it.
+    fn missing_after(&self, tail: &[Entry]) -> Vec<Bytes> {
+        let received: Vec<&Bytes> = self.messages.iter().map(|m| &m.payload).collect();
+        let wanted: Vec<&Bytes> = tail.iter().map(|(_, payload)| payload).collect();
+        let found = (wanted.len()..=received.len())
+            .rev()
+            .find(|&end| !wanted.is_empty() && received[end - wanted.len()..end] == wanted[..]);
+        match found {
+            Some(end) => received[end..]
+                .iter()
+                .map(|payload| (*payload).clone())
+                .collect(),
+            None => self
+                .messages
+                .iter()
+                .filter(|m| m.number >= self.unseen_from)
+                .map(|m| m.payload.clone())
+                .collect(),
         }
     }
 }
@@ -124,16 +183,24 @@ impl Recent {
 impl BenchLog {
     /// This instance's part, and the task to run: the lease and the copier.
     pub fn start(
-        connection: ConnectionManager,
+        client: redis::Client,
         instance: String,
         recovery: &RecoveryConfig,
-    ) -> (Arc<Self>, impl Future<Output = ()> + use<>) {
+    ) -> redis::RedisResult<(Arc<Self>, impl Future<Output = ()> + use<>)> {
+        // A connection of its own, back within [`RENEW`] of Redis answering: while no one
+        // copies, nothing reaches any client.
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_max_delay(RENEW);
+        let connection = ConnectionManager::new_lazy_with_config(client, config)?;
         let (queue, pending) = mpsc::channel(QUEUE);
         let log = Arc::new(Self {
             instance,
             window: recovery.window,
             connection,
             copier: AtomicBool::new(false),
+            subscribed: AtomicBool::new(false),
             recent: Mutex::new(Recent::default()),
             queue,
         });
@@ -143,7 +210,7 @@ impl BenchLog {
                 tokio::join!(log.clone().hold_lease(), log.copy(pending));
             }
         };
-        (log, task)
+        Ok((log, task))
     }
 
     /// Whether this instance copies `events` into the stream now.
@@ -163,28 +230,38 @@ impl BenchLog {
         recent.push(payload, now);
     }
 
-    /// The subscription to `events` is (again) in place. What was received before it came
-    /// from before a Redis restart or a lost link: whoever copied then copied it, and after a
-    /// restart the Stream that held it is gone, so a new copier must not copy it again.
+    /// The subscription to `events` is (again) in place: this instance may copy.
     pub fn subscribed(&self) {
-        let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
-        *recent = Recent::default();
+        self.subscribed.store(true, Ordering::Relaxed);
+    }
+
+    /// The subscription to `events` is lost: this instance receives nothing to copy, so it
+    /// stops copying and gives the lease up at its next tick, for a subscribed one.
+    pub fn unsubscribed(&self) {
+        self.subscribed.store(false, Ordering::Relaxed);
+        self.stop_copying("the subscription to events is lost");
     }
 
     /// At a clean stop, once nothing is copied any more: give the lease up, so that another
     /// instance copies from its next try.
     pub async fn leave(&self) {
+        self.release(&mut self.connection.clone()).await;
+    }
+
+    /// Give the lease up if this instance holds it.
+    async fn release(&self, connection: &mut ConnectionManager) {
         let released: redis::RedisResult<i64> = redis::cmd("EVAL")
             .arg(RELEASE_SCRIPT)
             .arg(1)
             .arg(LEASE)
             .arg(&self.instance)
-            .query_async(&mut self.connection.clone())
+            .query_async(connection)
             .await;
         match released {
             Ok(1) => tracing::info!("gave up the bench log's copier lease"),
             Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "cannot give up the bench log's copier lease"),
+            // Redis is away: the lease runs out by itself.
+            Err(e) => tracing::debug!(error = %e, "cannot give up the bench log's copier lease"),
         }
     }
 
@@ -254,6 +331,10 @@ impl BenchLog {
             match reader_connection(&client).await {
                 Ok(mut connection) => {
                     backoff = new_backoff();
+                    let deliver = |entry: Entry| {
+                        self.met(&entry.1);
+                        deliver(entry);
+                    };
                     let e = read_on(&mut connection, &mut last, &deliver).await;
                     tracing::warn!(error = %e, "lost the bench log; reading on");
                 }
@@ -264,12 +345,22 @@ impl BenchLog {
         }
     }
 
+    fn met(&self, payload: &[u8]) {
+        let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        recent.met(payload);
+    }
+
     /// Take or renew the lease every [`RENEW`]; a new copier first catches up.
     async fn hold_lease(self: Arc<Self>) {
         let mut connection = self.connection.clone();
         let mut ticks = tokio::time::interval(RENEW);
         loop {
             ticks.tick().await;
+            if !self.subscribed.load(Ordering::Relaxed) {
+                self.stop_copying("the subscription to events is lost");
+                self.release(&mut connection).await;
+                continue;
+            }
             match self.try_lease(&mut connection).await {
                 Ok(true) if !self.is_copier() => match self.tail(&mut connection).await {
                     Ok(tail) => self.take_over(&tail),
@@ -320,7 +411,7 @@ impl BenchLog {
         let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
         // Nothing may have come for a while: what is remembered is then too old to copy.
         recent.forget_old(metrics::unix_now_ms());
-        let missing = after_tail(&recent.messages, tail);
+        let missing = recent.missing_after(tail);
         // Copier first: the copy task drops what it finds queued while this is not set.
         self.copier.store(true, Ordering::Relaxed);
         for payload in &missing {
@@ -388,31 +479,6 @@ impl BenchLog {
     }
 }
 
-/// What `recent` holds after the stream's `tail`: after the last place where the tail's
-/// messages come in a row, or, where they do not (this instance missed some, or received
-/// none of them), what it received after the tail's last entry was added.
-fn after_tail(recent: &VecDeque<(Bytes, u64)>, tail: &[Entry]) -> Vec<Bytes> {
-    let received: Vec<&Bytes> = recent.iter().map(|(payload, _)| payload).collect();
-    let wanted: Vec<&Bytes> = tail.iter().map(|(_, payload)| payload).collect();
-    let found = (wanted.len()..=received.len())
-        .rev()
-        .find(|&end| !wanted.is_empty() && received[end - wanted.len()..end] == wanted[..]);
-    match found {
-        Some(end) => received[end..]
-            .iter()
-            .map(|payload| (*payload).clone())
-            .collect(),
-        None => {
-            let since = tail.last().map_or(0, |(id, _)| id_millis(id));
-            recent
-                .iter()
-                .filter(|(_, at)| *at > since)
-                .map(|(payload, _)| payload.clone())
-                .collect()
-        }
-    }
-}
-
 /// The offset clients see for the entry `id` (`<ms>-<seq>`): the two packed in one number
 /// that grows with the id; `None` for an id past what fits (a clock 500 years ahead, or a
 /// million entries in one millisecond).
@@ -427,13 +493,6 @@ fn id_after(id: &str) -> Option<String> {
     let (ms, seq) = id.split_once('-')?;
     let seq: u64 = seq.parse().ok()?;
     Some(format!("{ms}-{}", seq.checked_add(1)?))
-}
-
-fn id_millis(id: &str) -> u64 {
-    id.split('-')
-        .next()
-        .and_then(|ms| ms.parse().ok())
-        .unwrap_or(0)
 }
 
 /// The entries of an `XRANGE`/`XREVRANGE` reply; an entry without `m` is skipped.
@@ -560,18 +619,19 @@ fn millis(duration: Duration) -> u64 {
 mod tests {
     use super::*;
 
-    fn received(messages: &[&str]) -> VecDeque<(Bytes, u64)> {
+    fn received(messages: &[&str]) -> Recent {
+        let mut recent = Recent::default();
+        for (i, m) in messages.iter().enumerate() {
+            recent.push(Bytes::from(m.to_string()), 1_000 + i as u64);
+        }
+        recent
+    }
+
+    fn tail(messages: &[&str]) -> Vec<Entry> {
         messages
             .iter()
             .enumerate()
-            .map(|(i, m)| (Bytes::from(m.to_string()), 1_000 + i as u64))
-            .collect()
-    }
-
-    fn tail(messages: &[(&str, &str)]) -> Vec<Entry> {
-        messages
-            .iter()
-            .map(|(id, m)| (id.to_string(), Bytes::from(m.to_string())))
+            .map(|(i, m)| (format!("{i}-0"), Bytes::from(m.to_string())))
             .collect()
     }
 
@@ -585,29 +645,44 @@ mod tests {
     #[test]
     fn a_new_copier_copies_what_came_after_the_streams_end() {
         let recent = received(&["a", "b", "c", "d", "e"]);
-        let missing = after_tail(&recent, &tail(&[("5-0", "b"), ("6-0", "c")]));
+        let missing = recent.missing_after(&tail(&["b", "c"]));
         assert_eq!(texts(missing), ["d", "e"]);
         // Caught up already: nothing.
-        let none = after_tail(&recent, &tail(&[("7-0", "d"), ("8-0", "e")]));
-        assert!(none.is_empty());
+        assert!(recent.missing_after(&tail(&["d", "e"])).is_empty());
     }
 
     #[test]
     fn a_repeated_message_is_placed_by_the_run_it_ends() {
         // "p" comes three times; the tail "x p" places the end after the second.
         let recent = received(&["p", "x", "p", "y", "p"]);
-        let missing = after_tail(&recent, &tail(&[("1-0", "x"), ("2-0", "p")]));
+        let missing = recent.missing_after(&tail(&["x", "p"]));
         assert_eq!(texts(missing), ["y", "p"]);
     }
 
     #[test]
-    fn without_the_tail_in_sight_what_came_after_its_time_is_copied() {
-        let recent = received(&["a", "b", "c"]);
-        // The tail was added at ms 1_000, when "a" was received.
-        let missing = after_tail(&recent, &tail(&[("1000-0", "never received")]));
-        assert_eq!(texts(missing), ["b", "c"]);
-        // An empty stream: everything remembered.
-        assert_eq!(texts(after_tail(&recent, &[])), ["a", "b", "c"]);
+    fn after_a_redis_restart_what_the_reader_never_met_is_copied() {
+        // "a" and "b" were copied and read before Redis restarted; "c" and "d" came while
+        // no one copied. The Stream is new and empty.
+        let mut recent = received(&["a", "b", "c", "d"]);
+        recent.met(b"a");
+        recent.met(b"b");
+        assert_eq!(texts(recent.missing_after(&[])), ["c", "d"]);
+        // The Stream's tail out of sight (it holds what this instance never received):
+        // the same.
+        assert_eq!(texts(recent.missing_after(&tail(&["zz"]))), ["c", "d"]);
+        // A quiet Stream that expired: everything was met, nothing is copied.
+        recent.met(b"c");
+        recent.met(b"d");
+        assert!(recent.missing_after(&[]).is_empty());
+    }
+
+    #[test]
+    fn the_reader_meets_messages_in_order_and_skips_what_it_never_received() {
+        let mut recent = received(&["a", "b", "a", "c"]);
+        recent.met(b"a");
+        recent.met(b"never received here");
+        recent.met(b"a"); // the second "a", after the first
+        assert_eq!(texts(recent.missing_after(&[])), ["c"]);
     }
 
     #[test]
