@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::StreamExt;
 use serde_json::Value;
 
@@ -22,6 +21,7 @@ use ::metrics::{counter, gauge, histogram};
 
 use crate::app::App;
 use crate::config::{FrappeVersion, is_truthy};
+use crate::queue_redis::reconnect_backoff;
 use crate::sentinel::SentinelConfig;
 use crate::shared::bench_log::BenchLog;
 use crate::sites::SiteTable;
@@ -278,7 +278,7 @@ pub async fn run(
     subscription: Subscription,
     bench_log: Option<Arc<BenchLog>>,
 ) {
-    let mut backoff = new_backoff();
+    let mut backoff = reconnect_backoff();
     let mut subscribed_before = false;
     subscription.set(false);
     loop {
@@ -293,7 +293,7 @@ pub async fn run(
                 if let Some(bench_log) = &bench_log {
                     bench_log.subscribed();
                 }
-                backoff = new_backoff();
+                backoff = reconnect_backoff();
                 let why = pump(&io, &app, pubsub, bench_log.as_deref()).await;
                 subscription.set(false);
                 if let Some(bench_log) = &bench_log {
@@ -306,17 +306,6 @@ pub async fn run(
         let delay = backoff.next().unwrap_or(Duration::from_secs(1));
         tokio::time::sleep(delay).await;
     }
-}
-
-/// Retry quickly, then every 0.5–1 s (backon's jitter adds up to the delay itself), so the
-/// subscription is back within a second of Redis answering; an attempt a second costs nothing.
-fn new_backoff() -> impl Iterator<Item = Duration> {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_millis(500))
-        .with_jitter()
-        .without_max_times()
-        .build()
 }
 
 async fn subscribe(redis: &EventsRedis) -> Result<redis::aio::PubSub, String> {

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
@@ -45,4 +46,17 @@ impl QueueRedis {
     pub async fn publish(&self, channel: &str, payload: &str) -> redis::RedisResult<()> {
         self.connection.clone().publish(channel, payload).await
     }
+}
+
+/// The delays between attempts to reconnect a dedicated connection (the `events`
+/// subscription, the bench log's reader): quickly, then every 0.5–1 s (backon's jitter adds
+/// up to the delay itself), so the link is back within a second of Redis answering; an
+/// attempt a second costs nothing.
+pub fn reconnect_backoff() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_millis(500))
+        .with_jitter()
+        .without_max_times()
+        .build()
 }

@@ -26,13 +26,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use ::metrics::counter;
-use backon::{BackoffBuilder, ExponentialBuilder};
 use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::{AsyncConnectionConfig, Value};
 use tokio::sync::mpsc;
 
 use crate::metrics;
+use crate::queue_redis::reconnect_backoff;
 use crate::socketio::{Offset, RecoveryConfig};
 
 #[cfg(test)]
@@ -326,11 +326,11 @@ impl BenchLog {
         mut last: String,
         deliver: impl Fn(Entry),
     ) {
-        let mut backoff = new_backoff();
+        let mut backoff = reconnect_backoff();
         loop {
             match reader_connection(&client).await {
                 Ok(mut connection) => {
-                    backoff = new_backoff();
+                    backoff = reconnect_backoff();
                     let deliver = |entry: Entry| {
                         self.met(&entry.1);
                         deliver(entry);
@@ -600,15 +600,6 @@ async fn reader_connection(client: &redis::Client) -> redis::RedisResult<Multipl
     client
         .get_multiplexed_async_connection_with_config(&config)
         .await
-}
-
-fn new_backoff() -> impl Iterator<Item = Duration> {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_millis(500))
-        .with_jitter()
-        .without_max_times()
-        .build()
 }
 
 fn millis(duration: Duration) -> u64 {

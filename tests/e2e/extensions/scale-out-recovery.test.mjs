@@ -146,6 +146,31 @@ function pointAt(socket, stack) {
   socket.io.uri = uri.href;
 }
 
+/**
+ * Bring `socket` back (connect()) and check that it resumed on `stack`: recovered with the
+ * same `id`, the `run`'s eleven missed events once and in order with their offsets, then a
+ * live event in its doc `room` once.
+ */
+async function expectRecoveredOn(stack, socket, { id, run, room }) {
+  const since = socket.received.length;
+  const back = nextEvent(socket, "connect", 15000);
+  socket.connect();
+  await back;
+  assert.equal(socket.recovered, true, "socket.recovered");
+  assert.equal(socket.id, id, "the same socket id on the other instance");
+  await waitSeeing(() => seqs(socket, "missed", run).length >= 11, { timeoutMs: 10000,
+    what: "the 11 missed events", seen: () => `got ${JSON.stringify(seqs(socket, "missed", run))}` });
+  await stack.flush(socket, { userRoom: userRoom(ALICE) });
+  assert.deepEqual(seqs(socket, "missed", run), [...Array(11).keys()], "each missed event once, in order");
+  assert.ok(socket.received.slice(since).filter((r) => r.event === "missed").every((r) => typeof r.args.at(-1) === "string"),
+    "replayed events carry their offset");
+  // Live, in the doc room it kept: once.
+  await stack.publish("live", { run, seq: 0 }, { room });
+  await waitFor(() => seqs(socket, "live", run).length >= 1, { what: "the live event in the doc room" });
+  await stack.flush(socket, { userRoom: userRoom(ALICE) });
+  assert.deepEqual(seqs(socket, "live", run), [0], "the live event once");
+}
+
 const WITH_NGINX = { timeout: 60000, skip: !NGINX && "nginx is not installed" };
 
 describe("recovery across instances", () => {
@@ -171,24 +196,7 @@ describe("recovery across instances", () => {
     await survivor.flush(observer, { userRoom: userRoom(BOB) });
     assert.equal(await websockets(survivor), 1, "only the observer on the survivor before the client is back");
 
-    const since = socket.received.length;
-    const back = nextEvent(socket, "connect", 15000);
-    socket.connect();
-    await back;
-    assert.equal(socket.recovered, true, "socket.recovered");
-    assert.equal(socket.id, id, "the same socket id on the other instance");
-    await waitSeeing(() => seqs(socket, "missed", run).length >= 11, { timeoutMs: 10000,
-      what: "the 11 missed events", seen: () => `got ${JSON.stringify(seqs(socket, "missed", run))}` });
-    await survivor.flush(socket, { userRoom: userRoom(ALICE) });
-    assert.deepEqual(seqs(socket, "missed", run), [...Array(11).keys()], "each missed event once, in order");
-    assert.ok(socket.received.slice(since).filter((r) => r.event === "missed").every((r) => typeof r.args.at(-1) === "string"),
-      "replayed events carry their offset");
-
-    // Live, in the doc room it kept: once.
-    await survivor.publish("live", { run, seq: 0 }, { room });
-    await waitFor(() => seqs(socket, "live", run).length >= 1, { what: "the live event in the doc room" });
-    await survivor.flush(socket, { userRoom: userRoom(ALICE) });
-    assert.deepEqual(seqs(socket, "live", run), [0], "the live event once");
+    await expectRecoveredOn(survivor, socket, { id, run, room });
     assert.equal(await websockets(survivor), 2, "the survivor's status counts the recovered socket");
     assert.ok((await status(survivor)).sites.find((s) => s.site === SITE).users.includes(ALICE), "Alice online on the survivor");
     socket.disconnect();
@@ -277,26 +285,9 @@ describe("recovery across instances", () => {
     await copier.flush(observer, { userRoom: userRoom(BOB) });
     assert.equal(await websockets(copier), 1, "only the observer on the copier before the client is back");
 
-    const since = socket.received.length;
     pointAt(socket, copier);
-    const back = nextEvent(socket, "connect", 15000);
-    socket.connect();
-    await back;
-    assert.equal(socket.recovered, true, "socket.recovered");
-    assert.equal(socket.id, id, "the same socket id on the copier");
+    await expectRecoveredOn(copier, socket, { id, run, room });
     assert.equal(socket.io.engine.port, String(copier.port), "connected to the copier's port");
-    await waitSeeing(() => seqs(socket, "missed", run).length >= 11, { timeoutMs: 10000,
-      what: "the 11 missed events", seen: () => `got ${JSON.stringify(seqs(socket, "missed", run))}` });
-    await copier.flush(socket, { userRoom: userRoom(ALICE) });
-    assert.deepEqual(seqs(socket, "missed", run), [...Array(11).keys()], "each missed event once, in order");
-    assert.ok(socket.received.slice(since).filter((r) => r.event === "missed").every((r) => typeof r.args.at(-1) === "string"),
-      "replayed events carry their offset");
-
-    // Live, in the doc room it kept: once.
-    await copier.publish("live", { run, seq: 0 }, { room });
-    await waitFor(() => seqs(socket, "live", run).length >= 1, { what: "the live event in the doc room" });
-    await copier.flush(socket, { userRoom: userRoom(ALICE) });
-    assert.deepEqual(seqs(socket, "live", run), [0], "the live event once");
     assert.equal(await websockets(copier), 2, "the copier's status counts the recovered socket");
     assert.equal((await status(copier)).bench_log?.copier, true, "still the copier");
     socket.disconnect();
