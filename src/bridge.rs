@@ -132,10 +132,8 @@ fn split_prefixed_room(room: &str) -> Result<Target, Malformed> {
     })
 }
 
-/// Send a publication to its audience on this node. `size` is the publication's size on
-/// Redis, for the bytes-sent metric.
-/// Deliver `publication` (`size` bytes as published) to its room; under `offset`, when it
-/// comes from the bench's shared log.
+/// Send a publication to its audience on this node, under `offset` when it comes from the
+/// bench's shared log. `size` is the publication's size on Redis, for the bytes-sent metric.
 pub fn deliver(
     io: &Io,
     sites: &SiteTable,
