@@ -59,8 +59,11 @@ export class Redis {
   }
 
   async #spawn() {
+    // A directory of its own: a replica writes the RDB it receives there (and a redis-server
+    // loads any dump.rdb it finds there at start), never in the repository.
+    this.dir = fs.mkdtempSync(path.join(os.tmpdir(), "e2e-redis-"));
     this.proc = spawn("redis-server", ["--port", String(this.port), "--bind", "127.0.0.1",
-      "--save", "", "--appendonly", "no", ...this.args], { stdio: "ignore" });
+      "--save", "", "--appendonly", "no", "--dir", this.dir, ...this.args], { stdio: "ignore" });
     let spawnError;
     this.proc.once("error", (err) => { spawnError = err; });
     const client = createClient(this.clientOptions ?? { url: this.url });
@@ -89,6 +92,7 @@ export class Redis {
       this.proc.kill("SIGKILL");
       await exited;
     }
+    if (this.dir) fs.rmSync(this.dir, { recursive: true, force: true });
   }
 
   async restart() {
