@@ -25,6 +25,24 @@
 //     the client connects straight to the instance that does not copy, which gets SIGTERM;
 //     eleven events are published; the client's Manager is pointed at the copier's port and
 //     it comes back recovered with the same id, the eleven once and in order, a live one once.
+// (5) (1) on long-polling, behind nginx sticky by session id (`hash $arg_sid`; each instance
+//     runs with `--upstream-server I/N`, so the polls of a session reach the instance that made
+//     its id): the browser's instance gets SIGTERM, eleven events are published, and it comes
+//     back through nginx with a new handshake, which carries no sid yet: nginx's hash falls
+//     back to round-robin, which passes over the dead upstream (a refused connection goes to
+//     the next server), and the polls after it go by the survivor's id to the survivor. It is
+//     recovered with the same id, still on long-polling, the eleven once in order, a live once.
+//     (A fresh nginx's round-robin sends the first handshake to the first instance, which took
+//     the lease, so in practice this stops the copier too, as (1) does.)
+// (6) Frappe 14: one namespace, `/`, for every site (the site named in the handshake), and
+//     Frappe 14's publications name no namespace but put the site in front of the room. Alice's
+//     browsers of two sites, each in a doc room of its site, on the instance that does not copy,
+//     which gets SIGTERM; meanwhile, as Frappe 14 publishes, each site's doc room gets ten
+//     events (the sites in turn) and halfway one event has no room, for every socket of every
+//     site (bench watch's build_event). Pointed at the copier, each comes back recovered with
+//     its id and gets the all-sites event exactly once in its place among its own site's ten,
+//     none of the other site's; the all-sites event has the same offset on both: one entry of
+//     the log, delivered to several rooms of `/`.
 //
 // Every wait is bounded; everything listens on loopback; processes are stopped by PID.
 import { describe, test } from "node:test";
@@ -58,9 +76,30 @@ async function status(stack) {
   return response.json();
 }
 
-/** The websocket count of SITE on `stack`'s own status. */
-async function websockets(stack) {
-  return (await status(stack)).sites.find((s) => s.site === SITE)?.sockets.websocket ?? 0;
+/** `site`'s sockets on `stack`'s own status, by transport. */
+async function sockets(stack, site = SITE) {
+  const { websocket = 0, polling = 0 } = (await status(stack)).sites.find((s) => s.site === site)?.sockets ?? {};
+  return { websocket, polling };
+}
+
+/** How many of `site`'s sockets `stack` holds, on either transport. */
+async function held(stack, site = SITE) {
+  const { websocket, polling } = await sockets(stack, site);
+  return websocket + polling;
+}
+
+/** The namespace a client of `site` connects to on `stack`'s bench: `/` up to Frappe 14. */
+function namespaceOf(stack, site = SITE) {
+  return stack.frappe.version <= 14 ? "/" : `/${site}`;
+}
+
+/**
+ * Publish as the bench's Frappe does: from 15 on with the site as namespace, before (13, 14)
+ * with the site in front of the room. No room is every socket of every site, in either shape.
+ */
+function publish(stack, event, message, { site = SITE, room } = {}) {
+  if (stack.frappe.version > 14) return stack.publish(event, message, { site, room });
+  return stack.redis.publish(room === undefined ? { event, message } : { event, message, room: `${site}:${room}` });
 }
 
 /** The index of the one instance that holds the bench log's lease, once exactly one says so. */
@@ -74,16 +113,22 @@ async function copierIndex(cluster) {
   return index;
 }
 
+/** The `run`'s `event`s `socket` received, as `{event, args}`. */
+function ofRun(socket, event, run) {
+  return socket.received.filter((r) => r.event === event && r.args[0]?.run === run);
+}
+
 /** The `run`'s `event`s `socket` received, by `seq`. */
 function seqs(socket, event, run) {
-  return socket.received.filter((r) => r.event === event && r.args[0]?.run === run).map((r) => r.args[0].seq);
+  return ofRun(socket, event, run).map((r) => r.args[0].seq);
 }
 
 /**
- * A cluster of two instances with `common` config, stopped after the test; with `nginx`,
- * behind bench's nginx sticky by client address.
+ * A cluster of two instances of a Frappe `version` bench with `common` config, stopped after
+ * the test; with `nginx` ("address" or "sid", Cluster.startNginx's `sticky`), behind bench's
+ * nginx.
  */
-async function startCluster(t, { common, nginx = false }) {
+async function startCluster(t, { common, nginx, version }) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "scale-out-recovery-"));
   let cluster;
   t.after(async () => {
@@ -94,46 +139,65 @@ async function startCluster(t, { common, nginx = false }) {
     }
   });
   // Clients through nginx carry the Origin nginx makes up: the site is called back here.
-  cluster = await Cluster.start({ count: 2, common: (frappe) => ({ realtime_callback_url: frappe.url, ...common }) });
-  if (nginx) await cluster.startNginx({ site: SITE, sticky: "address", dir });
+  cluster = await Cluster.start({ count: 2, version,
+    common: (frappe) => ({ realtime_callback_url: frappe.url, ...common }) });
+  if (nginx) await cluster.startNginx({ site: SITE, sticky: nginx, dir });
   return cluster;
 }
 
 /**
- * Alice's browser through nginx on websocket, reconnection off (the test says when it comes
- * back), subscribed to a fresh document; resolves once events of that room reach it. With
- * `at`, straight to instance `at` instead of through nginx. Returns the socket, its doc room,
- * and the index of the instance that holds it.
+ * Alice's browser of `site` through nginx on `transport` (websocket unless given), reconnection
+ * off (the test says when it comes back), subscribed to a fresh document (its room as Frappe
+ * 15 names it, without the site); resolves once events of that room reach it. With `at`,
+ * straight to instance `at` instead of through nginx. Returns the socket, its doc room, and
+ * the index of the instance that holds it.
  */
-async function browserInDocRoom(cluster, { at } = {}) {
+async function browserInDocRoom(cluster, { at, site = SITE, transport = "websocket" } = {}) {
   const [first] = cluster.instances;
+  const options = { site, sid: ALICE_SID, transports: [transport], namespace: namespaceOf(first, site),
+    headers: { "user-agent": BROWSER_UA } };
   const socket = at === undefined
-    ? first.socket({
-      site: SITE, sid: ALICE_SID, transports: ["websocket"], port: cluster.nginx.port, siteHeader: false,
-      origin: `http://127.0.0.1:${cluster.nginx.port}`, headers: { "user-agent": BROWSER_UA },
-    })
-    : cluster.instances[at].socket({ site: SITE, sid: ALICE_SID, transports: ["websocket"], headers: { "user-agent": BROWSER_UA } });
+    ? first.socket({ ...options, port: cluster.nginx.port, siteHeader: false, origin: `http://127.0.0.1:${cluster.nginx.port}` })
+    : cluster.instances[at].socket(options);
   await connected(socket);
   const docname = unique("RECOVER");
-  first.frappe.allow(SITE, ALICE, "ToDo", docname);
+  first.frappe.allow(site, ALICE, "ToDo", docname);
   const room = `doc:ToDo/${docname}`;
   socket.emit("doc_subscribe", "ToDo", docname);
-  await first.publishUntilReceived(socket, room);
+  await first.publishUntilReceived(socket, room, { site });
   const probe = socket.received.find((r) => r.event === "probe");
   assert.equal(typeof probe.args.at(-1), "string", "a browser's events carry their offset as last argument");
-  const counts = await Promise.all(cluster.instances.map(websockets));
+  const counts = await Promise.all(cluster.instances.map((stack) => held(stack, site)));
   assert.deepEqual([...counts].sort(), [0, 1], `the socket is on one instance: ${counts}`);
   return { socket, room, holder: counts.indexOf(1) };
 }
 
-/** SIGTERM the instance `index`, awaited, and the client's disconnect with it; returns the reason. */
-async function stopInstance(cluster, index, socket) {
-  const gone = nextEvent(socket, "disconnect", 15000);
+/**
+ * SIGTERM the instance `index`, awaited, and the disconnect of each of its `clients` with it;
+ * returns their reasons.
+ */
+async function stopInstance(cluster, index, ...clients) {
+  const gone = clients.map((socket) => nextEvent(socket, "disconnect", 15000));
   const { server } = cluster.instances[index];
   await server.stop();
   assert.equal(server.proc.exitCode, 0, `instance ${index} stopped cleanly (signal: ${server.proc.signalCode})`);
-  const [reason] = await gone;
-  return reason;
+  return (await Promise.all(gone)).map(([reason]) => reason);
+}
+
+/** What a client in doc `room` misses while away (`run`'s seq 0 to 10): ten to the room, one to Alice's room. */
+async function publishWhileAway(stack, run, room) {
+  for (let seq = 0; seq < 10; seq += 1) await publish(stack, "missed", { run, seq }, { room });
+  await publish(stack, "missed", { run, seq: 10 }, { room: userRoom(ALICE) });
+}
+
+/**
+ * Bob's socket on `stack` (websocket), once it has an event published after everything before
+ * now: by then `stack` has logged all of those (it reads the bench log in order).
+ */
+async function observer(stack) {
+  const socket = await stack.connect({ site: SITE, sid: BOB_SID, transports: ["websocket"], namespace: namespaceOf(stack) });
+  await stack.flush(socket, { userRoom: userRoom(BOB) });
+  return socket;
 }
 
 /**
@@ -147,11 +211,11 @@ function pointAt(socket, stack) {
 }
 
 /**
- * Bring `socket` back (connect()) and check that it resumed on `stack`: recovered with the
- * same `id`, the `run`'s eleven missed events once and in order with their offsets, then a
- * live event in its doc `room` once.
+ * Bring `socket` (a client of `site`) back (connect()) and check that it resumed on `stack`:
+ * recovered with the same `id`, the `run`'s eleven missed events once and in order with their
+ * offsets, then a live event in its doc `room` once.
  */
-async function expectRecoveredOn(stack, socket, { id, run, room }) {
+async function expectRecoveredOn(stack, socket, { id, run, room, site = SITE }) {
   const since = socket.received.length;
   const back = nextEvent(socket, "connect", 15000);
   socket.connect();
@@ -160,48 +224,58 @@ async function expectRecoveredOn(stack, socket, { id, run, room }) {
   assert.equal(socket.id, id, "the same socket id on the other instance");
   await waitSeeing(() => seqs(socket, "missed", run).length >= 11, { timeoutMs: 10000,
     what: "the 11 missed events", seen: () => `got ${JSON.stringify(seqs(socket, "missed", run))}` });
-  await stack.flush(socket, { userRoom: userRoom(ALICE) });
+  await stack.flush(socket, { site, userRoom: userRoom(ALICE) });
   assert.deepEqual(seqs(socket, "missed", run), [...Array(11).keys()], "each missed event once, in order");
   assert.ok(socket.received.slice(since).filter((r) => r.event === "missed").every((r) => typeof r.args.at(-1) === "string"),
     "replayed events carry their offset");
   // Live, in the doc room it kept: once.
-  await stack.publish("live", { run, seq: 0 }, { room });
+  await publish(stack, "live", { run, seq: 0 }, { site, room });
   await waitFor(() => seqs(socket, "live", run).length >= 1, { what: "the live event in the doc room" });
-  await stack.flush(socket, { userRoom: userRoom(ALICE) });
+  await stack.flush(socket, { site, userRoom: userRoom(ALICE) });
   assert.deepEqual(seqs(socket, "live", run), [0], "the live event once");
+}
+
+/**
+ * (1) and (5): Alice's browser through nginx (`sticky` as Cluster.startNginx takes it) on
+ * `transport`, in a doc room, loses its instance to a SIGTERM, misses eleven events, and comes
+ * back through nginx on the other instance, on the same transport, recovered.
+ */
+async function recoversThroughNginx(t, { sticky, transport }) {
+  const cluster = await startCluster(t, { common: SHARED_LOG, nginx: sticky });
+  const copier = await copierIndex(cluster);
+  const { socket, room, holder } = await browserInDocRoom(cluster, { transport });
+  const id = socket.id;
+  const survivor = cluster.instances[1 - holder];
+  t.diagnostic(`the socket was on instance ${holder}; the copier was instance ${copier}`);
+
+  const [reason] = await stopInstance(cluster, holder, socket);
+  t.diagnostic(`the client saw: ${reason}`);
+  const run = unique("run");
+  await publishWhileAway(survivor, run, room);
+  // Whoever copied before, the survivor copies now (published during a handover or not).
+  await waitFor(async () => (await status(survivor)).bench_log?.copier === true,
+    { timeoutMs: 10000, what: "the survivor to hold the bench log's lease" });
+  const bob = await observer(survivor);
+  assert.deepEqual(await sockets(survivor), { websocket: 1, polling: 0 }, "only the observer on the survivor before the client is back");
+
+  await expectRecoveredOn(survivor, socket, { id, run, room });
+  assert.equal(socket.io.engine.port, String(cluster.nginx.port), "back through nginx");
+  assert.equal(socket.io.engine.transport.name, transport, "on the same transport");
+  const expected = { websocket: 1, polling: 0 };
+  expected[transport] += 1;
+  assert.deepEqual(await sockets(survivor), expected, "the survivor's status counts the recovered socket");
+  assert.ok((await status(survivor)).sites.find((s) => s.site === SITE).users.includes(ALICE), "Alice online on the survivor");
+  // Gone once it leaves (and no poll is left pending in nginx, whose stop would wait for it).
+  socket.disconnect();
+  await waitFor(async () => (await held(survivor)) === 1, { what: "the survivor to let the recovered socket go" });
+  bob.disconnect();
 }
 
 const WITH_NGINX = { timeout: 60000, skip: !NGINX && "nginx is not installed" };
 
 describe("recovery across instances", () => {
-  test("a client whose instance stops recovers its session on another", WITH_NGINX, async (t) => {
-    const cluster = await startCluster(t, { common: SHARED_LOG, nginx: true });
-    const copier = await copierIndex(cluster);
-    const { socket, room, holder } = await browserInDocRoom(cluster);
-    const id = socket.id;
-    const survivor = cluster.instances[1 - holder];
-    t.diagnostic(`the socket was on instance ${holder}; the copier was instance ${copier}`);
-
-    const reason = await stopInstance(cluster, holder, socket);
-    t.diagnostic(`the client saw: ${reason}`);
-    // Away: ten to its doc room, one to its user room.
-    const run = unique("run");
-    for (let seq = 0; seq < 10; seq += 1) await survivor.publish("missed", { run, seq }, { room });
-    await survivor.publish("missed", { run, seq: 10 }, { room: userRoom(ALICE) });
-    // Whoever copied before, the survivor copies now (published during a handover or not).
-    await waitFor(async () => (await status(survivor)).bench_log?.copier === true,
-      { timeoutMs: 10000, what: "the survivor to hold the bench log's lease" });
-    // An observer on the survivor: once it has a later event, the survivor has logged them all.
-    const observer = await survivor.connect({ site: SITE, sid: BOB_SID, transports: ["websocket"] });
-    await survivor.flush(observer, { userRoom: userRoom(BOB) });
-    assert.equal(await websockets(survivor), 1, "only the observer on the survivor before the client is back");
-
-    await expectRecoveredOn(survivor, socket, { id, run, room });
-    assert.equal(await websockets(survivor), 2, "the survivor's status counts the recovered socket");
-    assert.ok((await status(survivor)).sites.find((s) => s.site === SITE).users.includes(ALICE), "Alice online on the survivor");
-    socket.disconnect();
-    observer.disconnect();
-  });
+  test("a client whose instance stops recovers its session on another", WITH_NGINX,
+    (t) => recoversThroughNginx(t, { sticky: "address", transport: "websocket" }));
 
   test("the copier's stop loses nothing", { timeout: 90000 }, async (t) => {
     const cluster = await startCluster(t, { common: SHARED_LOG });
@@ -213,12 +287,12 @@ describe("recovery across instances", () => {
 
     const run = unique("run");
     let seq = 0;
-    const publish = async () => {
+    const publishNext = async () => {
       await other.publish("numbered", { run, seq }, { room: userRoom(ALICE) });
       seq += 1;
     };
     // Before: the copier copies.
-    while (seq < 100) await publish();
+    while (seq < 100) await publishNext();
     // During and after its stop, until the other instance holds the lease: each publication
     // is followed by a look at the other's status, which paces the series.
     const stopAt = seq;
@@ -226,13 +300,13 @@ describe("recovery across instances", () => {
     let exitCode;
     const stopping = copier.server.stop().then(() => { exitedAt = seq; exitCode = copier.server.proc.exitCode; });
     const takenAt = await waitFor(async () => {
-      await publish();
+      await publishNext();
       return exitedAt !== undefined && (await status(other)).bench_log?.copier === true && seq;
     }, { timeoutMs: 30000, everyMs: 1, what: "the other instance to take the lease after the copier stopped" });
     await stopping;
     assert.equal(exitCode, 0, "the copier stopped cleanly");
     // After: the new copier copies.
-    for (let i = 0; i < 100; i += 1) await publish();
+    for (let i = 0; i < 100; i += 1) await publishNext();
     const total = seq;
     t.diagnostic(`published ${total}: the stop began at ${stopAt}, the copier had exited by ${exitedAt}, `
       + `the other held the lease by ${takenAt}`);
@@ -249,7 +323,7 @@ describe("recovery across instances", () => {
   });
 
   test("without the shared log, offsets are per instance", WITH_NGINX, async (t) => {
-    const cluster = await startCluster(t, { common: { realtime_shared_state: "redis" }, nginx: true });
+    const cluster = await startCluster(t, { common: { realtime_shared_state: "redis" }, nginx: "address" });
     const { socket, holder } = await browserInDocRoom(cluster);
     const id = socket.id;
     const survivor = cluster.instances[1 - holder];
@@ -273,24 +347,69 @@ describe("recovery across instances", () => {
     const id = socket.id;
     t.diagnostic(`the socket was on instance ${holder}; the copier was instance ${copierAt}`);
 
-    const reason = await stopInstance(cluster, holder, socket);
+    const [reason] = await stopInstance(cluster, holder, socket);
     t.diagnostic(`the client saw: ${reason}`);
-    // Away: ten to its doc room, one to its user room.
     const run = unique("run");
-    for (let seq = 0; seq < 10; seq += 1) await copier.publish("missed", { run, seq }, { room });
-    await copier.publish("missed", { run, seq: 10 }, { room: userRoom(ALICE) });
+    await publishWhileAway(copier, run, room);
     assert.equal((await status(copier)).bench_log?.copier, true, "the copier kept its lease");
-    // An observer on the copier: once it has a later event, the copier has logged them all.
-    const observer = await copier.connect({ site: SITE, sid: BOB_SID, transports: ["websocket"] });
-    await copier.flush(observer, { userRoom: userRoom(BOB) });
-    assert.equal(await websockets(copier), 1, "only the observer on the copier before the client is back");
+    const bob = await observer(copier);
+    assert.equal(await held(copier), 1, "only the observer on the copier before the client is back");
 
     pointAt(socket, copier);
     await expectRecoveredOn(copier, socket, { id, run, room });
     assert.equal(socket.io.engine.port, String(copier.port), "connected to the copier's port");
-    assert.equal(await websockets(copier), 2, "the copier's status counts the recovered socket");
+    assert.equal(await held(copier), 2, "the copier's status counts the recovered socket");
     assert.equal((await status(copier)).bench_log?.copier, true, "still the copier");
     socket.disconnect();
-    observer.disconnect();
+    bob.disconnect();
   });
+
+  test("long-polling through nginx sticky by session id", WITH_NGINX,
+    (t) => recoversThroughNginx(t, { sticky: "sid", transport: "polling" }));
+
+  test("Frappe 14: the root namespace recovers across instances, and an all-sites event is logged once per site",
+    { timeout: 60000 }, async (t) => {
+      const cluster = await startCluster(t, { common: SHARED_LOG, version: 14 });
+      const copierAt = await copierIndex(cluster);
+      const copier = cluster.instances[copierAt];
+      const away = 1 - copierAt;
+      const clients = [];
+      for (const site of SITES) clients.push({ site, ...(await browserInDocRoom(cluster, { at: away, site })) });
+      for (const { site, socket, holder } of clients) {
+        assert.equal(socket.nsp, "/", `${site}: Frappe 14's one namespace`);
+        assert.equal(holder, away, `${site}: the socket is on the instance that does not copy`);
+      }
+      const ids = clients.map(({ socket }) => socket.id);
+
+      const reasons = await stopInstance(cluster, away, ...clients.map(({ socket }) => socket));
+      t.diagnostic(`the clients saw: ${reasons.join(", ")}`);
+      // Away, as Frappe 14 publishes: seq 0 to 10 to each site's doc room in turn, but 5 once,
+      // with no room, to every site. (The probes and sentinels keep Frappe 15's shape, which a
+      // Frappe 14 bench takes too.)
+      const run = unique("run");
+      const EVERY_SITE = "every site";
+      for (let seq = 0; seq < 11; seq += 1) {
+        if (seq === 5) await publish(copier, "missed", { run, seq, site: EVERY_SITE });
+        else for (const { site, room } of clients) await publish(copier, "missed", { run, seq, site }, { site, room });
+      }
+      assert.equal((await status(copier)).bench_log?.copier, true, "the copier kept its lease");
+      const bob = await observer(copier);
+      assert.deepEqual(await Promise.all(SITES.map((site) => held(copier, site))), [1, 0],
+        "only the observer on the copier before the clients are back");
+
+      for (const [i, { site, socket, room }] of clients.entries()) {
+        pointAt(socket, copier);
+        await expectRecoveredOn(copier, socket, { id: ids[i], run, room, site });
+        assert.deepEqual(ofRun(socket, "missed", run).map((r) => r.args[0].site),
+          [...Array(11).keys()].map((seq) => (seq === 5 ? EVERY_SITE : site)),
+          `${site}: its own site's events and the all-sites one in its place, none of the other site's`);
+      }
+      const offsets = clients.map(({ socket }) => ofRun(socket, "missed", run)[5].args.at(-1));
+      t.diagnostic(`the all-sites event's offsets: ${offsets.join(", ")}`);
+      assert.equal(offsets[0], offsets[1], "one offset for the all-sites event on both sites");
+      assert.deepEqual(await Promise.all(SITES.map((site) => held(copier, site))), [2, 1],
+        "the copier's status counts both recovered sockets");
+      for (const { socket } of clients) socket.disconnect();
+      bob.disconnect();
+    });
 });
