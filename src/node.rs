@@ -91,7 +91,8 @@ impl Node {
         tracing::info!(frappe_version = %config.frappe_version, "speaking Frappe's realtime protocol");
 
         let shares_log = shares_bench_log(&config);
-        let store_keys = recovery_store_keys(&config, options.upstream_slot, shares_log);
+        let instance = Instances::new_name();
+        let store_keys = recovery_store_keys(&config, options.upstream_slot, shares_log, &instance);
         let redis_store = match (&config.recovery, config.recovery_store) {
             (Some(recovery), RecoveryStore::Redis) => Some(RedisStore::start(
                 app.redis.connection(),
@@ -120,7 +121,7 @@ impl Node {
         };
         let mut tasks = JoinSet::new();
         if config.shared_state == SharedState::Redis {
-            share_state(&mut service, &mut tasks);
+            share_state(&mut service, &mut tasks, instance);
         }
         if shares_log {
             share_log(&mut service, &mut tasks)?;
@@ -190,10 +191,11 @@ impl Node {
 
 /// Join the other instances on `redis_queue` (`realtime_shared_state: "redis"`): their
 /// heartbeat and presence writer become tasks of this node.
-fn share_state(service: &mut Service, tasks: &mut JoinSet<()>) {
+fn share_state(service: &mut Service, tasks: &mut JoinSet<()>, name: String) {
     let summarised = service.clone();
     let summary: Summary = Box::new(move || status::summary(&summarised));
-    let (instances, writer, heartbeat) = Instances::start(service.app.redis.connection(), summary);
+    let connection = service.app.redis.connection();
+    let (instances, writer, heartbeat) = Instances::start(connection, name, summary);
     tracing::info!(instance = %instances.name, "sharing state with the other instances on redis_queue");
     tasks.spawn(writer);
     tasks.spawn(heartbeat);
@@ -288,9 +290,10 @@ fn recovery_store_keys(
     config: &Config,
     upstream_slot: Option<UpstreamSlot>,
     shares_log: bool,
+    instance: &str,
 ) -> StoreKeys {
     if shares_log {
-        return StoreKeys::bench();
+        return StoreKeys::bench(instance.to_owned());
     }
     if config.shared_state != SharedState::Redis && upstream_slot.is_none() {
         return StoreKeys::single();

@@ -16,7 +16,10 @@
 //! and sessions mean nothing against another's log. Instances that share the bench's log
 //! (`crate::shared::bench_log`) share offsets too: their sessions go under
 //! `frappe_realtime:recovery:bench:…`, where any of them takes one ([`SessionSource`]), and
-//! the bench's log is their log.
+//! the bench's log is their log. They also keep a live copy of each connected socket's
+//! session (one hash per instance, `…:bench:live:<instance>`), so that the clients of an
+//! instance killed outright resume elsewhere too; a session taken is marked with its taker
+//! (`…:bench:taken:…`), so that the instance it left does not keep a stale copy later.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -47,6 +50,61 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 const GET_AND_DELETE: &str = "local value = redis.call('GET', KEYS[1]) \
     if value then redis.call('DEL', KEYS[1]) end return value";
 
+/// Instances sharing the bench's log: keep a cut socket's session, and drop its live copy,
+/// unless another instance took the session meanwhile (the client is there now, and this
+/// copy is stale). KEYS: the kept key, this instance's live hash, the taken marker. ARGV:
+/// the session, the window (ms), the live field, this instance.
+const KEEP_SHARED: &str = r#"
+redis.call('HDEL', KEYS[2], ARGV[3])
+local holder = redis.call('GET', KEYS[3])
+if holder and holder ~= ARGV[4] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"#;
+
+/// Instances sharing the bench's log: the live copy of a connected socket's session, in this
+/// instance's hash, which lives a window past the instance's last write or refresh. KEYS:
+/// the live hash, the set of instances with one, the taken marker. ARGV: the field, the
+/// session, the window (ms), this instance.
+const LIVE_SHARED: &str = r#"
+local holder = redis.call('GET', KEYS[3])
+if holder and holder ~= ARGV[4] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('SADD', KEYS[2], ARGV[4])
+return 1
+"#;
+
+/// Instances sharing the bench's log: take a session, kept or live on any instance (a killed
+/// one's live sessions last a window), and mark it taken by this instance. KEYS: the kept
+/// key, the set of instances with live sessions, the taken marker. ARGV: the live hashes'
+/// prefix, the field, this instance, the window (ms).
+const TAKE_SHARED: &str = r#"
+local value = redis.call('GET', KEYS[1])
+if value then
+  redis.call('DEL', KEYS[1])
+else
+  for _, instance in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+    local hash = ARGV[1] .. instance
+    if redis.call('EXISTS', hash) == 0 then
+      redis.call('SREM', KEYS[2], instance)
+    else
+      value = redis.call('HGET', hash, ARGV[2])
+      if value then
+        redis.call('HDEL', hash, ARGV[2])
+        break
+      end
+    end
+  end
+end
+if value then redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[4]) end
+return value
+"#;
+
+/// How often an instance sharing the bench's log renews its live hash's expiry when it has
+/// nothing to write: well within the window.
+const LIVE_REFRESH_EVERY: Duration = Duration::from_secs(10);
+
 /// One write to Redis.
 #[derive(Debug)]
 enum Write {
@@ -57,6 +115,7 @@ enum Write {
     Keep {
         key: String,
         session: String,
+        live: Option<LiveEntry>,
     },
     Take {
         key: String,
@@ -65,8 +124,59 @@ enum Write {
     /// before it: a session this process kept a moment ago is in Redis when it is asked for.
     Fetch {
         key: String,
+        live: Option<LiveEntry>,
         reply: oneshot::Sender<Result<Option<String>, String>>,
     },
+    /// The live copy of a connected socket's session (instances sharing the bench's log).
+    Live {
+        entry: LiveEntry,
+        session: String,
+    },
+    /// A connected socket left for good: its live copy goes.
+    Ended {
+        entry: LiveEntry,
+    },
+}
+
+/// Where a socket's live copy and taken marker are, for instances sharing the bench's log.
+#[derive(Debug)]
+struct LiveEntry {
+    /// This instance's live hash, and the field of the socket in it.
+    hash: String,
+    field: String,
+    taken: String,
+    instance: String,
+}
+
+/// The live copies of connected sockets' sessions, for instances sharing the bench's log: a
+/// hash per instance, so that the clients of an instance killed outright resume elsewhere.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct LiveKeys {
+    /// This process's name among the instances.
+    instance: String,
+}
+
+impl LiveKeys {
+    fn prefix() -> String {
+        format!("{PREFIX}bench:live:")
+    }
+
+    fn instances() -> String {
+        format!("{PREFIX}bench:live-instances")
+    }
+
+    fn hash(&self) -> String {
+        format!("{}{}", Self::prefix(), self.instance)
+    }
+
+    fn entry(&self, namespace: &str, pid: Sid) -> LiveEntry {
+        LiveEntry {
+            hash: self.hash(),
+            field: format!("{namespace} {pid}"),
+            taken: format!("{PREFIX}bench:taken:{namespace}:{pid}"),
+            instance: self.instance.clone(),
+        }
+    }
 }
 
 /// Where this process's recovery state lives in Redis.
@@ -75,6 +185,8 @@ pub struct StoreKeys {
     /// `None` for the bench's only instance; for one of several, a name that stays the same
     /// across its restarts (its port), so that the next process finds what it left.
     instance: Option<String>,
+    /// For instances sharing the bench's log: where this one keeps its sockets' live copies.
+    live: Option<LiveKeys>,
 }
 
 impl StoreKeys {
@@ -83,16 +195,25 @@ impl StoreKeys {
         Self::default()
     }
 
-    /// The keys of instances that share the bench's log: one session key space for all.
-    pub fn bench() -> Self {
-        Self::of_instance("bench".to_owned())
+    /// The keys of instances that share the bench's log: one session key space for all, and
+    /// the live copies of this instance's (`instance`, its name among them) sockets.
+    pub fn bench(instance: String) -> Self {
+        Self {
+            instance: Some("bench".to_owned()),
+            live: Some(LiveKeys { instance }),
+        }
     }
 
     /// The keys of the instance named `instance` among several.
     pub fn of_instance(instance: String) -> Self {
         Self {
             instance: Some(instance),
+            live: None,
         }
+    }
+
+    fn live_entry(&self, namespace: &str, pid: Sid) -> Option<LiveEntry> {
+        Some(self.live.as_ref()?.entry(namespace, pid))
     }
 
     fn base(&self, namespace: &str) -> String {
@@ -130,7 +251,8 @@ impl RedisStore {
         keys: StoreKeys,
     ) -> (Arc<Self>, JoinHandle<()>) {
         let (sender, receiver) = mpsc::channel(QUEUE);
-        let writer = tokio::spawn(writer(receiver, connection, config));
+        let live_hash = keys.live.as_ref().map(LiveKeys::hash);
+        let writer = tokio::spawn(writer(receiver, connection, config, live_hash));
         let store = Arc::new(Self {
             sender: Mutex::new(Some(sender)),
             keys,
@@ -198,7 +320,22 @@ impl RecoveryMirror for RedisStore {
         self.send(Write::Keep {
             key: self.keys.session(namespace, pid),
             session,
+            live: self.keys.live_entry(namespace, pid),
         });
+    }
+
+    fn live(&self, namespace: &str, pid: Sid, session: &KeptSession) {
+        let Some(entry) = self.keys.live_entry(namespace, pid) else {
+            return;
+        };
+        let session = serde_json::to_string(session).unwrap_or_default();
+        self.send(Write::Live { entry, session });
+    }
+
+    fn ended(&self, namespace: &str, pid: Sid) {
+        if let Some(entry) = self.keys.live_entry(namespace, pid) {
+            self.send(Write::Ended { entry });
+        }
     }
 
     fn taken(&self, namespace: &str, pid: Sid) {
@@ -213,16 +350,17 @@ impl SessionSource for RedisStore {
         let (reply, answer) = oneshot::channel();
         let fetch = Write::Fetch {
             key: self.keys.session(namespace, pid),
+            live: self.keys.live_entry(namespace, pid),
             reply,
         };
         let queued = {
             let sender = self.sender.lock().unwrap_or_else(PoisonError::into_inner);
-            sender.as_ref().map(|sender| sender.try_send(fetch))
+            sender.as_ref().map(|sender| sender.try_send(fetch).is_ok())
         };
         Box::pin(async move {
             match queued {
-                Some(Ok(())) => {}
-                Some(Err(_)) => return Err("the store's queue is full".to_owned()),
+                Some(true) => {}
+                Some(false) => return Err("the store's queue is full".to_owned()),
                 None => return Err("the store is closed".to_owned()),
             }
             let text = answer
@@ -234,14 +372,29 @@ impl SessionSource for RedisStore {
     }
 }
 
-/// Send queued writes in pipelines until the store is closed and the queue is empty.
+/// Send queued writes in pipelines until the store is closed and the queue is empty; with
+/// live copies (`live_hash`), renew their hash's expiry while there is nothing to write.
 async fn writer(
     mut receiver: mpsc::Receiver<Write>,
     mut connection: ConnectionManager,
     config: RecoveryConfig,
+    live_hash: Option<String>,
 ) {
     let window_ms = u64::try_from(config.window.as_millis()).unwrap_or(u64::MAX);
-    while let Some(first) = receiver.recv().await {
+    let mut refresh = tokio::time::interval(LIVE_REFRESH_EVERY);
+    loop {
+        let first = tokio::select! {
+            write = receiver.recv() => match write {
+                Some(write) => write,
+                None => return,
+            },
+            _ = refresh.tick(), if live_hash.is_some() => {
+                if let Some(hash) = &live_hash {
+                    renew_live(&mut connection, hash, window_ms).await;
+                }
+                continue;
+            }
+        };
         let mut batch = vec![first];
         // A fetch ends its batch: its answer is the pipeline's one reply.
         while batch.len() < BATCH && !matches!(batch.last(), Some(Write::Fetch { .. })) {
@@ -250,59 +403,132 @@ async fn writer(
                 Err(_) => break,
             }
         }
-        let writes = batch
-            .iter()
-            .filter(|write| !matches!(write, Write::Fetch { .. }))
-            .count();
-        let mut reply = None;
-        let mut pipe = redis::pipe();
-        for write in batch {
-            match write {
-                Write::Log { key, entry } => {
-                    pipe.cmd("XADD")
-                        .arg(&key)
-                        .arg("MAXLEN")
-                        .arg("~")
-                        .arg(config.max_events)
-                        .arg("*")
-                        .arg("e")
-                        .arg(entry)
-                        .ignore();
-                    pipe.cmd("PEXPIRE").arg(key).arg(window_ms).ignore();
-                }
-                Write::Keep { key, session } => {
-                    pipe.cmd("SET")
+        write_batch(&mut connection, batch, window_ms, config.max_events).await;
+    }
+}
+
+/// Renew the expiry of this instance's live hash, which its writes renew too.
+async fn renew_live(connection: &mut ConnectionManager, hash: &str, window_ms: u64) {
+    let renewed: redis::RedisResult<i64> = redis::cmd("PEXPIRE")
+        .arg(hash)
+        .arg(window_ms)
+        .query_async(connection)
+        .await;
+    if let Err(error) = renewed {
+        tracing::debug!(%error, "cannot renew the live sessions' expiry");
+    }
+}
+
+/// Send one batch of writes as a pipeline; a fetch's answer goes to whoever asked.
+async fn write_batch(
+    connection: &mut ConnectionManager,
+    batch: Vec<Write>,
+    window_ms: u64,
+    max_events: usize,
+) {
+    let writes = batch
+        .iter()
+        .filter(|write| !matches!(write, Write::Fetch { .. }))
+        .count();
+    let mut reply = None;
+    let mut pipe = redis::pipe();
+    for write in batch {
+        match write {
+            Write::Log { key, entry } => {
+                pipe.cmd("XADD")
+                    .arg(&key)
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(max_events)
+                    .arg("*")
+                    .arg("e")
+                    .arg(entry)
+                    .ignore();
+                pipe.cmd("PEXPIRE").arg(key).arg(window_ms).ignore();
+            }
+            Write::Keep {
+                key,
+                session,
+                live: None,
+            } => {
+                pipe.cmd("SET")
+                    .arg(key)
+                    .arg(session)
+                    .arg("PX")
+                    .arg(window_ms)
+                    .ignore();
+            }
+            Write::Keep {
+                key,
+                session,
+                live: Some(live),
+            } => {
+                pipe.cmd("EVAL")
+                    .arg(KEEP_SHARED)
+                    .arg(3)
+                    .arg(key)
+                    .arg(&live.hash)
+                    .arg(&live.taken)
+                    .arg(session)
+                    .arg(window_ms)
+                    .arg(&live.field)
+                    .arg(&live.instance)
+                    .ignore();
+            }
+            Write::Take { key } => {
+                pipe.cmd("DEL").arg(key).ignore();
+            }
+            Write::Live { entry, session } => {
+                pipe.cmd("EVAL")
+                    .arg(LIVE_SHARED)
+                    .arg(3)
+                    .arg(&entry.hash)
+                    .arg(LiveKeys::instances())
+                    .arg(&entry.taken)
+                    .arg(&entry.field)
+                    .arg(session)
+                    .arg(window_ms)
+                    .arg(&entry.instance)
+                    .ignore();
+            }
+            Write::Ended { entry } => {
+                pipe.cmd("HDEL").arg(&entry.hash).arg(&entry.field).ignore();
+            }
+            Write::Fetch {
+                key,
+                live,
+                reply: sender,
+            } => {
+                match live {
+                    None => pipe.cmd("EVAL").arg(GET_AND_DELETE).arg(1).arg(key),
+                    Some(live) => pipe
+                        .cmd("EVAL")
+                        .arg(TAKE_SHARED)
+                        .arg(3)
                         .arg(key)
-                        .arg(session)
-                        .arg("PX")
-                        .arg(window_ms)
-                        .ignore();
-                }
-                Write::Take { key } => {
-                    pipe.cmd("DEL").arg(key).ignore();
-                }
-                Write::Fetch { key, reply: sender } => {
-                    pipe.cmd("EVAL").arg(GET_AND_DELETE).arg(1).arg(key);
-                    reply = Some(sender);
-                }
+                        .arg(LiveKeys::instances())
+                        .arg(&live.taken)
+                        .arg(LiveKeys::prefix())
+                        .arg(&live.field)
+                        .arg(&live.instance)
+                        .arg(window_ms),
+                };
+                reply = Some(sender);
             }
         }
-        match pipe
-            .query_async::<Vec<Option<String>>>(&mut connection)
-            .await
-        {
-            Ok(mut answers) => {
-                if let Some(reply) = reply {
-                    let _ = reply.send(Ok(answers.pop().flatten()));
-                }
+    }
+    match pipe.query_async::<Vec<Option<String>>>(connection).await {
+        Ok(mut answers) => {
+            if let Some(reply) = reply {
+                let _ = reply.send(Ok(answers.pop().flatten()));
             }
-            Err(error) => {
-                tracing::warn!(%error, writes, "cannot write to the recovery store");
-                counter!(metrics::RECOVERY_STORE_LOST, "reason" => "redis_error")
-                    .increment(writes as u64);
-                if let Some(reply) = reply {
-                    let _ = reply.send(Err(error.to_string()));
-                }
+        }
+        Err(error) => {
+            tracing::warn!(%error, writes, "cannot write to the recovery store");
+            counter!(metrics::RECOVERY_STORE_LOST, "reason" => "redis_error")
+                .increment(writes as u64);
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(error.to_string()));
             }
         }
     }
@@ -408,6 +634,38 @@ async fn load_sessions(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn instances_sharing_the_bench_log_share_sessions_and_keep_live_copies_apart() {
+        let pid = Sid::ZERO;
+        let (a, b) = (StoreKeys::bench("a".into()), StoreKeys::bench("b".into()));
+        assert_eq!(
+            a.session("/s", pid),
+            b.session("/s", pid),
+            "one key space for kept sessions"
+        );
+        assert_eq!(
+            a.session("/s", pid),
+            format!("frappe_realtime:recovery:bench:/s:session:{pid}")
+        );
+        let (live_a, live_b) = (a.live_entry("/s", pid), b.live_entry("/s", pid));
+        let (Some(live_a), Some(live_b)) = (live_a, live_b) else {
+            panic!("bench keys have live copies");
+        };
+        assert_eq!(live_a.hash, "frappe_realtime:recovery:bench:live:a");
+        assert!(live_a.hash.starts_with(&LiveKeys::prefix()));
+        assert_ne!(live_a.hash, live_b.hash, "a hash per instance");
+        assert_eq!(
+            (live_a.field.as_str(), &live_a.taken),
+            (live_b.field.as_str(), &live_b.taken)
+        );
+        assert!(
+            StoreKeys::of_instance("port-1".into())
+                .live_entry("/s", pid)
+                .is_none()
+        );
+        assert!(StoreKeys::single().live_entry("/s", pid).is_none());
+    }
 
     #[test]
     fn one_of_several_instances_keeps_its_own_keys() {

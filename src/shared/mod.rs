@@ -43,17 +43,23 @@ pub struct Instances {
 }
 
 impl Instances {
-    /// Join the instances on `connection`'s Redis. Returns the tasks to run: the presence
-    /// writer and the heartbeat, which publishes `summary` and clears dead instances.
+    /// A new process's name among the instances: random, so a restart is a new instance.
+    pub fn new_name() -> String {
+        Sid::new().to_string()
+    }
+
+    /// Join the instances on `connection`'s Redis as `name` ([`Instances::new_name`]).
+    /// Returns the tasks to run: the presence writer and the heartbeat, which publishes
+    /// `summary` and clears dead instances.
     pub fn start(
         connection: ConnectionManager,
+        name: String,
         summary: Summary,
     ) -> (
         Arc<Self>,
         impl Future<Output = ()>,
         impl Future<Output = ()>,
     ) {
-        let name = Sid::new().to_string();
         let (presence, writer) = RedisPresence::start(connection.clone(), name.clone());
         let instances = Arc::new(Self {
             name,

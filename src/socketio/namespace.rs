@@ -388,6 +388,21 @@ impl Namespace {
         store.keep(leaving, Instant::now());
     }
 
+    /// With recovery shared between instances, tell the mirror what a connected socket would
+    /// leave if this process died now (see [`recovery::RecoveryMirror::live`]).
+    pub(crate) fn live(&self, leaving: &Leaving) {
+        if self.0.shared.is_some() {
+            self.mirror(|mirror| mirror.live(self.path(), leaving.pid, &leaving.mirrored()));
+        }
+    }
+
+    /// With recovery shared between instances: a connected socket left for good.
+    pub(crate) fn ended(&self, pid: Sid) {
+        if self.0.shared.is_some() {
+            self.mirror(|mirror| mirror.ended(self.path(), pid));
+        }
+    }
+
     /// Keep the session of every connected socket, as if each was cut now: for a process
     /// that is going away with a mirror that outlives it. The sockets stay as they are.
     /// Returns how many were kept.

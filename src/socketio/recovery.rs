@@ -64,6 +64,12 @@ pub trait RecoveryMirror: Send + Sync + 'static {
     fn kept(&self, namespace: &str, pid: Sid, session: &KeptSession);
     /// The session `pid` was taken by a returning client, or dropped.
     fn taken(&self, namespace: &str, pid: Sid);
+    /// With recovery shared between instances ([`SharedSessions`]): the connected socket
+    /// `pid` would leave `session` if its process died now (it was admitted, or its rooms
+    /// changed). Only sockets that take offsets: for them `after` does not move.
+    fn live(&self, _namespace: &str, _pid: Sid, _session: &KeptSession) {}
+    /// With recovery shared between instances: the connected socket `pid` left for good.
+    fn ended(&self, _namespace: &str, _pid: Sid) {}
 }
 
 /// A [`RecoveryMirror`] in [`IoConfig`](super::IoConfig).

@@ -270,6 +270,9 @@ impl Socket {
             _ => Arc::from(room),
         };
         rooms.push(name);
+        if phase == Phase::Connected {
+            self.mirror_live(&rooms);
+        }
     }
 
     pub fn leave(&self, room: &str) {
@@ -280,6 +283,7 @@ impl Socket {
         let name = rooms.swap_remove(at);
         if self.phase() == Phase::Connected {
             self.0.namespace.hub().leave(&name, self.id());
+            self.mirror_live(&rooms);
         }
     }
 
@@ -330,6 +334,7 @@ impl Socket {
     pub(crate) fn kick(&self, reason: DisconnectReason) {
         self.0.transport.state().forget(self);
         if self.shut().0 == Phase::Connected {
+            self.mirror_ended();
             let packet = packet::disconnect(self.0.namespace.path_str());
             // Full: the engine is cutting the session; closed: it is gone. Either way the
             // client is no longer in this namespace.
@@ -346,8 +351,33 @@ impl Socket {
         if was == Phase::Connected {
             if recovery::keeps_session(reason) {
                 self.keep(left);
+            } else {
+                self.mirror_ended();
             }
             self.0.namespace.handler().on_disconnect(self, reason);
+        }
+    }
+
+    /// With recovery shared between instances, what this socket, in `rooms`, would leave if
+    /// its process died now. Only sockets that take offsets: the client's own offset says
+    /// what it saw, where the others' replay point moves with every send.
+    fn mirror_live(&self, rooms: &[Arc<str>]) {
+        let Some(continuity) = &self.0.continuity else {
+            return;
+        };
+        if !continuity.takes_offsets {
+            return;
+        }
+        if let Some(leaving) = continuity.leaving(self.id(), rooms.to_vec()) {
+            self.0.namespace.live(&leaving);
+        }
+    }
+
+    /// With recovery shared between instances: this socket left for good.
+    fn mirror_ended(&self) {
+        let pid = self.0.continuity.as_ref().and_then(|c| c.pid.get());
+        if let Some(pid) = pid {
+            self.0.namespace.ended(*pid);
         }
     }
 
@@ -405,6 +435,7 @@ impl Socket {
             let _ = self.0.transport.send_burst(&burst);
         }
         self.set_phase(Phase::Connected);
+        self.mirror_live(&rooms);
         Admission::Admitted
     }
 

@@ -43,6 +43,11 @@
 //     its id and gets the all-sites event exactly once in its place among its own site's ten,
 //     none of the other site's; the all-sites event has the same offset on both: one entry of
 //     the log, delivered to several rooms of `/`.
+// (7) (4) with SIGKILL: the instance keeps nothing at its end. What the client resumes on the
+//     copier is the live copy of its session (its id, rooms and admission offset) that its
+//     instance wrote when it admitted it and as it joined rooms; it comes back recovered with
+//     the same id, the eleven once and in order, a live one once. Without the live copies it
+//     connects afresh (checked by hand: `socket.recovered` false).
 //
 // Every wait is bounded; everything listens on loopback; processes are stopped by PID.
 import { describe, test } from "node:test";
@@ -177,10 +182,24 @@ async function browserInDocRoom(cluster, { at, site = SITE, transport = "websock
  * returns their reasons.
  */
 async function stopInstance(cluster, index, ...clients) {
+  return endInstance("SIGTERM", cluster, index, ...clients);
+}
+
+/**
+ * End the instance `index` with `signal`, awaited, and its clients' disconnects; returns their
+ * reasons. SIGTERM is a clean stop (exit code 0); SIGKILL leaves it no last word.
+ */
+async function endInstance(signal, cluster, index, ...clients) {
   const gone = clients.map((socket) => nextEvent(socket, "disconnect", 15000));
   const { server } = cluster.instances[index];
-  await server.stop();
-  assert.equal(server.proc.exitCode, 0, `instance ${index} stopped cleanly (signal: ${server.proc.signalCode})`);
+  if (signal === "SIGKILL") {
+    server.proc.kill("SIGKILL");
+    await server.exited;
+    assert.equal(server.proc.signalCode, "SIGKILL", `instance ${index} was killed`);
+  } else {
+    await server.stop();
+    assert.equal(server.proc.exitCode, 0, `instance ${index} stopped cleanly (signal: ${server.proc.signalCode})`);
+  }
   return (await Promise.all(gone)).map(([reason]) => reason);
 }
 
@@ -338,7 +357,10 @@ describe("recovery across instances", () => {
     socket.disconnect();
   });
 
-  test("a client whose instance is not the copier stops, and it recovers on the copier", { timeout: 60000 }, async (t) => {
+  // (4) again with SIGKILL (7). The killed instance keeps nothing at its end: what the
+  // client resumes is the live copy its instance wrote when it admitted it and as it joined
+  // rooms.
+  for (const [how, signal] of [["stops", "SIGTERM"], ["is killed (SIGKILL)", "SIGKILL"]]) test(`a client whose instance is not the copier ${how}, and it recovers on the copier`, { timeout: 60000 }, async (t) => {
     const cluster = await startCluster(t, { common: SHARED_LOG });
     const copierAt = await copierIndex(cluster);
     const copier = cluster.instances[copierAt];
@@ -347,7 +369,7 @@ describe("recovery across instances", () => {
     const id = socket.id;
     t.diagnostic(`the socket was on instance ${holder}; the copier was instance ${copierAt}`);
 
-    const [reason] = await stopInstance(cluster, holder, socket);
+    const [reason] = await endInstance(signal, cluster, holder, socket);
     t.diagnostic(`the client saw: ${reason}`);
     const run = unique("run");
     await publishWhileAway(copier, run, room);
