@@ -76,7 +76,8 @@ pub mod server;
 mod service;
 /// Engine.IO sessions as the service sees them: counted, slow consumers logged.
 mod sessions;
-/// Several instances on one bench: which are alive, what each serves, who views what.
+/// Several instances on one bench: which are alive, what each serves, who views what, and
+/// the bench's one log of events that recovery across them needs.
 mod shared;
 /// Keeps the sites and their namespaces equal to `sites/` on disk, watching it.
 mod site_registry;
