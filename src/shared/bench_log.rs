@@ -11,11 +11,18 @@
 //! instance's own log.
 //!
 //! The copier holds a lease ([`LEASE`], [`LEASE_FOR`], renewed every [`RENEW`]); the others
-//! try to take it as often. A clean stop gives it up at once (the next copier starts within
-//! [`RENEW`]); a killed copier's lease runs out (within [`LEASE_FOR`] + [`RENEW`]). Every instance stays subscribed to `events` and remembers what it received in the
-//! last [`RECENT_FOR`] on its current subscription: a new copier first copies what it
-//! received after the stream's last entries (found by their content), so a hand-over loses
-//! nothing the new copier received, and copies nothing twice after a Redis restart.
+//! try to take it as often, but only while subscribed to `events`. A clean stop gives it up
+//! at once (the next copier starts within [`RENEW`]); a killed copier's lease runs out
+//! (within [`LEASE_FOR`] + [`RENEW`]). What is published meanwhile is not lost: every
+//! instance remembers what it received in the last [`RECENT_FOR`] and which of it its own
+//! reader has met in the stream, and a new copier first copies what it received after the
+//! stream's last entries (found by their content) or, where it cannot place them (an empty
+//! stream after a Redis restart), what its reader never met.
+//!
+//! A Redis restart without persistence empties the stream: what the copier had not written,
+//! or an instance had not read, by then is lost for that instance's clients, and a reader
+//! that lagged may get a few entries twice from the next copier (README, "Several
+//! instances").
 //!
 //! Costs: one more Redis round trip between Frappe's publish and delivery, and the stream in
 //! Redis (at most [`STREAM_CAP`] entries, gone a window after the last publication).
@@ -143,15 +150,17 @@ impl Recent {
     }
 
     /// This instance's reader met `payload` in the Stream: it and what came before it are
-    /// copied. Looked for among the next [`MET_WITHIN`] unseen messages (the reader follows
-    /// the subscription closely; what it meets beyond was received by no one here).
+    /// copied. Looked for among the next [`MET_WITHIN`] unseen messages: the reader follows
+    /// the subscription closely, so one it does not find there this instance did not receive.
+    /// Called for every event: the first unseen message is found by its number, not by a walk.
     fn met(&mut self, payload: &[u8]) {
-        let unseen = self
-            .messages
-            .iter()
-            .skip_while(|m| m.number < self.unseen_from)
-            .take(MET_WITHIN);
-        if let Some(found) = unseen.into_iter().find(|m| m.payload == payload) {
+        let Some(oldest) = self.messages.front().map(|m| m.number) else {
+            return;
+        };
+        let first_unseen =
+            usize::try_from(self.unseen_from.saturating_sub(oldest)).unwrap_or(usize::MAX);
+        let unseen = self.messages.range(first_unseen.min(self.messages.len())..);
+        if let Some(found) = unseen.take(MET_WITHIN).find(|m| m.payload == payload) {
             self.unseen_from = found.number + 1;
         }
     }
@@ -665,6 +674,20 @@ mod tests {
         recent.met(b"c");
         recent.met(b"d");
         assert!(recent.missing_after(&[]).is_empty());
+    }
+
+    #[test]
+    fn the_reader_meets_messages_after_older_ones_were_forgotten() {
+        let mut recent = Recent::default();
+        for n in 0..RECENT_MAX + 5 {
+            recent.push(Bytes::from(n.to_string()), 20_000);
+        }
+        // The first five were forgotten (count bound); numbers go on from where they were.
+        recent.met(b"10");
+        recent.met(b"11");
+        let missing = recent.missing_after(&[]);
+        assert_eq!(missing.len(), RECENT_MAX + 5 - 12);
+        assert_eq!(texts(missing[..1].to_vec()), ["12"]);
     }
 
     #[test]
