@@ -196,7 +196,7 @@ fn share_state(service: &mut Service, tasks: &mut JoinSet<()>, name: String) {
     let summary: Summary = Box::new(move || status::summary(&summarised));
     let connection = service.app.redis.connection();
     let (instances, writer, heartbeat) = Instances::start(connection, name, summary);
-    tracing::info!(instance = %instances.name, "sharing state with the other instances on redis_queue");
+    tracing::info!(instance = %instances.name, "sharing state with the other instances on the events Redis (redis_queue; redis_socketio before Frappe 15)");
     tasks.spawn(writer);
     tasks.spawn(heartbeat);
     service.instances = Some(instances);
