@@ -388,17 +388,22 @@ impl Namespace {
         store.keep(leaving, Instant::now());
     }
 
+    /// Whether recovery is shared with the bench's other instances.
+    pub(crate) fn shares_sessions(&self) -> bool {
+        self.0.shared.is_some()
+    }
+
     /// With recovery shared between instances, tell the mirror what a connected socket would
     /// leave if this process died now (see [`recovery::RecoveryMirror::live`]).
     pub(crate) fn live(&self, leaving: &Leaving) {
-        if self.0.shared.is_some() {
+        if self.shares_sessions() {
             self.mirror(|mirror| mirror.live(self.path(), leaving.pid, &leaving.mirrored()));
         }
     }
 
     /// With recovery shared between instances: a connected socket left for good.
     pub(crate) fn ended(&self, pid: Sid) {
-        if self.0.shared.is_some() {
+        if self.shares_sessions() {
             self.mirror(|mirror| mirror.ended(self.path(), pid));
         }
     }

@@ -365,7 +365,8 @@ impl Socket {
         let Some(continuity) = &self.0.continuity else {
             return;
         };
-        if !continuity.takes_offsets {
+        // Checked first: a socket's every join would otherwise copy its rooms for nothing.
+        if !continuity.takes_offsets || !self.0.namespace.shares_sessions() {
             return;
         }
         if let Some(leaving) = continuity.leaving(self.id(), rooms.to_vec()) {
@@ -375,6 +376,9 @@ impl Socket {
 
     /// With recovery shared between instances: this socket left for good.
     fn mirror_ended(&self) {
+        if !self.0.namespace.shares_sessions() {
+            return;
+        }
         let pid = self.0.continuity.as_ref().and_then(|c| c.pid.get());
         if let Some(pid) = pid {
             self.0.namespace.ended(*pid);
