@@ -98,6 +98,25 @@ async function observed(observer, event, marker) {
     { timeoutMs: 8000, what: `the observer to get ${event} ${marker}` });
 }
 
+/**
+ * A stack started with `options` (startStack's) and a CutProxy in front of it, so that a test
+ * can cut its clients' connections; the stack is stopped again if the proxy cannot start.
+ */
+async function stackBehindProxy(options) {
+  const stack = await startStack(options);
+  try {
+    return { stack, proxy: await CutProxy.start(stack.port) };
+  } catch (err) {
+    await stack.stop();
+    throw err;
+  }
+}
+
+async function stopStackAndProxy(stack, proxy) {
+  await stack?.stop();
+  await proxy?.close();
+}
+
 const outcome = (stack, value) => stack.metric(RECOVERIES, { site: SITE, outcome: value });
 
 // ---------------------------------------------------------------------------------------------
@@ -107,14 +126,8 @@ const outcome = (stack, value) => stack.metric(RECOVERIES, { site: SITE, outcome
 describe("a browser socket cut from under it recovers its session", () => {
   let stack;
   let proxy;
-  before(async () => {
-    stack = await startStack();
-    proxy = await CutProxy.start(stack.port);
-  });
-  after(async () => {
-    await stack?.stop();
-    await proxy?.close();
-  });
+  before(async () => ({ stack, proxy } = await stackBehindProxy()));
+  after(() => stopStackAndProxy(stack, proxy));
 
   const scenarios = [
     ...CLIENTS.map(([version, io]) => ({ version, io, transports: ["websocket"] })),
@@ -202,14 +215,8 @@ describe("a polling socket cut from under it (realtime_slow_client_timeout 1 s)"
   let proxy;
   // The server learns that a polling client is gone when events wait unpolled for the slow
   // client timeout (a cut that keeps the session), instead of after the 45 s heartbeat.
-  before(async () => {
-    stack = await startStack({ common: { realtime_slow_client_timeout: 1 } });
-    proxy = await CutProxy.start(stack.port);
-  });
-  after(async () => {
-    await stack?.stop();
-    await proxy?.close();
-  });
+  before(async () => ({ stack, proxy } = await stackBehindProxy({ common: { realtime_slow_client_timeout: 1 } })));
+  after(() => stopStackAndProxy(stack, proxy));
 
   test("recovers with every missed event, including those queued to the dead session", { timeout: 60000 }, async () => {
     const socket = await browser(stack, { proxy, transports: ["polling"] });
@@ -267,20 +274,14 @@ describe("a websocket whose send queue overflowed under load", () => {
   let proxy;
   // Only the queue's bound can cut it (the byte bound and the stall timeout out of reach), and
   // a log large enough for the big events that fill the kernel buffers first.
-  before(async () => {
-    stack = await startStack({
-      common: {
-        realtime_slow_client_timeout: 60,
-        realtime_slow_client_max_bytes: 1e9,
-        realtime_recovery_max_bytes: 64 * 1024 * 1024,
-      },
-    });
-    proxy = await CutProxy.start(stack.port);
-  });
-  after(async () => {
-    await stack?.stop();
-    await proxy?.close();
-  });
+  before(async () => ({ stack, proxy } = await stackBehindProxy({
+    common: {
+      realtime_slow_client_timeout: 60,
+      realtime_slow_client_max_bytes: 1e9,
+      realtime_recovery_max_bytes: 64 * 1024 * 1024,
+    },
+  })));
+  after(() => stopStackAndProxy(stack, proxy));
 
   test("is cut, and recovers every event, the ones dropped from its queue included, once, in order",
     { timeout: 90000 }, async () => {
@@ -334,14 +335,8 @@ describe("a websocket whose send queue overflowed under load", () => {
 describe("with realtime_recovery_seconds 1", () => {
   let stack;
   let proxy;
-  before(async () => {
-    stack = await startStack({ common: { realtime_recovery_seconds: 1 } });
-    proxy = await CutProxy.start(stack.port);
-  });
-  after(async () => {
-    await stack?.stop();
-    await proxy?.close();
-  });
+  before(async () => ({ stack, proxy } = await stackBehindProxy({ common: { realtime_recovery_seconds: 1 } })));
+  after(() => stopStackAndProxy(stack, proxy));
 
   test("a client back after the window gets an ordinary connect: new id, fresh rooms only", { timeout: 30000 }, async () => {
     const socket = await browser(stack, { proxy });
@@ -436,14 +431,8 @@ describe("a CONNECT naming a session that was never kept", () => {
 describe("a user logged out during the gap", () => {
   let stack;
   let proxy;
-  before(async () => {
-    stack = await startStack();
-    proxy = await CutProxy.start(stack.port);
-  });
-  after(async () => {
-    await stack?.stop();
-    await proxy?.close();
-  });
+  before(async () => ({ stack, proxy } = await stackBehindProxy()));
+  after(() => stopStackAndProxy(stack, proxy));
 
   test("comes back as Guest, as an ordinary connect of that sid would: nothing of theirs replayed; outcome refused",
     { timeout: 30000 }, async () => {
@@ -485,14 +474,8 @@ describe("a user logged out during the gap", () => {
 describe("with realtime_recovery_max_events 5", () => {
   let stack;
   let proxy;
-  before(async () => {
-    stack = await startStack({ common: { realtime_recovery_max_events: 5 } });
-    proxy = await CutProxy.start(stack.port);
-  });
-  after(async () => {
-    await stack?.stop();
-    await proxy?.close();
-  });
+  before(async () => ({ stack, proxy } = await stackBehindProxy({ common: { realtime_recovery_max_events: 5 } })));
+  after(() => stopStackAndProxy(stack, proxy));
 
   test("a client whose offset was trimmed away gets an ordinary connect (too_old); a flood does not grow the log",
     { timeout: 60000 }, async () => {
@@ -541,14 +524,8 @@ describe("with realtime_recovery_max_events 5", () => {
 describe("isolation of the replay", () => {
   let stack;
   let proxy;
-  before(async () => {
-    stack = await startStack();
-    proxy = await CutProxy.start(stack.port);
-  });
-  after(async () => {
-    await stack?.stop();
-    await proxy?.close();
-  });
+  before(async () => ({ stack, proxy } = await stackBehindProxy()));
+  after(() => stopStackAndProxy(stack, proxy));
 
   test("only publications to the socket's own rooms are replayed", { timeout: 30000 }, async () => {
     const socket = await browser(stack, { proxy });
@@ -706,14 +683,8 @@ describe("offsets go only to sockets that take them", () => {
 describe("with realtime_recovery_seconds 0 (recovery off)", () => {
   let stack;
   let proxy;
-  before(async () => {
-    stack = await startStack({ common: { realtime_recovery_seconds: 0 } });
-    proxy = await CutProxy.start(stack.port);
-  });
-  after(async () => {
-    await stack?.stop();
-    await proxy?.close();
-  });
+  before(async () => ({ stack, proxy } = await stackBehindProxy({ common: { realtime_recovery_seconds: 0 } })));
+  after(() => stopStackAndProxy(stack, proxy));
 
   test("CONNECT replies carry the sid alone, events no offset, and a cut socket comes back as a new one",
     { timeout: 30000 }, async () => {
@@ -749,14 +720,8 @@ describe("with realtime_recovery_seconds 0 (recovery off)", () => {
 describe("with realtime_recovery_store redis, a restart (SIGTERM) is recovered from", () => {
   let stack;
   let proxy;
-  before(async () => {
-    stack = await startStack({ common: { realtime_recovery_store: "redis" } });
-    proxy = await CutProxy.start(stack.port);
-  });
-  after(async () => {
-    await stack?.stop();
-    await proxy?.close();
-  });
+  before(async () => ({ stack, proxy } = await stackBehindProxy({ common: { realtime_recovery_store: "redis" } })));
+  after(() => stopStackAndProxy(stack, proxy));
 
   for (const [version, io] of CLIENTS) {
     test(`socket.io-client ${version}: same id, its doc room, and what was published while the new process was up`,
