@@ -229,7 +229,7 @@ impl FrappeClient {
     pub fn health(&self) -> CallHealthReport {
         let in_flight = self.concurrency - self.slots.available_permits();
         let timeout = self.settings().timeout;
-        let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        let timeout_ms = metrics::millis(timeout);
         self.health.report(in_flight, self.concurrency, timeout_ms)
     }
 

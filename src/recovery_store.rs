@@ -380,7 +380,7 @@ async fn writer(
     config: RecoveryConfig,
     live_hash: Option<String>,
 ) {
-    let window_ms = u64::try_from(config.window.as_millis()).unwrap_or(u64::MAX);
+    let window_ms = metrics::millis(config.window);
     let mut refresh = tokio::time::interval(LIVE_REFRESH_EVERY);
     loop {
         let first = tokio::select! {

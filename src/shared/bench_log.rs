@@ -38,7 +38,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnecti
 use redis::{AsyncConnectionConfig, Value};
 use tokio::sync::mpsc;
 
-use crate::metrics;
+use crate::metrics::{self, millis};
 use crate::queue_redis::reconnect_backoff;
 use crate::socketio::{Offset, RecoveryConfig};
 
@@ -609,10 +609,6 @@ async fn reader_connection(client: &redis::Client) -> redis::RedisResult<Multipl
     client
         .get_multiplexed_async_connection_with_config(&config)
         .await
-}
-
-fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

@@ -100,7 +100,7 @@ impl Instances {
         connection: &mut ConnectionManager,
         summary: &Value,
     ) -> redis::RedisResult<()> {
-        let alive_ms = u64::try_from(ALIVE_FOR.as_millis()).unwrap_or(u64::MAX);
+        let alive_ms = crate::metrics::millis(ALIVE_FOR);
         let () = redis::cmd("SET")
             .arg(alive_key(&self.name))
             .arg(summary.to_string())
