@@ -134,23 +134,22 @@ fn split_prefixed_room(room: &str) -> Result<Target, Malformed> {
 
 /// Send a publication to its audience on this node, under `offset` when it comes from the
 /// bench's shared log. `size` is the publication's size on Redis, for the bytes-sent metric.
-pub fn deliver(
+/// Returns why it reached no one, for the caller to count, if it did not.
+fn deliver(
     io: &Io,
     sites: &SiteTable,
     publication: &Publication,
     size: usize,
     offset: Option<Offset>,
-) {
+) -> Option<&'static str> {
     match &publication.target {
         Target::Room { site, room } => {
             if !sites.contains(site) {
-                drop_event("unknown_site");
                 tracing::debug!(%site, event = %publication.event, "event for a site this bench does not serve");
-                return;
+                return Some("unknown_site");
             }
-            if !deliver_to_room(io, publication, site, room, size, offset) {
-                drop_event("no_listeners");
-            }
+            let routed = deliver_to_room(io, publication, site, room, size, offset);
+            (!routed).then_some("no_listeners")
         }
         // Every socket joins its site's `website` room when it connects and never leaves it,
         // so that room is "every socket of the site", in either namespace.
@@ -158,6 +157,7 @@ pub fn deliver(
             for site in sites.names() {
                 deliver_to_room(io, publication, &site, rooms::WEBSITE, size, offset);
             }
+            None
         }
     }
 }
@@ -364,12 +364,9 @@ pub fn handle(io: &Io, app: &App, payload: &[u8], offset: Option<Offset>) {
     gauge!(metrics::REDIS_LAST_MESSAGE).set(metrics::unix_now());
     match parse(payload, app.settings().config.frappe_version) {
         Ok(publication) => {
-            if let Target::Room { site, room } = &publication.target {
-                let event = &publication.event;
-                app.last_state
-                    .record(site, room, event, &publication.message, payload.len());
+            if let Some(reason) = route(io, app, &publication, payload.len(), offset) {
+                drop_event(reason);
             }
-            deliver(io, &app.sites, &publication, payload.len(), offset);
             histogram!(metrics::DELIVERY_DURATION).record(received.elapsed());
         }
         Err(malformed) => {
@@ -382,6 +379,32 @@ pub fn handle(io: &Io, app: &App, payload: &[u8], offset: Option<Offset>) {
             );
         }
     }
+}
+
+/// Log one entry of the bench log's last window before this instance takes clients: routed
+/// as a live event would be, so it lands in the same logs under the same offset, but not
+/// counted as received or dropped (no client could have heard it here). A malformed one was
+/// reported where it was first received.
+pub fn log_history(io: &Io, app: &App, payload: &[u8], offset: Option<Offset>) {
+    if let Ok(publication) = parse(payload, app.settings().config.frappe_version) {
+        route(io, app, &publication, payload.len(), offset);
+    }
+}
+
+/// Remember a room event's last state, then deliver it (see [`deliver`]).
+fn route(
+    io: &Io,
+    app: &App,
+    publication: &Publication,
+    size: usize,
+    offset: Option<Offset>,
+) -> Option<&'static str> {
+    if let Target::Room { site, room } = &publication.target {
+        let event = &publication.event;
+        app.last_state
+            .record(site, room, event, &publication.message, size);
+    }
+    deliver(io, &app.sites, publication, size, offset)
 }
 
 #[cfg(test)]

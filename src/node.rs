@@ -229,23 +229,29 @@ fn share_log(service: &mut Service, tasks: &mut JoinSet<()>) -> anyhow::Result<(
 /// Log what the bench's log holds of the last window (no client is connected yet, so it only
 /// fills the replay logs), then read on from there, delivering, for as long as the node runs.
 async fn read_bench_log(service: &Service, bench_log: Arc<BenchLog>, tasks: &mut JoinSet<()>) {
-    let deliver = {
-        let (io, app) = (service.io.clone(), service.app.clone());
-        move |(id, payload): Entry| {
-            let offset = bench_log::offset_of(&id);
-            if offset.is_none() {
-                tracing::warn!(%id, "a bench log entry id too large for an offset; delivered unnumbered");
-            }
-            bridge::handle(&io, &app, &payload, offset);
-        }
-    };
     let (entries, last) = bench_log.recent_entries().await;
     if !entries.is_empty() {
         tracing::info!(events = entries.len(), "the bench log's last window logged");
     }
-    entries.into_iter().for_each(&deliver);
+    for (id, payload) in entries {
+        bridge::log_history(&service.io, &service.app, &payload, numbered(&id));
+    }
+    let deliver = {
+        let (io, app) = (service.io.clone(), service.app.clone());
+        move |(id, payload): Entry| bridge::handle(&io, &app, &payload, numbered(&id))
+    };
     let client = service.app.redis.client();
     tasks.spawn(bench_log.read(client, last, deliver));
+}
+
+/// The offset of the bench log's entry `id`; `None` (delivered unnumbered) for one past
+/// what an offset holds.
+fn numbered(id: &str) -> Option<crate::socketio::Offset> {
+    let offset = bench_log::offset_of(id);
+    if offset.is_none() {
+        tracing::warn!(%id, "a bench log entry id too large for an offset; delivered unnumbered");
+    }
+    offset
 }
 
 /// Serve the root namespace and, through the registry, every site's; returns the registry,
